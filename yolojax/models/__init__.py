@@ -1,0 +1,9 @@
+"""Flax Linen YOLOv8 modules."""
+
+from yolojax.models.layers import DFL, SPPF, BatchNorm, Bottleneck, C2f, Conv, Detect
+from yolojax.models.yolov8 import SCALES, STRIDES, YOLOv8, scaled_channels, scaled_depth
+
+__all__ = [
+    "DFL", "SPPF", "BatchNorm", "Bottleneck", "C2f", "Conv", "Detect",
+    "SCALES", "STRIDES", "YOLOv8", "scaled_channels", "scaled_depth",
+]

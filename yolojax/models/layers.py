@@ -1,0 +1,261 @@
+"""YOLOv8 building blocks as Flax Linen modules (NHWC).
+
+Submodule names mirror ultralytics' PyTorch attribute names (``conv``, ``bn``, ``cv1``,
+``m_0`` ...) so that a PyTorch state-dict key maps onto a Flax path by joining numeric
+components to the name before them (see :mod:`yolojax.convert`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from yolojax.ops.anchors import dist2bbox, make_anchors
+
+# torch.nn.Conv2d's default init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
+torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.97  # Flax convention: running = momentum * running + (1 - momentum) * batch.
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over N, H, W of an NHWC tensor, with PyTorch's running-variance rule.
+
+    Training normalises with the biased batch variance and updates the running variance
+    with the unbiased one (as torch.nn.BatchNorm2d does); statistics are reduced in fp32.
+    Under ``jit`` with a batch sharded over devices the mean is global automatically; under
+    ``pmap``/``shard_map`` pass ``axis_name`` to average over devices too.
+
+    Variables: params ``scale``, ``bias`` (C,); batch_stats ``mean``, ``var`` (C,).
+    """
+
+    epsilon: float = BN_EPSILON
+    momentum: float = BN_MOMENTUM
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if train:
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axis=(0, 1, 2))
+            mean_sq = jnp.mean(jnp.square(x32), axis=(0, 1, 2))
+            count = x.shape[0] * x.shape[1] * x.shape[2]
+            if self.axis_name is not None:
+                mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+                count = count * jax.lax.psum(1, self.axis_name)
+            var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                unbiased = var * (count / max(count - 1, 1))
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+                ra_var.value = m * ra_var.value + (1.0 - m) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+
+        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias.astype(jnp.float32) - mean * mul
+        return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias, 'same' padding k // 2) + BatchNorm + SiLU; ultralytics ``Conv``."""
+
+    features: int
+    kernel_size: int = 1
+    stride: int = 1
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        k, p = self.kernel_size, self.kernel_size // 2
+        x = nn.Conv(
+            self.features,
+            (k, k),
+            strides=(self.stride, self.stride),
+            padding=((p, p), (p, p)),
+            use_bias=False,
+            kernel_init=torch_conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        x = BatchNorm(
+            axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
+        )(x, train)
+        return nn.silu(x)
+
+
+class Bottleneck(nn.Module):
+    """Two 3x3 Convs with an optional residual (when ``shortcut`` and c_in == c_out)."""
+
+    features: int
+    shortcut: bool = True
+    expansion: float = 1.0
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        hidden = int(self.features * self.expansion)
+        y = Conv(hidden, 3, name="cv1", **kw)(x, train)
+        y = Conv(self.features, 3, name="cv2", **kw)(y, train)
+        if self.shortcut and x.shape[-1] == self.features:
+            y = x + y
+        return y
+
+
+class C2f(nn.Module):
+    """CSP bottleneck with 2 convolutions: split, ``n`` chained Bottlenecks, concat, fuse."""
+
+    features: int
+    n: int = 1
+    shortcut: bool = False
+    expansion: float = 0.5
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        c = int(self.features * self.expansion)
+        y = Conv(2 * c, 1, name="cv1", **kw)(x, train)
+        ys = [y[..., :c], y[..., c:]]
+        for i in range(self.n):
+            ys.append(Bottleneck(c, self.shortcut, 1.0, name=f"m_{i}", **kw)(ys[-1], train))
+        return Conv(self.features, 1, name="cv2", **kw)(jnp.concatenate(ys, axis=-1), train)
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling (fast): three chained 5x5 stride-1 max pools, concat, fuse."""
+
+    features: int
+    pool_size: int = 5
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        k, p = self.pool_size, self.pool_size // 2
+        ys = [Conv(x.shape[-1] // 2, 1, name="cv1", **kw)(x, train)]
+        for _ in range(3):
+            ys.append(nn.max_pool(ys[-1], (k, k), strides=(1, 1), padding=((p, p), (p, p))))
+        return Conv(self.features, 1, name="cv2", **kw)(jnp.concatenate(ys, axis=-1), train)
+
+
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, 2H, 2W, C), nearest neighbour (torch ``Upsample(scale=2)``)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def dfl_expectation(box_logits: jax.Array, bins: jax.Array) -> jax.Array:
+    """Distribution focal loss decode: (..., 4 * reg_max) logits -> (..., 4) distances.
+
+    Each side's distance (in grid units) is the expectation of ``bins`` (reg_max,), normally
+    0..reg_max-1, under the softmax of its reg_max logits, computed in fp32.
+    """
+    reg_max = bins.shape[0]
+    logits = box_logits.astype(jnp.float32).reshape(*box_logits.shape[:-1], 4, reg_max)
+    return jax.nn.softmax(logits, axis=-1) @ bins
+
+
+class _DFLKernel(nn.Module):
+    reg_max: int
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        init = lambda _, shape: jnp.arange(self.reg_max, dtype=jnp.float32).reshape(shape)
+        return self.param("kernel", init, (1, 1, self.reg_max, 1))
+
+
+class DFL(nn.Module):
+    """The frozen DFL projection: returns its (reg_max,) bins with gradients stopped.
+
+    Stored as ``conv/kernel`` (1, 1, reg_max, 1) to mirror ultralytics' ``dfl.conv.weight``.
+    """
+
+    reg_max: int = 16
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return jax.lax.stop_gradient(_DFLKernel(self.reg_max, name="conv")().reshape(-1))
+
+
+class Detect(nn.Module):
+    """Decoupled YOLOv8 head: per level a box branch (cv2) and a class branch (cv3).
+
+    Train mode returns the raw per-level outputs (B, h, w, 4 * reg_max + num_classes);
+    eval mode decodes them to (B, N, 4 + num_classes): xywh in input pixels, then sigmoid
+    class scores. The DFL projection (0..reg_max-1) is a frozen parameter ``dfl/conv/kernel``
+    (1, 1, reg_max, 1), as in ultralytics, where it counts as a parameter that never trains.
+    """
+
+    num_classes: int
+    reg_max: int = 16
+    strides: tuple[int, ...] = (8, 16, 32)
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, feats: Sequence[jax.Array], train: bool):
+        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        ch0 = feats[0].shape[-1]
+        c2 = max(16, ch0 // 4, self.reg_max * 4)
+        c3 = max(ch0, min(self.num_classes, 100))
+        outs = []
+        for i, (x, s) in enumerate(zip(feats, self.strides)):
+            box = Conv(c2, 3, name=f"cv2_{i}_0", **kw)(x, train)
+            box = Conv(c2, 3, name=f"cv2_{i}_1", **kw)(box, train)
+            box = nn.Conv(
+                4 * self.reg_max, (1, 1), kernel_init=torch_conv_init,
+                bias_init=nn.initializers.constant(2.0),
+                dtype=self.dtype, param_dtype=self.param_dtype, name=f"cv2_{i}_2",
+            )(box)
+            cls = Conv(c3, 3, name=f"cv3_{i}_0", **kw)(x, train)
+            cls = Conv(c3, 3, name=f"cv3_{i}_1", **kw)(cls, train)
+            # ultralytics' bias_init: box bias 2.0; class prior of 5 objects per 640x640 image.
+            cls_prior = jnp.log(5.0 / self.num_classes / (640.0 / s) ** 2)
+            cls = nn.Conv(
+                self.num_classes, (1, 1), kernel_init=torch_conv_init,
+                bias_init=nn.initializers.constant(cls_prior),
+                dtype=self.dtype, param_dtype=self.param_dtype, name=f"cv3_{i}_2",
+            )(cls)
+            outs.append(jnp.concatenate([box, cls], axis=-1))
+        dfl_bins = DFL(self.reg_max, name="dfl")()
+        if train:
+            return outs
+        return self.decode(outs, dfl_bins)
+
+    def decode(self, outs: Sequence[jax.Array], dfl_bins: jax.Array) -> jax.Array:
+        """Raw per-level head outputs -> (B, N, 4 + num_classes) fp32 predictions.
+
+        ``dfl_bins``: (reg_max,) values the DFL softmax takes the expectation of.
+        """
+        b = outs[0].shape[0]
+        flat = jnp.concatenate(
+            [o.reshape(b, -1, o.shape[-1]).astype(jnp.float32) for o in outs], axis=1
+        )
+        points, stride = make_anchors([o.shape[1:3] for o in outs], self.strides)
+        dist = dfl_expectation(flat[..., : 4 * self.reg_max], dfl_bins.astype(jnp.float32))
+        xywh = dist2bbox(dist, points, xywh=True) * stride
+        scores = jax.nn.sigmoid(flat[..., 4 * self.reg_max :])
+        return jnp.concatenate([xywh, scores], axis=-1)

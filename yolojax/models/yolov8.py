@@ -1,0 +1,113 @@
+"""The YOLOv8 detector (ultralytics' yolov8.yaml) as one Flax Linen module."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from yolojax.models.layers import SPPF, C2f, Conv, Detect, upsample_nearest_2x
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Compound-scaling constants of ultralytics' yolov8.yaml."""
+
+    depth: float
+    width: float
+    max_channels: int
+
+
+SCALES: dict[str, Scale] = {
+    "n": Scale(0.33, 0.25, 1024),
+    "s": Scale(0.33, 0.50, 1024),
+    "m": Scale(0.67, 0.75, 768),
+    "l": Scale(1.00, 1.00, 512),
+    "x": Scale(1.00, 1.25, 512),
+}
+
+STRIDES = (8, 16, 32)
+
+
+def _make_divisible(x: float, divisor: int = 8) -> int:
+    return int(math.ceil(x / divisor) * divisor)
+
+
+def scaled_channels(scale: str, channels: int) -> int:
+    """Output channels of a layer declared with ``channels`` in yolov8.yaml at ``scale``."""
+    s = SCALES[scale]
+    return _make_divisible(min(channels, s.max_channels) * s.width, 8)
+
+
+def scaled_depth(scale: str, repeats: int) -> int:
+    """Number of Bottlenecks in a C2f declared with ``repeats`` in yolov8.yaml at ``scale``."""
+    return max(round(repeats * SCALES[scale].depth), 1) if repeats > 1 else repeats
+
+
+class YOLOv8(nn.Module):
+    """YOLOv8 detection model, NHWC.
+
+    Attributes:
+      scale: one of "n", "s", "m", "l", "x".
+      num_classes: number of object classes.
+      reg_max: DFL bins per box side (16 for YOLOv8).
+      dtype: computation dtype (jnp.bfloat16 for mixed precision); params stay ``param_dtype``.
+      bn_axis_name: mapped axis name to average BatchNorm statistics over under pmap/shard_map.
+
+    Call ``model.apply(variables, images, train)`` with ``images`` float (B, H, W, 3) in [0, 1],
+    H and W multiples of 32. ``train=False`` returns (B, N, 4 + num_classes) fp32: box centre
+    x, y, width, height in input pixels, then sigmoid class scores; N = sum over strides 8,
+    16, 32 of (H/s)*(W/s), stride 8 first, row-major within a level. ``train=True`` returns
+    the 3 raw head outputs (B, H/s, W/s, 4 * reg_max + num_classes) (pass
+    ``mutable=["batch_stats"]``).
+    """
+
+    scale: str = "n"
+    num_classes: int = 80
+    reg_max: int = 16
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False):
+        if self.scale not in SCALES:
+            raise ValueError(f"unknown YOLOv8 scale {self.scale!r}; expected one of {sorted(SCALES)}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
+        if images.shape[1] % 32 or images.shape[2] % 32:
+            raise ValueError(f"image height and width must be multiples of 32, got {images.shape[1:3]}")
+        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        ch = lambda c: scaled_channels(self.scale, c)
+        n = lambda r: scaled_depth(self.scale, r)
+
+        def conv(i, c, x):
+            return Conv(ch(c), 3, 2, name=f"model_{i}", **kw)(x, train)
+
+        def c2f(i, c, r, shortcut, x):
+            return C2f(ch(c), n(r), shortcut, name=f"model_{i}", **kw)(x, train)
+
+        x = images.astype(self.dtype)
+        # Backbone.
+        x = conv(0, 64, x)  # P1/2
+        x = conv(1, 128, x)  # P2/4
+        x = c2f(2, 128, 3, True, x)
+        x = conv(3, 256, x)  # P3/8
+        p3 = c2f(4, 256, 6, True, x)
+        x = conv(5, 512, p3)  # P4/16
+        p4 = c2f(6, 512, 6, True, x)
+        x = conv(7, 1024, p4)  # P5/32
+        x = c2f(8, 1024, 3, True, x)
+        p5 = SPPF(ch(1024), 5, name="model_9", **kw)(x, train)
+        # Head: top-down then bottom-up path aggregation.
+        h4 = c2f(12, 512, 3, False, jnp.concatenate([upsample_nearest_2x(p5), p4], -1))
+        out3 = c2f(15, 256, 3, False, jnp.concatenate([upsample_nearest_2x(h4), p3], -1))
+        out4 = c2f(18, 512, 3, False, jnp.concatenate([conv(16, 256, out3), h4], -1))
+        out5 = c2f(21, 1024, 3, False, jnp.concatenate([conv(19, 512, out4), p5], -1))
+        return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", **kw)(
+            [out3, out4, out5], train
+        )

@@ -1,0 +1,1 @@
+"""Box, anchor and NMS operations."""
