@@ -1,0 +1,99 @@
+"""One training iteration: forward, loss, gradient accumulation, update, EMA."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from yolojax.train.ema import ema_update
+from yolojax.train.optim import hyperparams, set_hyperparams
+from yolojax.train.state import TrainState
+
+
+def clip_coefficient(grad_norm: jax.Array, max_norm: float) -> jax.Array:
+    """torch.nn.utils.clip_grad_norm_'s factor: min(1, max_norm / (grad_norm + 1e-6))."""
+    return jnp.minimum(max_norm / (grad_norm + 1e-6), 1.0)
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One batch of ultralytics-style training.
+
+    Args:
+      state: the current :class:`TrainState`.
+      batch: DESIGN.md's train batch: ``image`` uint8 (B, H, W, 3), ``boxes`` float32
+        (B, M, 4) xyxy pixels, ``classes`` int32 (B, M), ``mask`` bool (B, M).
+      loss_fn: ``loss_fn(feats, batch) -> (total, {"box", "cls", "dfl"})``, e.g. a
+        :class:`yolojax.loss.DetectionLoss`.
+
+    The gradient is that of ``total * B`` (ultralytics backpropagates its loss items summed
+    and multiplied by the batch size); it is summed into ``grad_accum``, and once
+    ``accumulate`` batches have gathered since the last update the sum is clipped to global
+    norm ``recipe.grad_clip_norm``, applied with this iteration's learning rates and
+    momentum, and folded into the EMA. BatchNorm statistics update on every batch.
+
+    Returns the new state and float32 metrics: loss, box, cls, dfl, lr (of the weight
+    group), grad_norm (of the gradient sum at this batch, before clipping) and updated (1.0
+    where this batch ended in an optimiser update).
+    """
+    recipe = state.recipe
+    hp = hyperparams(recipe, state.step)
+    images = batch["image"].astype(jnp.float32) / 255.0
+    batch_size = images.shape[0]
+
+    def objective(params):
+        feats, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images, train=True, mutable=["batch_stats"],
+        )
+        total, parts = loss_fn(feats, batch)
+        return total * batch_size, (total, parts, updates["batch_stats"])
+
+    grads, (total, parts, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    grad_accum = jax.tree.map(jnp.add, state.grad_accum, grads)
+    grad_norm = optax.global_norm(grad_accum)
+    do_update = state.step - state.last_opt_step >= hp["accumulate"]
+
+    def update(operands):
+        params, opt_state, ema, ema_updates, grad_accum = operands
+        coef = clip_coefficient(grad_norm, recipe.grad_clip_norm)
+        clipped = jax.tree.map(lambda g: g * coef, grad_accum)
+        opt_state = set_hyperparams(opt_state, hp)
+        updates, opt_state = state.tx.update(clipped, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema_updates = ema_updates + 1
+        ema = ema_update(ema, {"params": params, "batch_stats": batch_stats}, ema_updates)
+        grad_accum = jax.tree.map(jnp.zeros_like, grad_accum)
+        return params, opt_state, ema, ema_updates, grad_accum
+
+    operands = (state.params, state.opt_state, state.ema, state.ema_updates, grad_accum)
+    params, opt_state, ema, ema_updates, grad_accum = jax.lax.cond(
+        do_update, update, lambda ops: ops, operands
+    )
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        grad_accum=grad_accum,
+        last_opt_step=jnp.where(do_update, state.step, state.last_opt_step),
+        ema=ema,
+        ema_updates=ema_updates,
+    )
+    metrics = {
+        "loss": total,
+        **parts,
+        "lr": hp["lr_weight"],
+        "grad_norm": grad_norm,
+        "updated": do_update.astype(jnp.float32),
+    }
+    return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+
+def make_train_step(loss_fn: Callable) -> Callable:
+    """``jit(train_step)`` bound to ``loss_fn``, donating the input state's buffers."""
+    return jax.jit(lambda state, batch: train_step(state, batch, loss_fn), donate_argnums=0)
