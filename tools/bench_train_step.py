@@ -1,0 +1,131 @@
+"""Train-step speed of yolojax beside ultralytics, same model, batch and targets.
+
+    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640
+
+yolojax: one jit-compiled ``train_step`` (forward, v8 loss, backward, SGD-Nesterov update,
+EMA) with an update on every batch. ultralytics: ``model(batch)`` (forward + v8DetectionLoss),
+``loss.sum().backward()``, gradient clipping, ``SGD.step()``, ``zero_grad()`` and its ModelEMA
+update, in fp32 on the same CPU threads. Runs alternate; the table shows median seconds per
+step and the ratio ultralytics / yolojax (> 1: yolojax is faster). Needs the [dev] extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int = 8) -> dict:
+    """uint8 noise images and random boxes in DESIGN.md's batch format."""
+    rng = np.random.default_rng(0)
+    wh = rng.uniform(0.05, 0.5, (batch, boxes_per_image, 2)) * imgsz
+    xy = rng.uniform(0, 1, (batch, boxes_per_image, 2)) * (imgsz - wh)
+    return {
+        "image": rng.integers(0, 256, (batch, imgsz, imgsz, 3), dtype=np.uint8),
+        "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
+        "classes": rng.integers(0, num_classes, (batch, boxes_per_image)).astype(np.int32),
+        "mask": np.ones((batch, boxes_per_image), bool),
+    }
+
+
+def ultralytics_step_fn(scale: str, batch: dict, imgsz: int):
+    """A closure running one ultralytics training iteration on ``batch``."""
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    model = DetectionModel(f"yolov8{scale}.yaml", verbose=False)
+    model.args = get_cfg()
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.01, momentum=0.937, nesterov=True,
+    )
+    ema = ModelEMA(model)
+    b, m = batch["classes"].shape
+    boxes = batch["boxes"].reshape(-1, 4) / imgsz
+    xywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
+    torch_batch = {
+        "img": torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).float() / 255,
+        "batch_idx": torch.arange(b).repeat_interleave(m).float(),
+        "cls": torch.from_numpy(batch["classes"].reshape(-1, 1)).float(),
+        "bboxes": torch.from_numpy(xywh).float(),
+    }
+
+    def step():
+        loss, _ = model(torch_batch)
+        loss.sum().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update(model)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scales", nargs="+", default=["n", "s"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    args = parser.parse_args()
+
+    import torch
+
+    from yolojax.loss import DetectionLoss
+    from yolojax.models import YOLOv8
+    from yolojax.train import TrainState, make_recipe, make_train_step
+
+    torch.set_num_threads(args.threads)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads; batch {args.batch} at {args.imgsz}")
+    print(f"{'model':8} {'compile s':>9} {'yolojax s':>9} {'ultralytics s':>13} {'ratio':>6}")
+    ratios = []
+    for scale in args.scales:
+        batch = random_batch(args.batch, args.imgsz, 80)
+        model = YOLOv8(scale=scale, num_classes=80)
+        variables = jax.jit(model.init, static_argnames="train")(
+            jax.random.key(0), jnp.zeros((1, args.imgsz, args.imgsz, 3)), train=False
+        )
+        recipe = make_recipe(epochs=100, batch_size=args.batch, dataset_size=10_000,
+                             num_classes=80, optimizer="SGD", warmup_epochs=0)
+        state = TrainState.create(model.apply, variables, dataclasses.replace(recipe, accumulate=1))
+        step = make_train_step(DetectionLoss(80))
+        device_batch = jax.device_put(batch)
+        t0 = time.perf_counter()
+        state, metrics = step(state, device_batch)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        torch_step = ultralytics_step_fn(scale, batch, args.imgsz)
+        torch_step()  # warm-up
+        jax_times, torch_times = [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            state, metrics = step(state, device_batch)
+            jax.block_until_ready(metrics)
+            jax_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            torch_step()
+            torch_times.append(time.perf_counter() - t0)
+        jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
+        ratios.append(torch_s / jax_s)
+        print(f"yolov8{scale:2} {compile_s:>9.1f} {jax_s:>9.2f} {torch_s:>13.2f} {torch_s / jax_s:>6.2f}",
+              flush=True)
+    print(f"geometric-mean ratio (ultralytics / yolojax): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+
+
+if __name__ == "__main__":
+    main()
