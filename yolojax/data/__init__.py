@@ -1,0 +1,52 @@
+"""Input pipeline: sources (YOLO data.yaml, COCO JSON, TFDS), ultralytics' augmentations, Grain batches.
+
+Typical use::
+
+    from yolojax.data import AugmentConfig, make_train_iterator, make_val_iterator
+    train = make_train_iterator("coco8.yaml", imgsz=640, batch_size=16, epochs=100, seed=0,
+                                aug=AugmentConfig(), max_boxes=100, workers=8,
+                                process_index=jax.process_index(), process_count=jax.process_count())
+    batch = next(train.iterator)      # image, boxes, classes, mask (see DESIGN.md)
+    state = train.iterator.get_state()
+    val = make_val_iterator("coco8.yaml", imgsz=640, batch_size=32, rect=True)
+
+See docs/data.md.
+"""
+
+from yolojax.data.augment_config import AugmentConfig
+from yolojax.data.coco_json import coco91_to_coco80, coco_json_source
+from yolojax.data.data_yaml import DataSpec, image_to_label_paths, list_image_files, load_data_yaml
+from yolojax.data.label_scan import ScanReport, ScanResult, scan_yolo_split
+from yolojax.data.label_table import LabelTable
+from yolojax.data.letterbox import Letterbox, apply_letterbox, letterbox_params, rect_batch_shapes
+from yolojax.data.pipeline import Batches, make_train_iterator, make_val_iterator
+from yolojax.data.schedule import TrainSchedule, ValSchedule
+from yolojax.data.sources import DetectionSource, FileDetectionSource, yolo_source
+from yolojax.data.tfds_source import TfdsSource
+
+__all__ = [
+    "AugmentConfig",
+    "Batches",
+    "DataSpec",
+    "DetectionSource",
+    "FileDetectionSource",
+    "LabelTable",
+    "Letterbox",
+    "ScanReport",
+    "ScanResult",
+    "TfdsSource",
+    "TrainSchedule",
+    "ValSchedule",
+    "apply_letterbox",
+    "coco91_to_coco80",
+    "coco_json_source",
+    "image_to_label_paths",
+    "letterbox_params",
+    "list_image_files",
+    "load_data_yaml",
+    "make_train_iterator",
+    "make_val_iterator",
+    "rect_batch_shapes",
+    "scan_yolo_split",
+    "yolo_source",
+]

@@ -1,0 +1,71 @@
+"""Image decoding and the long-side resize of ultralytics' ``BaseDataset.load_image``."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import cv2
+import numpy as np
+
+# OpenCV >= 4.10 decodes straight to RGB; older versions decode BGR and we swap.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
+def decode_image_rgb(data: bytes | np.ndarray) -> np.ndarray | None:
+    """Decode encoded image bytes (JPEG, PNG, ...) to uint8 (H, W, 3) RGB; None if undecodable.
+
+    EXIF orientation is applied (OpenCV's default), grey images are expanded to 3 channels and
+    16-bit images keep their high byte, as ultralytics' imread does.
+    """
+    buffer = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    if buffer.size == 0:
+        return None
+    try:
+        if _IMREAD_RGB is not None:
+            image = cv2.imdecode(buffer, _IMREAD_RGB)
+        else:
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+            if image is not None:
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    except cv2.error:
+        return None
+    if image is None:
+        return None
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    return image
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray | None:
+    """Read an image file as uint8 (H, W, 3) RGB; None when missing or undecodable."""
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError:
+        return None
+    return decode_image_rgb(data)
+
+
+def long_side_size(shape_hw: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """(h, w) after resizing the long side to `imgsz` (ultralytics rounds up, capped at imgsz)."""
+    h0, w0 = int(shape_hw[0]), int(shape_hw[1])
+    r = imgsz / max(h0, w0)
+    if r == 1:
+        return h0, w0
+    return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
+
+
+def resize_to(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of uint8 (H, W, C) to (h, w); the input itself when already that size."""
+    if tuple(size_hw) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (int(size_hw[1]), int(size_hw[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_long_side(image: np.ndarray, imgsz: int) -> np.ndarray:
+    """Resize uint8 (H, W, C) so its long side is `imgsz` pixels, keeping the aspect ratio.
+
+    Bilinear (cv2.INTER_LINEAR) both for training and validation, like ultralytics 8.4's
+    ``load_image``. Returns the input unchanged when the long side already is `imgsz`.
+    """
+    return resize_to(image, long_side_size(image.shape[:2], imgsz))

@@ -1,0 +1,229 @@
+"""Grain pipelines for training and validation batches.
+
+Graph: ``MapDataset.range(start_step, num_steps)`` -> ``.map(batch builder)`` (decode,
+augment / letterbox, pad to max_boxes; runs in the worker processes) ->
+``to_iter_dataset`` (threads, prefetch) -> ``mp_prefetch`` (``workers`` processes) ->
+``.map`` in the main process (logs truncated box counts). Every batch is a pure function of
+(arguments, step), so the iterator state is just the position and restoring it with
+``set_state`` continues exactly, with or without worker processes. A state is relative to
+the iterator's ``start_step``: restore it into an iterator built with the same arguments.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import grain
+import numpy as np
+from absl import flags
+
+from yolojax.data.augment_config import AugmentConfig
+from yolojax.data.batching import TruncationReporter
+from yolojax.data.letterbox import rect_batch_shapes
+from yolojax.data.schedule import TrainSchedule, ValSchedule
+from yolojax.data.sources import DetectionSource, yolo_source
+from yolojax.data.train_batches import TrainBatchBuilder
+from yolojax.data.val_batches import ValBatchBuilder
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Batches:
+    """An iterator of batches and its bookkeeping.
+
+    Attributes:
+      iterator: Grain ``DatasetIterator`` of batch dicts; ``get_state()`` / ``set_state()``
+        (JSON-able dicts) for checkpoints (e.g. ``grain.checkpoint.CheckpointSave(iterator)``).
+      start_step: the step of the first batch.
+      num_steps: steps in the whole run (the iterator yields num_steps - start_step batches).
+      steps_per_epoch: steps per epoch (validation: num_steps).
+      source: the images and labels (``names``, ``image_ids``, ``image_paths``).
+      schedule: the :class:`TrainSchedule` or :class:`ValSchedule`.
+    """
+
+    iterator: grain.DatasetIterator
+    start_step: int
+    num_steps: int
+    steps_per_epoch: int
+    source: DetectionSource
+    schedule: TrainSchedule | ValSchedule
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iterator
+
+    def __next__(self) -> Batch:
+        return next(self.iterator)
+
+    def epoch_of(self, step: int) -> int:
+        """0-based epoch of a (global) step."""
+        return step // self.steps_per_epoch
+
+    def close(self) -> None:
+        """Stop worker processes."""
+        self.iterator.close()
+
+
+def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # pylint: disable=import-outside-toplevel
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    return int(process_index), int(process_count)
+
+
+def _as_source(data: str | os.PathLike | DetectionSource, split: str) -> DetectionSource:
+    if isinstance(data, (str, os.PathLike)):
+        return yolo_source(data, split)
+    return data
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve large arrays from its heap and keep freed memory in the process.
+
+    Every sample allocates several image-sized buffers; by default glibc maps each one fresh
+    from the kernel and unmaps it when freed, so every buffer is page-faulted in again
+    (about a third of a worker's CPU time). Returns False where mallopt is unavailable.
+    """
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Worker set-up: one OpenCV thread (the processes are the parallelism), reuse freed memory."""
+    del worker_index, worker_count
+    cv2.setNumThreads(1)
+    keep_freed_memory()
+
+
+def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: int, prefetch: int,
+             max_boxes: int) -> grain.DatasetIterator:
+    if not 0 <= start_step <= num_steps:
+        raise ValueError(f"start_step {start_step} outside [0, {num_steps}]")
+    batches = grain.MapDataset.range(start_step, num_steps).map(builder)
+    stream = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch))
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's multiprocessing reads absl flags; use their defaults
+            flags.FLAGS.mark_as_parsed()
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+            worker_init_fn=_init_worker,
+        )
+    return iter(stream.map(TruncationReporter(max_boxes)))
+
+
+def make_train_iterator(
+    data: str | os.PathLike | DetectionSource,
+    *,
+    imgsz: int = 640,
+    batch_size: int = 16,
+    epochs: int = 1,
+    seed: int = 0,
+    aug: AugmentConfig | None = None,
+    max_boxes: int = 100,
+    workers: int = 0,
+    threads: int = 1,
+    prefetch: int = 2,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    mosaic_pool: str = "batch",
+) -> Batches:
+    """Augmented training batches for `epochs` epochs.
+
+    Args:
+      data: a data.yaml path (its 'train' split) or a source.
+      imgsz: image side in pixels, a multiple of 32.
+      batch_size: GLOBAL batch size; each process yields batch_size / process_count images.
+      epochs: epochs in the run (close_mosaic counts back from the last one).
+      seed: fixes the shuffles and every augmentation.
+      aug: augmentation hyperparameters (default: ultralytics' defaults).
+      max_boxes: M, box rows per image (more are dropped and counted in the log).
+      workers: worker processes (0: in this process).
+      threads: threads per worker building batches concurrently.
+      prefetch: batches buffered per worker.
+      start_step: first step to yield (e.g. when resuming without an iterator state).
+      process_index, process_count: this JAX process and their number (default: jax's).
+      mosaic_pool: mosaic / mixup partners from the same local 'batch' or the whole 'dataset'.
+
+    Returns:
+      :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB, boxes float32 (b, M, 4)
+      xyxy pixels, classes int32 (b, M), mask bool (b, M), with b = batch_size / process_count.
+    """
+    if imgsz % 32:
+        raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
+    source = _as_source(data, "train")
+    process_index, process_count = _process_index_and_count(process_index, process_count)
+    schedule = TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
+    if len(source) < batch_size:
+        logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
+    builder = TrainBatchBuilder(source, schedule, aug or AugmentConfig(), imgsz, max_boxes, mosaic_pool,
+                                shared_memory=workers > 0)
+    iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, max_boxes)
+    return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule)
+
+
+def make_val_iterator(
+    data: str | os.PathLike | DetectionSource,
+    *,
+    imgsz: int = 640,
+    batch_size: int = 16,
+    rect: bool = False,
+    stride: int = 32,
+    max_boxes: int = 300,
+    workers: int = 0,
+    threads: int = 1,
+    prefetch: int = 2,
+    split: str = "val",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Batches:
+    """Validation batches covering every image once (the last batch padded, see 'valid').
+
+    Args:
+      data: a data.yaml path (its `split`) or a source.
+      imgsz: long side in pixels.
+      batch_size: GLOBAL batch size (rect shapes are computed per global batch).
+      rect: ultralytics' rectangular batches (images sorted by aspect ratio, one canvas
+        shape per batch, stride multiples with 0.5 stride padding) as in validation during
+        ultralytics training; False: every image letterboxed to imgsz x imgsz (ultralytics'
+        standalone ``yolo val``).
+      stride: model stride for rect shapes.
+      max_boxes: M.
+      workers, threads, prefetch: as for training.
+      split: data.yaml split when `data` is a path.
+      process_index, process_count: this JAX process and their number (default: jax's).
+
+    Returns:
+      :class:`Batches` of dicts with image, boxes, classes, mask and valid, orig_hw,
+      ratio_hw, pad_xy, index (see :class:`yolojax.data.val_batches.ValBatchBuilder`).
+    """
+    if imgsz % stride:
+        raise ValueError(f"imgsz {imgsz} must be a multiple of the stride {stride}")
+    source = _as_source(data, split)
+    process_index, process_count = _process_index_and_count(process_index, process_count)
+    shapes = source.image_shapes_hw
+    if rect and shapes is None:
+        logger.warning("source has no image shapes: square validation batches instead of rect")
+        rect = False
+    if rect:
+        order, batch_shapes = rect_batch_shapes(shapes, batch_size, imgsz, stride=stride, pad=0.5)
+    else:
+        order, batch_shapes = np.arange(len(source), dtype=np.int64), None
+    schedule = ValSchedule(order, batch_size, process_index, process_count, batch_shapes)
+    builder = ValBatchBuilder(source, schedule, imgsz, max_boxes, shared_memory=workers > 0)
+    iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, max_boxes)
+    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule)

@@ -1,0 +1,119 @@
+"""Random-access detection sources (Grain ``RandomAccessDataSource`` compatible).
+
+Every source has ``__len__`` and ``__getitem__(i)`` returning a record::
+
+    {"image":   uint8 (H, W, 3) RGB, original size,
+     "boxes":   float32 (n, 4) x1, y1, x2, y2 normalised by the image width / height,
+     "classes": int32 (n,),
+     "index":   int, i}
+
+plus ``names`` (class names), ``image_shapes_hw`` (int32 (N, 2) original h, w, or None when
+unknown without decoding), ``image_ids`` (int64 (N,), e.g. COCO ids) and ``image_paths``,
+and ``has_polygons`` (labels were polygons). Sources are cheap to pickle: Grain copies
+them into its worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from yolojax.data.data_yaml import image_to_label_paths, list_image_files, load_data_yaml
+from yolojax.data.image_io import read_image_rgb
+from yolojax.data.label_scan import ScanReport, scan_yolo_split
+from yolojax.data.label_table import LabelTable
+
+
+class DetectionSource(Protocol):
+    """What the pipeline needs from a source."""
+
+    names: tuple[str, ...]
+    has_polygons: bool
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @property
+    def image_shapes_hw(self) -> np.ndarray | None: ...
+
+
+class FileDetectionSource:
+    """Images on disk with labels held in memory (after a label scan).
+
+    Args:
+      image_paths: N image files.
+      labels: their boxes (normalised xyxy) and classes.
+      shapes_hw: int32 (N, 2) original h, w of each image.
+      names: class names.
+      image_ids: int64 (N,) ids to report (COCO image ids); default 0..N-1.
+      has_polygons: labels came from polygons.
+      report: the scan report, kept for callers.
+    """
+
+    def __init__(
+        self,
+        image_paths: Sequence[str],
+        labels: LabelTable,
+        shapes_hw: np.ndarray,
+        names: Sequence[str],
+        image_ids: np.ndarray | None = None,
+        has_polygons: bool = False,
+        report: ScanReport | None = None,
+    ):
+        if not (len(image_paths) == len(labels) == len(shapes_hw)):
+            raise ValueError("image_paths, labels and shapes_hw must have one entry per image")
+        self.image_paths = tuple(str(p) for p in image_paths)
+        self.labels = labels
+        self._shapes_hw = np.asarray(shapes_hw, np.int32).reshape(-1, 2)
+        self.names = tuple(names)
+        self.image_ids = (
+            np.arange(len(self.image_paths), dtype=np.int64) if image_ids is None else np.asarray(image_ids, np.int64)
+        )
+        self.has_polygons = bool(has_polygons)
+        self.report = report
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __repr__(self) -> str:
+        return f"FileDetectionSource({len(self)} images, {len(self.names)} classes)"
+
+    @property
+    def image_shapes_hw(self) -> np.ndarray:
+        return self._shapes_hw
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        image = read_image_rgb(self.image_paths[index])
+        if image is None:
+            raise OSError(f"cannot read image {self.image_paths[index]} (changed since the label scan?)")
+        return {
+            "image": image,
+            "boxes": self.labels.boxes_of(index),
+            "classes": self.labels.classes_of(index),
+            "index": index,
+        }
+
+
+def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: bool = True) -> FileDetectionSource:
+    """The `split` of an ultralytics data.yaml as a source, after the (cached) label scan.
+
+    Args:
+      data_yaml: path to the data.yaml.
+      split: 'train', 'val' or 'test'.
+      use_cache: read/write the label scan cache beside the labels.
+
+    Returns:
+      A :class:`FileDetectionSource` of the images that passed the scan.
+    """
+    spec = load_data_yaml(data_yaml)
+    if split not in spec.splits:
+        raise ValueError(f"{data_yaml} has no '{split}' split (has {sorted(spec.splits)})")
+    image_paths = list_image_files(spec.splits[split])
+    scan = scan_yolo_split(image_paths, image_to_label_paths(image_paths), spec.num_classes, use_cache=use_cache)
+    return FileDetectionSource(scan.image_paths, scan.labels, scan.shapes_hw, spec.names,
+                               has_polygons=scan.has_polygons, report=scan.report)

@@ -1,0 +1,94 @@
+"""Training batch of one step: the Grain map function run in the worker processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from yolojax.data.augment_config import AugmentConfig
+from yolojax.data.batching import new_image_batch, pad_labels
+from yolojax.data.image_io import long_side_size
+from yolojax.data.schedule import TrainSchedule, record_rng
+from yolojax.data.sources import DetectionSource
+from yolojax.data.train_sample import LoadedImage, train_sample
+
+MOSAIC_POOLS = ("batch", "dataset")
+
+
+def load_image(source: DetectionSource, index: int, imgsz: int) -> LoadedImage:
+    """Source image `index` (decoded) with its long-side-resized size and its labels."""
+    record = source[index]
+    size_hw = long_side_size(record["image"].shape[:2], imgsz)
+    return LoadedImage(record["image"], size_hw, record["boxes"], record["classes"], int(index))
+
+
+class TrainBatchBuilder:
+    """step -> this process's training batch (DESIGN.md's format, plus 'num_boxes').
+
+    Args:
+      source: the images and labels.
+      schedule: which images each step uses.
+      aug: augmentation hyperparameters.
+      imgsz: output side in pixels (a multiple of 32).
+      max_boxes: M.
+      mosaic_pool: where mosaic / mixup partners come from: 'batch' (the other images of the
+        same local batch, drawn without replacement: every image is decoded once per batch) or
+        'dataset' (uniform over the whole source, like ultralytics with cache='ram').
+      shared_memory: allocate the image batch in shared memory (set when the builder runs in
+        Grain worker processes: saves copying the batch once more).
+    """
+
+    def __init__(
+        self,
+        source: DetectionSource,
+        schedule: TrainSchedule,
+        aug: AugmentConfig,
+        imgsz: int,
+        max_boxes: int,
+        mosaic_pool: str = "batch",
+        shared_memory: bool = False,
+    ):
+        if mosaic_pool not in MOSAIC_POOLS:
+            raise ValueError(f"mosaic_pool must be one of {MOSAIC_POOLS}, not {mosaic_pool!r}")
+        self.source = source
+        self.schedule = schedule
+        self.aug = aug
+        self.imgsz = int(imgsz)
+        self.max_boxes = int(max_boxes)
+        self.mosaic_pool = mosaic_pool
+        self.shared_memory = shared_memory
+        self.area_thr = 0.01 if getattr(source, "has_polygons", False) else 0.1
+
+    def _picker(self, indices: np.ndarray, slot: int):
+        n = len(self.source)
+        if self.mosaic_pool == "dataset":
+            return lambda rng, k: [int(i) for i in rng.integers(0, n, k)]
+        others = np.delete(indices, slot)
+
+        def pick(rng: np.random.Generator, k: int) -> list[int]:
+            if len(others) >= k:
+                return [int(i) for i in rng.choice(others, k, replace=False)]
+            return [int(i) for i in rng.choice(indices, k, replace=True)]
+
+        return pick
+
+    def __call__(self, step: int) -> dict[str, Any]:
+        epoch, positions, indices = self.schedule.image_indices(int(step))
+        mixing = self.aug.mixing_on(epoch, self.schedule.epochs)
+        loaded: dict[int, LoadedImage] = {}
+
+        def load(i: int) -> LoadedImage:
+            if i not in loaded:
+                loaded[i] = load_image(self.source, i, self.imgsz)
+            return loaded[i]
+
+        images = new_image_batch((len(indices), self.imgsz, self.imgsz, 3), self.shared_memory)
+        samples = [
+            train_sample(int(index), load, self._picker(indices, slot), record_rng(self.schedule.seed, epoch, pos),
+                         self.aug, self.imgsz, mixing, self.area_thr, out=images[slot])
+            for slot, (pos, index) in enumerate(zip(positions, indices))
+        ]
+        batch = {"image": images}
+        batch.update(pad_labels([s.boxes for s in samples], [s.classes for s in samples], self.max_boxes))
+        return batch
