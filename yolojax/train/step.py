@@ -19,7 +19,8 @@ def clip_coefficient(grad_norm: jax.Array, max_norm: float) -> jax.Array:
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable
+    state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One batch of ultralytics-style training.
 
@@ -29,12 +30,21 @@ def train_step(
         (B, M, 4) xyxy pixels, ``classes`` int32 (B, M), ``mask`` bool (B, M).
       loss_fn: ``loss_fn(feats, batch) -> (total, {"box", "cls", "dfl"})``, e.g. a
         :class:`yolojax.loss.DetectionLoss`.
+      axis_name: set only inside ``jax.shard_map`` (check_vma=True) over the batch axis
+        (:mod:`yolojax.parallel`'s pmap path), with ``state.apply_fn`` using
+        ``bn_axis_name`` and ``loss_fn`` using ``axis_name``. ``B`` is then the global batch
+        (local rows times the axis size), so each device differentiates its share of the
+        global objective; the gradient with respect to the replicated (axis-invariant)
+        params comes out already summed over the axis (shard_map's transpose of the implicit
+        broadcast is a psum), and the reported loss and parts are psum'ed.
 
     The gradient is that of ``total * B`` (ultralytics backpropagates its loss items summed
     and multiplied by the batch size); it is summed into ``grad_accum``, and once
     ``accumulate`` batches have gathered since the last update the sum is clipped to global
     norm ``recipe.grad_clip_norm``, applied with this iteration's learning rates and
-    momentum, and folded into the EMA. BatchNorm statistics update on every batch.
+    momentum, and folded into the EMA. BatchNorm statistics update on every batch. A batch
+    whose loss or gradient is not finite is skipped (only ``step`` advances); its ``loss``
+    or ``grad_norm`` metric is then non-finite.
 
     Returns the new state and float32 metrics: loss, box, cls, dfl, lr (of the weight
     group), grad_norm (of the gradient sum at this batch, before clipping) and updated (1.0
@@ -44,6 +54,8 @@ def train_step(
     hp = hyperparams(recipe, state.step)
     images = batch["image"].astype(jnp.float32) / 255.0
     batch_size = images.shape[0]
+    if axis_name is not None:
+        batch_size = batch_size * jax.lax.psum(1, axis_name)
 
     def objective(params):
         feats, updates = state.apply_fn(
@@ -54,9 +66,18 @@ def train_step(
         return total * batch_size, (total, parts, updates["batch_stats"])
 
     grads, (total, parts, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    if axis_name is not None:
+        total, parts = jax.lax.psum((total, parts), axis_name)
     grad_accum = jax.tree.map(jnp.add, state.grad_accum, grads)
     grad_norm = optax.global_norm(grad_accum)
-    do_update = state.step - state.last_opt_step >= hp["accumulate"]
+    # Non-finite guard: a batch whose loss or gradient is not finite changes nothing but
+    # ``step`` (no accumulation, no BatchNorm statistics, no update); its metrics show a
+    # non-finite loss or grad_norm, which the train loop counts.
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    grad_accum = jax.tree.map(keep, grad_accum, state.grad_accum)
+    batch_stats = jax.tree.map(keep, batch_stats, state.batch_stats)
+    do_update = finite & (state.step - state.last_opt_step >= hp["accumulate"])
 
     def update(operands):
         params, opt_state, ema, ema_updates, grad_accum = operands

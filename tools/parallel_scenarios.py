@@ -1,0 +1,253 @@
+"""Run yolojax.parallel scenarios on simulated CPU devices and print/write JSON results.
+
+  python tools/parallel_scenarios.py --devices 8 --scenarios ref,data8,... --out R.json
+  python tools/parallel_scenarios.py --devices 2 --coordinator 127.0.0.1:PORT \
+      --num-processes 2 --process-id I --scenarios multihost --out R.json   (per process)
+
+Each scenario trains yolov8n (3 classes) at 128 px, global batch 8, fp32, SGD (nesterov, weight decay; --optimizer AdamW to
+compare) with one update per batch, for 3 steps from the same host-side initial state and batches, and is
+compared with the one-device run ("ref"): per leaf, max|a - ref| / max(max|ref|, 1e-12)
+(relative to the leaf's largest magnitude: elementwise relative error is ill-posed for
+entries near 0). Used by tests/test_parallel.py; also a runnable demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--scenarios", default="ref,data8,data4_model2_tp,data2_model4_tp,fsdp8,pmap8,memory_x")
+    ap.add_argument("--out", default=None, help="write JSON results here")
+    ap.add_argument("--save-params", default=None, help="dir: write <scenario>.npz of final params")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"],
+                    help="SGD (default): the update is linear in the gradient, so runs that "
+                         "differ only in float summation order stay within ~1e-6; AdamW's first "
+                         "steps are ~lr*sign(g), which flips for near-zero gradient entries")
+    ap.add_argument("--coordinator", default=None)
+    ap.add_argument("--num-processes", type=int, default=None)
+    ap.add_argument("--process-id", type=int, default=None)
+    return ap.parse_args()
+
+
+ARGS = parse()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import dataclasses  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from yolojax import parallel as par  # noqa: E402
+from yolojax.loss import DetectionLoss  # noqa: E402
+from yolojax.models import YOLOv8  # noqa: E402
+from yolojax.train import TrainState, make_recipe, make_train_step  # noqa: E402
+
+IMGSZ, NC, BATCH = 128, 3, 8
+
+
+def synthetic_batch(batch_size=BATCH, max_boxes=6, seed=0):
+    rng = np.random.default_rng(seed)
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)
+    images = np.full((batch_size, IMGSZ, IMGSZ, 3), 114, np.uint8)
+    boxes = np.zeros((batch_size, max_boxes, 4), np.float32)
+    classes = np.zeros((batch_size, max_boxes), np.int32)
+    mask = np.zeros((batch_size, max_boxes), bool)
+    for b in range(batch_size):
+        for j in range(rng.integers(1, 5)):
+            w, h = rng.integers(16, 56, size=2)
+            x1, y1 = rng.integers(0, IMGSZ - w), rng.integers(0, IMGSZ - h)
+            c = rng.integers(NC)
+            images[b, y1:y1 + h, x1:x1 + w] = colours[c]
+            boxes[b, j] = [x1, y1, x1 + w, y1 + h]
+            classes[b, j], mask[b, j] = c, True
+    # Pixel noise breaks the exact symmetries of flat rectangles on flat grey (mirror-image
+    # anchors with equal IoU and score), whose ties the assigner's top-k would otherwise
+    # resolve by float noise after the first update: a discrete flip that is not a
+    # parallelism error but shows as ~1e-1 differences in a few BatchNorm biases.
+    noise = rng.integers(-40, 41, size=images.shape)
+    images = np.clip(images.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return {"image": images, "boxes": boxes, "classes": classes, "mask": mask}
+
+
+def recipe():
+    if ARGS.optimizer == "SGD":
+        kw = dict(optimizer="SGD", lr0=0.01, momentum=0.937)
+    else:
+        kw = dict(optimizer="AdamW", lr0=0.002, momentum=0.9)
+    r = make_recipe(epochs=100, batch_size=BATCH, dataset_size=BATCH, num_classes=NC,
+                    warmup_epochs=0, **kw)
+    return dataclasses.replace(r, accumulate=1)
+
+
+MODEL = YOLOv8(scale="n", num_classes=NC)
+LOSS = DetectionLoss(NC)
+
+
+def host_state():
+    variables = MODEL.init(jax.random.key(0), jnp.zeros((1, IMGSZ, IMGSZ, 3)), train=False)
+    state = TrainState.create(MODEL.apply, variables, recipe())
+    return jax.device_get(state)
+
+
+BATCHES = [synthetic_batch(seed=s) for s in range(ARGS.steps)]
+
+
+def to_host(tree):
+    """Global arrays -> numpy; replicated leaves read locally, sharded ones gathered."""
+    def get(x):
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(get, tree)
+
+
+def flat(tree):
+    return {par.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def run_steps(step_fn, state, mesh=None):
+    losses, t0 = [], time.time()
+    for i, b in enumerate(BATCHES):
+        if mesh is not None:
+            rows = par.process_batch_rows(BATCH, mesh)
+            b = par.place_batch({k: v[rows] for k, v in b.items()}, mesh)
+        state, metrics = step_fn(state, b)
+        losses.append(float(metrics["loss"]))
+        if i == 0:
+            t_first = time.time() - t0
+    return state, losses, t_first, time.time() - t0
+
+
+SCENARIOS = {
+    # name: (mode, data, model, rules, n_devices)
+    "data8": ("jit", 8, 1, "data", 8),
+    "data4_model2_tp": ("jit", 4, 2, "tp", 8),
+    "data2_model4_tp": ("jit", 2, 4, "tp", 8),
+    "fsdp8": ("jit", 8, 1, "fsdp", 8),
+    "pmap8": ("pmap", 8, 1, "data", 8),
+    "data4": ("jit", 4, 1, "data", 4),
+    "multihost": ("jit", 4, 1, "data", 4),
+}
+
+# Leaves whose compiled shardings the tests check.
+TP_KERNEL = "model_2/cv1/conv/kernel"  # (1, 1, 32, 32) on yolov8n
+TP_BN = "model_2/cv1/bn/scale"
+FSDP_KERNEL = "model_7/conv/kernel"  # (3, 3, 128, 256)
+
+
+def compiled_param_specs(step_fn, state, mesh):
+    b = BATCHES[0]
+    placed = par.place_batch({k: v[par.process_batch_rows(BATCH, mesh)] for k, v in b.items()}, mesh)
+    compiled = step_fn.lower(state, placed).compile()
+    in_state = compiled.input_shardings[0][0]
+    params_sh = flat(jax.tree.map(lambda s: np.array(str(tuple(s.spec)) if hasattr(s, "spec") else "?"),
+                                  in_state.params, is_leaf=lambda x: hasattr(x, "spec")))
+    return {k: str(v) for k, v in params_sh.items() if k in (TP_KERNEL, TP_BN, FSDP_KERNEL)}
+
+
+def main():
+    if ARGS.coordinator:
+        par.initialize_distributed(ARGS.coordinator, ARGS.num_processes, ARGS.process_id)
+    names = [s for s in ARGS.scenarios.split(",") if s]
+    init = host_state()
+    out = {"devices": jax.device_count(), "process_count": jax.process_count(), "scenarios": {}}
+    ref = None
+    if "ref" in names:
+        t0 = time.time()
+        step = make_train_step(LOSS)
+        # A copy: device_put may alias numpy buffers zero-copy on CPU, and the step donates.
+        state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), init), jax.devices()[0])
+        state, losses, t_first, t_all = run_steps(step, state)
+        ref = {"losses": losses, "params": flat(jax.device_get(state.params)),
+               "batch_stats": flat(jax.device_get(state.batch_stats))}
+        out["scenarios"]["ref"] = {"losses": losses, "first_step_s": t_first, "total_s": time.time() - t0}
+        if ARGS.save_params:
+            np.savez(os.path.join(ARGS.save_params, "ref.npz"), **ref["params"])
+    for name in names:
+        if name in ("ref", "memory_x"):
+            continue
+        t0 = time.time()
+        mode, data, model, rules, ndev = SCENARIOS[name]
+        mesh = par.make_mesh(data, model, jax.devices()[:ndev])
+        step, shardings = par.make_parallel_train_step(mode, LOSS, mesh, init, rules)
+        state = par.shard_state(init, shardings)
+        res = {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "mode": mode, "rules": rules}
+        if mode == "jit":
+            res["compiled_specs"] = compiled_param_specs(step, state, mesh)
+            res["table"] = par.sharding_table(state.params)
+        state, losses, t_first, t_all = run_steps(step, state, mesh)
+        res["result_specs"] = {k: str(tuple(v.sharding.spec)) for k, v in
+                               ((par.path_str(p), v) for p, v in
+                                jax.tree_util.tree_leaves_with_path(state.params))
+                               if k in (TP_KERNEL, TP_BN, FSDP_KERNEL)}
+        res["opt_state_specs"] = sorted({  # momentum buffers of FSDP_KERNEL
+            str(tuple(v.sharding.spec)) for p, v in jax.tree_util.tree_leaves_with_path(state.opt_state)
+            if par.path_str(p).endswith(FSDP_KERNEL) and v.ndim == 4})
+        res["losses"] = losses
+        params = flat(to_host(state.params))
+        stats = flat(to_host(state.batch_stats))
+        if ref is not None:
+            res["loss_rel"] = max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"]))
+            res["param_rel"] = max(
+                float(np.max(np.abs(params[k] - v)) / max(float(np.max(np.abs(v))), 1e-12))
+                for k, v in ref["params"].items())
+            res["stats_rel"] = max(
+                float(np.max(np.abs(stats[k] - v)) / max(float(np.max(np.abs(v))), 1e-12))
+                for k, v in ref["batch_stats"].items())
+            res["param_changed"] = max(
+                float(np.max(np.abs(params[k] - np.asarray(v)))) for k, v in flat(init.params).items())
+        if ARGS.save_params and par.is_main_process():
+            np.savez(os.path.join(ARGS.save_params, f"{name}.npz"), **params)
+        res["first_step_s"], res["total_s"] = t_first, time.time() - t0
+        out["scenarios"][name] = res
+    if "memory_x" in names:
+        out["scenarios"]["memory_x"] = memory_x()
+    text = json.dumps(out, indent=1)
+    if ARGS.out and par.is_main_process():
+        with open(ARGS.out, "w") as f:
+            f.write(text)
+    if par.is_main_process():
+        for name, res in out["scenarios"].items():
+            if "table" in res:
+                print(f"== {name} sharding table (params) ==\n{res['table']}")
+        print(json.dumps({n: {k: v for k, v in r.items() if k != "table"}
+                          for n, r in out["scenarios"].items()}, indent=1))
+
+
+def memory_x():
+    """yolov8x params + optimizer state per device: fsdp over data=8 vs replicated,
+    from jax.eval_shape and the shardings' shard_shape (nothing materialised)."""
+    model = YOLOv8(scale="x", num_classes=80)
+
+    def create():
+        v = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+        return TrainState.create(model.apply, v, recipe())
+
+    abstract = jax.eval_shape(create)
+    mesh = par.make_mesh(8, 1, jax.devices()[:8])
+    fsdp = par.state_shardings(abstract, mesh, "fsdp")
+    rep = par.state_shardings(abstract, mesh, "data")
+    part = lambda t: (t.params, t.opt_state)  # noqa: E731
+    b_fsdp = par.per_device_bytes(part(abstract), part(fsdp))
+    b_rep = par.per_device_bytes(part(abstract), part(rep))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    return {"params": n_params, "fsdp_bytes": b_fsdp, "replicated_bytes": b_rep,
+            "ratio": b_fsdp / b_rep}
+
+
+if __name__ == "__main__":
+    main()

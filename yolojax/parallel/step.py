@@ -1,0 +1,178 @@
+"""Sharded train steps: the jit (GSPMD) path and the pmap-style (shard_map) path.
+
+Both take the same :class:`yolojax.train.TrainState` and DESIGN.md batch and give the same
+numbers as one device (BatchNorm statistics and the loss normaliser over the global batch).
+
+* ``mode="jit"``: ``jax.jit`` with in/out shardings from the partition rules
+  (:func:`yolojax.parallel.rules.state_shardings`), the batch over 'data', the state
+  donated. XLA inserts the collectives (gradient all-reduce for replicated params,
+  all-gather / reduce-scatter for fsdp, activation collectives for tp).
+* ``mode="pmap"``: ``jax.shard_map`` over the 'data' axis with the state replicated and
+  explicit collectives: BatchNorm ``pmean``s its moments (``bn_axis_name``), the loss
+  ``psum``s its normaliser (``DetectionLoss.axis_name``), gradients are summed over the
+  axis by shard_map's autodiff (the transpose of the replicated params' implicit
+  broadcast is a psum) and metrics are psum'ed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from yolojax.parallel.mesh import DATA, MODEL, batch_sharding, replicated
+from yolojax.parallel.rules import Rules, state_shardings
+from yolojax.train.step import train_step
+
+MODES = ("jit", "pmap")
+
+
+# -- placing data ----------------------------------------------------------------------------
+
+def shard_array(x: Any, sharding: NamedSharding) -> jax.Array:
+    """A global jax.Array from a host value that every process holds in full (e.g. the
+    initial state computed identically everywhere); each process fills its own shards.
+
+    Every shard is a fresh copy: on CPU, XLA may alias a numpy buffer zero-copy, and a train
+    step that donates the state would then overwrite the caller's host array in place."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: np.array(x[idx], copy=True))
+
+
+def shard_state(state: Any, shardings: Any) -> Any:
+    """Place a (host or single-device) pytree onto ``shardings`` (a matching pytree)."""
+    return jax.tree.map(shard_array, state, shardings)
+
+
+def init_sharded_state(create_fn: Callable[[], Any], mesh: Mesh, rules: str | Rules):
+    """Build the state directly in its sharded layout: ``create_fn()`` (e.g.
+    ``lambda: TrainState.create(model.apply, model.init(key, x), recipe)``) runs under
+    ``jit`` with the rules' out_shardings, so no device ever holds the whole state.
+    Returns ``(state, shardings)``."""
+    abstract = jax.eval_shape(create_fn)
+    shardings = state_shardings(abstract, mesh, rules)
+    return jax.jit(create_fn, out_shardings=shardings)(), shardings
+
+
+def process_batch_rows(global_batch_size: int, mesh: Mesh) -> slice:
+    """The rows of the global batch that this process must load (and pass to
+    :func:`place_batch`), as the mesh's 'data' sharding lays them out: a contiguous slice
+    (``global/process_count`` rows on a homogeneous multi-host mesh; everything on one)."""
+    sharding = batch_sharding(mesh)
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch_size,)).values():
+        rows.update(range(*index[0].indices(global_batch_size)))
+    lo, hi = min(rows), max(rows) + 1
+    if hi - lo != len(rows):
+        raise ValueError("this process's batch rows are not contiguous on this mesh")
+    return slice(lo, hi)
+
+
+def place_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Process-local batch (this process's rows, :func:`process_batch_rows`) -> global
+    arrays sharded over 'data' via ``jax.make_array_from_process_local_data``."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+
+# -- activation sharding constraints ---------------------------------------------------------
+
+def constrained_apply(apply_fn: Callable, mesh: Mesh) -> Callable:
+    """``apply_fn`` with the images and head outputs constrained to batch-over-'data'
+    (GSPMD propagates the rest; under tp, weights split over 'model' make the conv outputs
+    channel-sharded there)."""
+    data = NamedSharding(mesh, P(DATA))
+
+    def apply(variables, images, *args, **kwargs):
+        images = jax.lax.with_sharding_constraint(images, data)
+        out = apply_fn(variables, images, *args, **kwargs)
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], (list, tuple)):
+            feats, updates = out
+            feats = [jax.lax.with_sharding_constraint(f, data) for f in feats]
+            return feats, updates
+        return jax.lax.with_sharding_constraint(out, data) if not isinstance(out, (list, tuple)) else out
+
+    return apply
+
+
+# -- train steps -----------------------------------------------------------------------------
+
+def make_jit_train_step(loss_fn: Callable, mesh: Mesh, shardings: Any,
+                        constrain_activations: bool = True) -> Callable:
+    """``jit(train_step)`` with the state's in/out shardings (from
+    :func:`yolojax.parallel.rules.state_shardings`), batch over 'data', replicated
+    metrics, and the input state donated. ``loss_fn`` must not have an ``axis_name``."""
+    if getattr(loss_fn, "axis_name", None) is not None:
+        raise ValueError("the jit path needs loss_fn.axis_name=None (the batch is just sharded)")
+
+    def step(state, batch):
+        inner = state
+        if constrain_activations:
+            inner = state.replace(apply_fn=constrained_apply(state.apply_fn, mesh))
+        new_state, metrics = train_step(inner, batch, loss_fn)
+        return new_state.replace(apply_fn=state.apply_fn), metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def _module_of(apply_fn: Callable) -> Any:
+    module = getattr(apply_fn, "__self__", None)
+    if module is None or not hasattr(module, "clone"):
+        raise ValueError("pass model=: state.apply_fn is not a bound Flax module's apply")
+    return module
+
+
+def make_pmap_train_step(loss_fn: Callable, mesh: Mesh, model: Any | None = None) -> Callable:
+    """Data parallel with replicated state and explicit collectives (``parallel.mode='pmap'``).
+
+    ``jit(shard_map(train_step))`` over the mesh's 'data' axis ('model' must be 1): the
+    state is replicated (``P()``), the batch split over 'data'. Inside, the model is
+    ``model.clone(bn_axis_name='data')`` (``model`` defaults to the module whose ``apply``
+    is ``state.apply_fn``) and the loss ``dataclasses.replace(loss_fn, axis_name='data')``.
+    Each device differentiates ``total_local_share * B_global``; the sum over devices of
+    that is the one-device objective ``total * B_global``, so the summed gradient, BN
+    statistics, loss and update equal the one-device run up to float summation order.
+    Place the state with ``replicated(mesh)`` shardings and batches with
+    :func:`place_batch`.
+    """
+    if mesh.shape.get(MODEL, 1) != 1:
+        raise ValueError(f"parallel.mode='pmap' is data parallel only; got mesh {dict(mesh.shape)}")
+    ploss = dataclasses.replace(loss_fn, axis_name=DATA)
+
+    def step(state, batch):
+        module = model if model is not None else _module_of(state.apply_fn)
+        inner = state.replace(apply_fn=module.clone(bn_axis_name=DATA).apply)
+        new_state, metrics = train_step(inner, batch, ploss, axis_name=DATA)
+        return new_state.replace(apply_fn=state.apply_fn), metrics
+
+    mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
+    return jax.jit(
+        mapped,
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_parallel_train_step(mode: str, loss_fn: Callable, mesh: Mesh, state: Any,
+                             rules: str | Rules = "data", model: Any | None = None):
+    """Config-level entry point: returns ``(step_fn, state_shardings)`` for
+    ``parallel.mode`` ``"jit"`` (shardings from ``rules``) or ``"pmap"`` (replicated).
+    ``state`` may be concrete or abstract (``jax.eval_shape``)."""
+    if mode == "jit":
+        shardings = state_shardings(state, mesh, rules)
+        return make_jit_train_step(loss_fn, mesh, shardings), shardings
+    if mode == "pmap":
+        rep = replicated(mesh)
+        shardings = jax.tree.map(lambda _: rep, state)
+        return make_pmap_train_step(loss_fn, mesh, model), shardings
+    raise ValueError(f"parallel.mode must be one of {MODES}, got {mode!r}")
