@@ -808,8 +808,10 @@ def load_converted(path: str | os.PathLike) -> tuple[Variables, Info]:
 def load_weights(path: str | os.PathLike) -> tuple[Variables, Info]:
     """Load YOLOv8 variables and info from any supported source of weights.
 
-    ``path`` is an ultralytics ``.pt``/``.pth`` file (:func:`load_ultralytics`) or a
-    directory written by :func:`save_converted` (:func:`load_converted`). Returns the same
+    ``path`` is an ultralytics ``.pt``/``.pth`` file (:func:`load_ultralytics`), a
+    directory written by :func:`save_converted` (:func:`load_converted`) or a train workdir
+    (or its ``checkpoints/``): the EMA weights of its latest complete checkpoint
+    (:func:`yolojax.checkpoint.load_workdir_weights`). Returns the same
     ``(variables, info)`` as :func:`load_ultralytics`. Raises ``ValueError`` otherwise.
     """
     p = Path(path)
@@ -817,11 +819,15 @@ def load_weights(path: str | os.PathLike) -> tuple[Variables, Info]:
         return load_ultralytics(p)
     if p.is_dir() and _is_converted_dir(p):
         return load_converted(p)
-    # Train workdirs (latest complete checkpoint, EMA weights) will be recognised here.
+    if p.is_dir():
+        from yolojax.checkpoint import is_train_workdir, load_workdir_weights
+
+        if is_train_workdir(p):  # a train workdir: its latest complete checkpoint's EMA weights
+            return load_workdir_weights(p)
     what = "does not exist" if not p.exists() else "is not a supported source of weights"
     raise ValueError(
         f"{path} {what}: expected an ultralytics .pt file or a yolojax checkpoint "
-        f"directory (with {INFO_FILE} and {VARIABLES_DIR}/)"
+        f"directory (with {INFO_FILE} and {VARIABLES_DIR}/) or a train workdir with a checkpoint"
     )
 
 

@@ -1,0 +1,105 @@
+"""Every default of ``python -m yolojax.train`` (ultralytics' cfg/default.yaml values).
+
+Any field can be overridden on the command line, e.g. ``--config.epochs=3``; unknown fields
+are refused. Per-model configs (configs/yolov8{n,s,m,l,x}.py) start from ``get_config()``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # Model and weights.
+    c.model = ml_collections.ConfigDict()
+    c.model.scale = "s"            # n, s, m, l, x
+    c.model.num_classes = -1       # -1: from the dataset's names (must match when set)
+    c.model.reg_max = 16
+    c.weights = ""                 # '' (from scratch), an ultralytics .pt, a converted dir or a train workdir
+    c.dtype = "float32"            # float32 | bfloat16 (compute dtype; params stay float32)
+
+    # Data.
+    c.data = ml_collections.ConfigDict()
+    c.data.yaml = ""               # ultralytics data.yaml (path, train, val, names)
+    c.data.workers = 8             # Grain worker processes (0: in the main process)
+    c.data.threads = 1             # batch-building threads per worker
+    c.data.prefetch = 2            # batches buffered per worker
+    c.data.max_boxes = 100         # M, box rows per image
+    c.data.mosaic_pool = "batch"   # mosaic partners from the same 'batch' or the whole 'dataset'
+    # Built-in synthetic shapes dataset: when root is set and data.yaml is empty, the dataset
+    # is written there in YOLO format (once) and used as data.yaml.
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.root = ""
+    c.data.synthetic.num_train = 128
+    c.data.synthetic.num_val = 32
+    c.data.synthetic.min_size = 160
+    c.data.synthetic.max_size = 320
+    c.data.synthetic.max_shapes = 4
+    c.data.synthetic.seed = 0
+
+    # Run length.
+    c.imgsz = 640
+    c.batch_size = 16              # global batch
+    c.epochs = 100
+    c.max_steps = 0                # 0: no cap
+    c.seed = 0
+
+    # Optimiser (ultralytics' trainer arithmetic, see yolojax/train/optim.py).
+    c.optimizer = "auto"           # SGD, Adam, AdamW, auto
+    c.lr0 = 0.01
+    c.lrf = 0.01
+    c.momentum = 0.937
+    c.weight_decay = 0.0005
+    c.warmup_epochs = 3.0
+    c.warmup_momentum = 0.8
+    c.warmup_bias_lr = 0.1
+    c.cos_lr = False
+    c.nbs = 64
+
+    # Loss gains.
+    c.box = 7.5
+    c.cls = 0.5
+    c.dfl = 1.5
+
+    # Augmentation.
+    c.hsv_h = 0.015
+    c.hsv_s = 0.7
+    c.hsv_v = 0.4
+    c.degrees = 0.0
+    c.translate = 0.1
+    c.scale = 0.5
+    c.shear = 0.0
+    c.perspective = 0.0
+    c.flipud = 0.0
+    c.fliplr = 0.5
+    c.mosaic = 1.0
+    c.mixup = 0.0
+    c.close_mosaic = 10
+
+    # Validation after each epoch, with the EMA weights.
+    c.val = ml_collections.ConfigDict()
+    c.val.enabled = True
+    c.val.every_epochs = 1
+    c.val.batch_size = 0           # 0: 2 x batch_size (as ultralytics)
+    c.val.conf = 0.001
+    c.val.iou = 0.7
+    c.val.max_det = 300
+    c.val.rect = True              # ultralytics validates with rect batches during training
+
+    # Parallelism.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.model = 1
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mode = "jit"        # jit (GSPMD) | pmap (shard_map data parallel)
+    c.parallel.rules = "data"      # data | fsdp | tp (parameter sharding rules, jit mode)
+
+    # Checkpointing (WORKDIR/checkpoints) and logging.
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500  # also at every epoch end and at the end of the run; 0: epochs only
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+    c.log_every_steps = 10
+    c.progress = True              # tqdm progress bar
+    c.max_nonfinite = 10           # stop after this many non-finite losses in a row
+    return c

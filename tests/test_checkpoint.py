@@ -1,0 +1,163 @@
+"""yolojax.checkpoint: complete-only latest step, interrupted writes, iterator position,
+workdir weights; and the train step's non-finite guard."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from yolojax.checkpoint import (
+    RunCheckpointer, complete_steps, incomplete_entries, is_train_workdir, latest_complete_step,
+    load_workdir_weights,
+)
+from yolojax.convert import load_weights
+
+INFO = {"scale": "n", "num_classes": 2, "names": ["a", "b"], "reg_max": 16}
+
+
+@struct.dataclass
+class FakeState:
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: tuple
+    grad_accum: dict
+    last_opt_step: jax.Array
+    ema: dict
+    ema_updates: jax.Array
+
+
+def fake_state(value: float, step: int) -> FakeState:
+    params = {"conv": {"kernel": jnp.full((3, 3, 2, 4), value), "bias": jnp.full((4,), value)}}
+    bs = {"bn": {"mean": jnp.full((4,), value / 2)}}
+    return FakeState(
+        step=jnp.int32(step), params=params, batch_stats=bs,
+        opt_state=(jnp.zeros(()), {"mu": jax.tree.map(jnp.zeros_like, params)}),
+        grad_accum=jax.tree.map(jnp.zeros_like, params), last_opt_step=jnp.int32(step - 1),
+        ema={"params": jax.tree.map(lambda x: x + 1, params), "batch_stats": bs}, ema_updates=jnp.int32(step),
+    )
+
+
+def make_iterator():
+    return grain.MapDataset.range(100).to_iter_dataset().__iter__()
+
+
+def save_steps(directory: Path, steps: list[int]) -> list:
+    ckpt = RunCheckpointer(directory, keep=5)
+    it = make_iterator()
+    positions = []
+    for s in steps:
+        while len(positions) < s:  # consume up to this step
+            positions.append(next(it))
+        ckpt.save(s, fake_state(float(s), s), it, {"step": s, "info": INFO}, {"seed": 0})
+    ckpt.close()
+    return positions
+
+
+def test_save_restore_roundtrip_with_iterator_position(tmp_path):
+    save_steps(tmp_path / "checkpoints", [2, 5])
+    assert complete_steps(tmp_path / "checkpoints") == [2, 5]
+    ckpt = RunCheckpointer(tmp_path / "checkpoints", keep=5)
+    it = make_iterator()
+    state, meta = ckpt.restore(5, fake_state(0.0, 0), it)
+    ckpt.close()
+    assert meta["step"] == 5 and int(state.step) == 5
+    np.testing.assert_array_equal(state.params["conv"]["kernel"], np.full((3, 3, 2, 4), 5.0))
+    assert next(it) == 5  # the exact data position: items 0..4 were consumed before the save
+
+
+def test_interrupted_write_is_never_latest(tmp_path):
+    root = tmp_path / "checkpoints"
+    save_steps(root, [2, 4])
+    # An async write killed before finalisation leaves Orbax's temporary directory ...
+    tmp_dir = root / "6.orbax-checkpoint-tmp-1234567"
+    shutil.copytree(root / "4", tmp_dir)
+    # ... and a step directory without its commit files must not count either.
+    partial = root / "8"
+    shutil.copytree(root / "4", partial)
+    (partial / "commit_success.txt").unlink()
+    (partial / "_CHECKPOINT_METADATA").unlink()
+    assert latest_complete_step(root) == 4
+    assert {p.name for p in incomplete_entries(root)} == {tmp_dir.name, "8"}
+
+    # load_weights on the workdir reads step 4's EMA.
+    variables, info = load_weights(tmp_path)
+    assert info == INFO
+    np.testing.assert_array_equal(variables["params"]["conv"]["bias"], np.full((4,), 5.0))
+    assert is_train_workdir(tmp_path) and is_train_workdir(root)
+
+    # Opening the run moves the leftovers away; restoring uses step 4; new saves work.
+    ckpt = RunCheckpointer(root, keep=5)
+    assert ckpt.latest_step() == 4
+    assert not (root / "8").exists() and not tmp_dir.exists()
+    assert len(list((tmp_path / "checkpoints_incomplete").iterdir())) == 2
+    it = make_iterator()
+    state, meta = ckpt.restore(ckpt.latest_step(), fake_state(0.0, 0), it)
+    assert meta["step"] == 4 and next(it) == 4
+    ckpt.save(5, fake_state(5.0, 5), it, {"step": 5, "info": INFO}, {})
+    ckpt.close()
+    assert complete_steps(root) == [2, 4, 5]
+
+
+def test_keep_last_k(tmp_path):
+    root = tmp_path / "checkpoints"
+    ckpt = RunCheckpointer(root, keep=2)
+    it = make_iterator()
+    for s in (1, 2, 3, 4):
+        next(it)
+        ckpt.save(s, fake_state(float(s), s), it, {"step": s, "info": INFO}, {})
+    ckpt.close()
+    assert complete_steps(root) == [3, 4]
+
+
+def test_workdir_without_checkpoint_is_refused(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="supported source of weights"):
+        load_weights(tmp_path)
+    with pytest.raises(ValueError, match="no complete"):
+        load_workdir_weights(tmp_path)
+
+
+def test_train_step_skips_non_finite_batch():
+    from yolojax.train import TrainState, make_recipe, train_step
+
+    recipe = make_recipe(epochs=2, batch_size=64, dataset_size=128, num_classes=2, optimizer="SGD", warmup_epochs=0)
+
+    def apply_fn(variables, images, train=True, mutable=()):
+        out = jnp.mean(images) * variables["params"]["w"]["kernel"]
+        new_mean = variables["batch_stats"]["bn"]["mean"] * 0.5 + jnp.mean(images)
+        return [out], {"batch_stats": {"bn": {"mean": new_mean}}}
+
+    def loss_fn(feats, batch):
+        total = jnp.sum(feats[0] ** 2) * batch["scale"][0]
+        return total, {"box": total, "cls": jnp.zeros(()), "dfl": jnp.zeros(())}
+
+    variables = {"params": {"w": {"kernel": jnp.ones((2, 2))}}, "batch_stats": {"bn": {"mean": jnp.zeros(())}}}
+    state = TrainState.create(apply_fn, variables, recipe)
+    images = jnp.full((16, 4, 4, 3), 128, jnp.uint8)
+    step = jax.jit(lambda s, b: train_step(s, b, loss_fn))
+    good, m_good = step(state, {"image": images, "scale": jnp.ones((1,))})
+    assert np.isfinite(float(m_good["loss"])) and float(m_good["updated"]) == 1.0
+    bad, m_bad = step(good, {"image": images, "scale": jnp.full((1,), jnp.nan)})
+    assert not np.isfinite(float(m_bad["loss"])) and float(m_bad["updated"]) == 0.0
+    assert int(bad.step) == int(good.step) + 1
+    for a, b in zip(jax.tree.leaves((good.params, good.batch_stats, good.grad_accum, good.ema, good.opt_state)),
+                    jax.tree.leaves((bad.params, bad.batch_stats, bad.grad_accum, bad.ema, bad.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    # An infinite gradient with a finite loss is skipped too.
+    inf_images = images.at[0, 0, 0, 0].set(255)
+
+    def loss_inf(feats, batch):
+        total = jnp.sum(jnp.sqrt(jnp.abs(feats[0] - feats[0])))  # finite value, infinite gradient at 0
+        return total, {"box": total, "cls": jnp.zeros(()), "dfl": jnp.zeros(())}
+
+    bad2, m2 = jax.jit(lambda s, b: train_step(s, b, loss_inf))(good, {"image": inf_images})
+    assert np.isfinite(float(m2["loss"])) and not np.isfinite(float(m2["grad_norm"]))
+    np.testing.assert_array_equal(bad2.params["w"]["kernel"], good.params["w"]["kernel"])
