@@ -31,6 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from yolojax.cli import OneLineErrorParser
+
 IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 STRIDE = 32
 
@@ -218,13 +220,8 @@ def predict(weights: str | os.PathLike, source, out: str | os.PathLike | None = 
     return results
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m yolojax.predict", description="Detect objects in images; write annotated copies "
+    p = OneLineErrorParser(prog="python -m yolojax.predict", description="Detect objects in images; write annotated copies "
                 "and predictions.json.")
     p.add_argument("--weights", required=True, help="ultralytics .pt or yolojax checkpoint directory")
     p.add_argument("--source", required=True, help="image file, folder or glob")

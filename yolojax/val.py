@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from yolojax.cli import OneLineErrorParser
+
 logger = logging.getLogger(__name__)
 
 _ROW = "%22s" + "%11s" * 6
@@ -160,15 +162,8 @@ def json_results(results: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if k != "ap_result"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m yolojax.val", description="Validate YOLOv8 weights on a data.yaml split "
+    p = OneLineErrorParser(prog="python -m yolojax.val", description="Validate YOLOv8 weights on a data.yaml split "
                 "(mAP50, mAP50-95 as ultralytics val).")
     p.add_argument("--weights", required=True, help="ultralytics .pt or yolojax checkpoint directory")
     p.add_argument("--data", required=True, help="ultralytics data.yaml")
