@@ -7,19 +7,11 @@ format, so this runs offline on any machine: about 3 minutes on a 2-core CPU, re
 mAP50 ~0.5 on the shapes' validation images.
 """
 
-import importlib.util
-import os
-
-
-def _base():
-    spec = importlib.util.spec_from_file_location("yolojax_configs_base", os.path.join(os.path.dirname(__file__), "base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from yolojax.config import base_config
 
 
 def get_config():
-    config = _base().get_config()
+    config = base_config(__file__)
     config.model.scale = "n"
     config.data.synthetic.root = "datasets/yolojax-shapes"
     config.data.synthetic.num_train = 96

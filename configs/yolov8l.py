@@ -1,17 +1,9 @@
 """YOLOv8l: ultralytics' default recipe (cfg/default.yaml) at scale 'l'."""
 
-import importlib.util
-import os
-
-
-def _base():
-    spec = importlib.util.spec_from_file_location("yolojax_configs_base", os.path.join(os.path.dirname(__file__), "base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from yolojax.config import base_config
 
 
 def get_config():
-    config = _base().get_config()
+    config = base_config(__file__)
     config.model.scale = "l"
     return config
