@@ -192,6 +192,8 @@ def test_unknown_field_refused(tmp_path, data_yaml, env):
     proc = run(tmp_path / "w", data_yaml, env, "--config.no_such_field=1", timeout=120)
     assert proc.returncode != 0
     assert "no_such_field" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("yolojax.train: error: unknown config field")
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists()
 
 

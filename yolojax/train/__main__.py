@@ -554,7 +554,19 @@ def main() -> None:
             print(f"done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, checkpoints/",
                   file=sys.stderr)
 
-    app.run(run)
+    def parse_flags(argv):
+        # Unknown or ill-typed --config.FIELD overrides raise inside the config loader; turn
+        # every flag problem into one line, before any work starts.
+        try:
+            return flags.FLAGS(argv)
+        except (AttributeError, KeyError) as e:
+            print(f"yolojax.train: error: unknown config field {e}", file=sys.stderr)
+            sys.exit(2)
+        except (flags.Error, TypeError, ValueError) as e:
+            print(f"yolojax.train: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(run, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
