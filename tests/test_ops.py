@@ -117,3 +117,17 @@ def test_anchors_and_distances_match_ultralytics(ul):
     ref = tal.bbox2dist(ref_p, torch.from_numpy(boxes), 15).numpy()
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
     assert ours.max() <= 15 - 0.01 + 1e-6 and ours.min() >= 0
+
+
+def test_compute_dtype():
+    from yolojax.precision import compute_dtype
+
+    assert compute_dtype(jnp.bfloat16) == jnp.float32
+    assert compute_dtype(jnp.float16) == jnp.float32
+    assert compute_dtype(jnp.float32) == jnp.float32
+    # float64 only exists under jax_enable_x64 (tools/parallel_scenarios.py --dtype float64,
+    # run by tests/test_parallel.py, trains a float64 model); without it JAX canonicalises
+    # float64 to float32, and so does compute_dtype.
+    expected = np.float64 if jax.config.jax_enable_x64 else np.float32
+    assert compute_dtype(np.float64) == expected
+    assert compute_dtype(jnp.bfloat16, np.float64) == expected

@@ -8,15 +8,17 @@ compile per scenario); the multi-host test starts two jax.distributed processes.
 Equality criterion: per leaf, max|x - x_ref| / max|x_ref| (relative to the leaf's largest
 magnitude; elementwise relative error is ill-posed for entries near 0).
 
-Measured (8 simulated CPU devices): the first step's loss equals the one-device loss within
-~1e-7 relative, the 3rd step's within ~2e-5; the explicit-collective pmap path is bitwise
-equal to the GSPMD data=8 path; but after 3 steps every mesh differs from the one-device
-run by up to ~1e-2 of the largest |value| of some BatchNorm-bias leaves (values still ~lr
-in size, so this measures the relative error of the updates themselves). Float summation
-order (per-device convolutions, all-reduces) differs, and this problem amplifies ~1e-7 noise
-quickly (the assigner's top-k / argmax near-ties: with flat synthetic images the runs split
-into two clusters ~1e-1 apart). The 1e-5-after-3-steps target of the issue is therefore NOT
-asserted; the tolerances below are the measured behaviour with margin.
+Why the 1e-5 equivalence runs in float64: in float32 this 3-step problem is itself
+reproducible only to ~1e-2 of a leaf's largest value. A one-device control whose initial
+params are perturbed by 1e-7 (about one float32 ulp) ends 8e-3 away from the unperturbed
+run (BatchNorm biases start at 0, so after 3 steps their values are the updates, and their
+gradients cancel heavily: ~1e3x amplification in the first step, ~10x per step after). No
+float32 implementation that sums in a different order (per-device convolutions,
+all-reduces) can agree more closely. In float64 the same amplification of ~1e-16 rounding
+leaves ~1e-11, so float64 runs of every mesh must match the one-device run within 1e-5
+(a missing psum, per-device BatchNorm statistics or a wrong loss normaliser would show as
+1e-1..1). The float32 run is then checked against its own noise floor: the data=8 run must
+be no further from the one-device run than the 1e-7 control is.
 """
 
 import json
@@ -35,9 +37,7 @@ from yolojax import parallel as par
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "parallel_scenarios.py")
-TOL = 1e-5  # exact-equality tolerance (pmap vs jit; first-step loss uses 1e-6)
-LOSS_TOL = 1e-4  # losses of steps 2-3 (measured <= 2.1e-5)
-PARAM_TOL = 3e-2  # per-leaf rel-to-max after 3 steps (measured <= 9.3e-3), see docstring
+TOL = 1e-5  # float64 runs: losses and params vs the one-device run
 SCENARIOS = ["data8", "data4_model2_tp", "data2_model4_tp", "fsdp8", "pmap8"]
 
 
@@ -84,25 +84,50 @@ def test_tactics_specs():
         par.get_rules([(".*", "zero3")])
 
 
-# -- 8 simulated devices, one subprocess -----------------------------------------------------
+# -- 8 simulated devices: a float64 and a float32 subprocess, run side by side -----------------
+
+def _launch(out_dir, dtype, scenarios, *extra):
+    cmd = [sys.executable, TOOL, "--devices", "8", "--dtype", dtype, "--out", str(out_dir / "r.json"),
+           "--save-params", str(out_dir), "--scenarios", ",".join(scenarios), *extra]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _collect(proc, out_dir, t0):
+    stdout, stderr = proc.communicate(timeout=1500)
+    print(stdout[-20000:])
+    assert proc.returncode == 0, stderr[-5000:]
+    res = json.loads((out_dir / "r.json").read_text())
+    res["_dir"], res["_seconds"] = str(out_dir), time.time() - t0
+    return res
+
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    if not os.environ.get("YOLOJAX_PARALLEL_SCENARIOS"):
-        pytest.skip("the 8-device scenario run takes ~12 min on 2 cores and its equivalence "
-                    "to one device is not yet within 1e-5; opt in with YOLOJAX_PARALLEL_SCENARIOS=1")
-    out = tmp_path_factory.mktemp("parallel")
+def scenario_runs(tmp_path_factory):
+    """Both subprocesses start at once (XLA compiles are mostly single-threaded)."""
+    d64, d32 = tmp_path_factory.mktemp("parallel64"), tmp_path_factory.mktemp("parallel32")
     t0 = time.time()
-    proc = subprocess.run(
-        [sys.executable, TOOL, "--devices", "8", "--out", str(out / "r.json"),
-         "--save-params", str(out), "--scenarios", ",".join(["ref", *SCENARIOS, "data4", "memory_x"])],
-        env=_env(), capture_output=True, text=True, timeout=900,
-    )
-    print(proc.stdout[-20000:])
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    res = json.loads((out / "r.json").read_text())
-    res["_dir"], res["_seconds"] = str(out), time.time() - t0
-    return res
+    runs = {
+        "float64": (_launch(d64, "float64", ["ref", *SCENARIOS, "data4"]), d64),
+        "float32": (_launch(d32, "float32", ["ref", "data8"], "--perturb", "1e-7"), d32),
+    }
+    yield runs, t0
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def results(scenario_runs):
+    """float64: every mesh and the pmap path, 3 steps, vs one device."""
+    runs, t0 = scenario_runs
+    return _collect(*runs["float64"], t0)
+
+
+@pytest.fixture(scope="module")
+def results32(scenario_runs):
+    """float32: one device, the 1e-7 control, and data=8."""
+    runs, t0 = scenario_runs
+    return _collect(*runs["float32"], t0)
 
 
 @pytest.mark.parametrize("name", SCENARIOS + ["data4"])
@@ -111,10 +136,24 @@ def test_matches_one_device(results, name):
     print(name, r["mesh"], r["mode"], r["rules"], "loss", r["losses"], "ref", ref["losses"],
           "param_rel", r["param_rel"], "stats_rel", r["stats_rel"])
     assert r["param_changed"] > 1e-4  # the 3 steps did move the weights
-    np.testing.assert_allclose(r["losses"][0], ref["losses"][0], rtol=1e-6)
-    np.testing.assert_allclose(r["losses"], ref["losses"], rtol=LOSS_TOL)
-    assert r["param_rel"] <= PARAM_TOL, r["param_rel"]
-    assert r["stats_rel"] <= PARAM_TOL, r["stats_rel"]
+    np.testing.assert_allclose(r["losses"], ref["losses"], rtol=TOL)
+    assert r["param_rel"] <= TOL, r["param_rel"]
+    assert r["stats_rel"] <= TOL, r["stats_rel"]
+
+
+def test_float32_within_its_noise_floor(results32):
+    """float32 data=8 vs one device: no further apart than one device is from itself after
+    a 1e-7 perturbation of the initial params."""
+    s = results32["scenarios"]
+    ctl, r = s["control"], s["data8"]
+    print("float32 data8:", {k: r[k] for k in ("loss_rel", "param_rel", "stats_rel")},
+          "1e-7 control:", {k: ctl[k] for k in ("loss_rel", "param_rel", "stats_rel")})
+    assert ctl["param_rel"] > 1e-3  # the control does show the problem's sensitivity
+    np.testing.assert_allclose(r["losses"][0], s["ref"]["losses"][0], rtol=1e-6)
+    # Measured: data8 loss 1.4e-5 / params 2.7e-3 / stats 1.8e-4; control 7.6e-6 / 8.3e-3 / 4.2e-4.
+    np.testing.assert_allclose(r["losses"], s["ref"]["losses"], rtol=1e-4)
+    for key in ("param_rel", "stats_rel"):
+        assert r[key] <= 2 * ctl[key], (key, r[key], ctl[key])
 
 
 def _rel(a, ref):
@@ -179,7 +218,7 @@ def test_two_processes_match_one_process(results, tmp_path):
     port = _free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, TOOL, "--devices", "2", "--coordinator", f"127.0.0.1:{port}",
+            [sys.executable, TOOL, "--devices", "2", "--dtype", "float64", "--coordinator", f"127.0.0.1:{port}",
              "--num-processes", "2", "--process-id", str(i), "--scenarios", "multihost",
              "--save-params", str(tmp_path), "--out", str(tmp_path / "mh.json")],
             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -194,7 +233,7 @@ def test_two_processes_match_one_process(results, tmp_path):
     one = np.load(os.path.join(results["_dir"], "data4.npz"))
     two = np.load(tmp_path / "multihost.npz")
     np.testing.assert_allclose(mh["scenarios"]["multihost"]["losses"],
-                               results["scenarios"]["data4"]["losses"], rtol=LOSS_TOL)
+                               results["scenarios"]["data4"]["losses"], rtol=TOL)
     worst = _rel(two, one)
     print("two processes vs one process with 4 devices: max rel-to-max-abs", worst)
-    assert worst <= PARAM_TOL  # measured 3.8e-3 (losses matched within 1e-5); see docstring
+    assert worst <= TOL

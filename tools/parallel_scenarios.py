@@ -4,11 +4,20 @@
   python tools/parallel_scenarios.py --devices 2 --coordinator 127.0.0.1:PORT \
       --num-processes 2 --process-id I --scenarios multihost --out R.json   (per process)
 
-Each scenario trains yolov8n (3 classes) at 128 px, global batch 8, fp32, SGD (nesterov, weight decay; --optimizer AdamW to
-compare) with one update per batch, for 3 steps from the same host-side initial state and batches, and is
-compared with the one-device run ("ref"): per leaf, max|a - ref| / max(max|ref|, 1e-12)
-(relative to the leaf's largest magnitude: elementwise relative error is ill-posed for
-entries near 0). Used by tests/test_parallel.py; also a runnable demo.
+Each scenario trains yolov8n (3 classes) at 128 px, global batch 8, SGD (nesterov, weight
+decay; --optimizer AdamW to compare) with one update per batch, for 3 steps from the same
+host-side initial state and batches, and is compared with the one-device run ("ref"): per
+leaf, max|a - ref| / max(max|ref|, 1e-12) (relative to the leaf's largest magnitude:
+elementwise relative error is ill-posed for entries near 0).
+
+--dtype float32 (default) or float64 (jax_enable_x64, model and loss in float64).
+--perturb EPS adds a "control": the one-device run from params * (1 + EPS * N(0, 1)).
+Measured: in float32 this problem amplifies rounding-level differences ~1e3x in the first
+step and ~10x per step after (BatchNorm biases start at 0, so their values are the updates
+themselves, and their gradients cancel heavily): the 1e-7 control ends ~1e-2 from the
+reference, and no float32 implementation that sums in another order can be closer. In
+float64 the same amplification leaves ~1e-11, so float64 runs test the parallel paths'
+equivalence to 1e-5 and beyond. Used by tests/test_parallel.py; also a runnable demo.
 """
 
 from __future__ import annotations
@@ -31,6 +40,13 @@ def parse():
                     help="SGD (default): the update is linear in the gradient, so runs that "
                          "differ only in float summation order stay within ~1e-6; AdamW's first "
                          "steps are ~lr*sign(g), which flips for near-zero gradient entries")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="float64 (jax_enable_x64; model, statistics and loss in float64) makes "
+                         "float summation-order noise ~1e-16, so any difference that remains is "
+                         "an implementation error")
+    ap.add_argument("--perturb", type=float, default=0.0,
+                    help="with 'ref': also run a one-device control from the initial params "
+                         "times (1 + PERTURB * N(0, 1)): the problem's own sensitivity")
     ap.add_argument("--coordinator", default=None)
     ap.add_argument("--num-processes", type=int, default=None)
     ap.add_argument("--process-id", type=int, default=None)
@@ -48,6 +64,8 @@ import dataclasses  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+jax.config.update("jax_enable_x64", ARGS.dtype == "float64")
 import numpy as np  # noqa: E402
 
 from yolojax import parallel as par  # noqa: E402
@@ -92,14 +110,19 @@ def recipe():
     return dataclasses.replace(r, accumulate=1)
 
 
-MODEL = YOLOv8(scale="n", num_classes=NC)
+DTYPE = jnp.dtype(ARGS.dtype)
+MODEL = YOLOv8(scale="n", num_classes=NC, dtype=DTYPE, param_dtype=DTYPE)
 LOSS = DetectionLoss(NC)
 
 
 def host_state():
-    variables = MODEL.init(jax.random.key(0), jnp.zeros((1, IMGSZ, IMGSZ, 3)), train=False)
-    state = TrainState.create(MODEL.apply, variables, recipe())
-    return jax.device_get(state)
+    """The initial TrainState on the host: float32 init (the same values for every
+    --dtype), cast to DTYPE. Parameter shapes do not depend on the image size, so the init
+    traces a 64 px input."""
+    model32 = YOLOv8(scale="n", num_classes=NC)
+    variables = jax.jit(lambda: model32.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))()
+    variables = jax.tree.map(lambda x: x.astype(DTYPE), variables)
+    return jax.device_get(TrainState.create(MODEL.apply, variables, recipe()))
 
 
 BATCHES = [synthetic_batch(seed=s) for s in range(ARGS.steps)]
@@ -177,6 +200,8 @@ def main():
         out["scenarios"]["ref"] = {"losses": losses, "first_step_s": t_first, "total_s": time.time() - t0}
         if ARGS.save_params:
             np.savez(os.path.join(ARGS.save_params, "ref.npz"), **ref["params"])
+        if ARGS.perturb:
+            out["scenarios"]["control"] = control(step, init, ref)
     for name in names:
         if name in ("ref", "memory_x"):
             continue
@@ -201,13 +226,7 @@ def main():
         params = flat(to_host(state.params))
         stats = flat(to_host(state.batch_stats))
         if ref is not None:
-            res["loss_rel"] = max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"]))
-            res["param_rel"] = max(
-                float(np.max(np.abs(params[k] - v)) / max(float(np.max(np.abs(v))), 1e-12))
-                for k, v in ref["params"].items())
-            res["stats_rel"] = max(
-                float(np.max(np.abs(stats[k] - v)) / max(float(np.max(np.abs(v))), 1e-12))
-                for k, v in ref["batch_stats"].items())
+            res.update(compare(losses, params, stats, ref))
             res["param_changed"] = max(
                 float(np.max(np.abs(params[k] - np.asarray(v)))) for k, v in flat(init.params).items())
         if ARGS.save_params and par.is_main_process():
@@ -226,6 +245,29 @@ def main():
                 print(f"== {name} sharding table (params) ==\n{res['table']}")
         print(json.dumps({n: {k: v for k, v in r.items() if k != "table"}
                           for n, r in out["scenarios"].items()}, indent=1))
+
+
+def compare(losses, params, stats, ref):
+    """Deviation from the one-device run: loss_rel (max over steps, relative), param_rel and
+    stats_rel (max over leaves of max|x - ref| / max|ref|)."""
+    def leaf_rel(a, b):
+        return max(float(np.max(np.abs(a[k] - v)) / max(float(np.max(np.abs(v))), 1e-12)) for k, v in b.items())
+    return {"loss_rel": max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"])),
+            "param_rel": leaf_rel(params, ref["params"]), "stats_rel": leaf_rel(stats, ref["batch_stats"])}
+
+
+def control(step, init, ref):
+    """The one-device run again from params scaled by (1 + perturb * N(0, 1)): how far
+    rounding-level differences alone carry this problem in 3 steps (its noise floor)."""
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: (x * (1 + ARGS.perturb * rng.standard_normal(x.shape))).astype(x.dtype),
+                          init.params)
+    state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), init.replace(params=params)),
+                           jax.devices()[0])
+    state, losses, _, _ = run_steps(step, state)
+    res = {"losses": losses, "perturb": ARGS.perturb}
+    res.update(compare(losses, flat(jax.device_get(state.params)), flat(jax.device_get(state.batch_stats)), ref))
+    return res
 
 
 def memory_x():

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax.ops.boxes import bbox_iou, xywh2xyxy, xyxy2xywh
+from yolojax.precision import compute_dtype
 
 
 class Assignment(NamedTuple):
@@ -110,7 +111,8 @@ def assign(
       mask_gt: (B, M) bool, True for real boxes.
 
     Returns:
-      :class:`Assignment`. All computation is in float32 and carries no gradient.
+      :class:`Assignment`. All computation is in float32 (float64 when the predictions are)
+      and carries no gradient.
 
     Algorithm: a box's candidates are the anchors inside it (see
     :func:`select_candidates_in_gts`); its alignment with each is ``score**alpha *
@@ -119,11 +121,11 @@ def assign(
     overlaps most (argmax of CIoU over all boxes, first index on ties). Target scores are the
     one-hot class times ``align * max_overlap_of_box / (max_align_of_box + eps)``.
     """
-    f32 = jnp.float32
-    pd_scores = jax.lax.stop_gradient(pd_scores).astype(f32)
-    pd_bboxes = jax.lax.stop_gradient(pd_bboxes).astype(f32)
-    anc_points = jax.lax.stop_gradient(anc_points).astype(f32)
-    gt_bboxes = jax.lax.stop_gradient(gt_bboxes).astype(f32)
+    fdt = compute_dtype(pd_scores.dtype, pd_bboxes.dtype)
+    pd_scores = jax.lax.stop_gradient(pd_scores).astype(fdt)
+    pd_bboxes = jax.lax.stop_gradient(pd_bboxes).astype(fdt)
+    anc_points = jax.lax.stop_gradient(anc_points).astype(fdt)
+    gt_bboxes = jax.lax.stop_gradient(gt_bboxes).astype(fdt)
     gt_labels = gt_labels.astype(jnp.int32)
     mask_gt = mask_gt.astype(bool)
     b, a, c = pd_scores.shape
@@ -131,8 +133,8 @@ def assign(
     if m == 0:  # ultralytics' early return for a batch without boxes
         return Assignment(
             jnp.full((b, a), c, jnp.int32),
-            jnp.zeros((b, a, 4), f32),
-            jnp.zeros((b, a, c), f32),
+            jnp.zeros((b, a, 4), fdt),
+            jnp.zeros((b, a, c), fdt),
             jnp.zeros((b, a), bool),
             jnp.zeros((b, a), jnp.int32),
         )
@@ -165,7 +167,7 @@ def assign(
     # Targets of the assigned boxes.
     target_labels = jnp.maximum(jnp.take_along_axis(gt_labels, target_gt_idx, axis=1, mode="clip"), 0)
     target_bboxes = jnp.take_along_axis(gt_bboxes, target_gt_idx[..., None], axis=1, mode="clip")
-    onehot = jax.nn.one_hot(target_labels, c, dtype=f32)
+    onehot = jax.nn.one_hot(target_labels, c, dtype=fdt)
     target_scores = onehot * fg_mask[..., None]
 
     # Normalise: each box's best-aligned anchor gets that box's highest overlap.

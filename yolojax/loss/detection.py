@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from yolojax.loss.assigner import Assignment, assign
 from yolojax.ops.anchors import bbox2dist, dist2bbox, make_anchors
 from yolojax.ops.boxes import bbox_iou
+from yolojax.precision import compute_dtype
 
 
 def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -88,7 +89,7 @@ class DetectionLoss:
 
     def flatten(self, feats: Sequence[jax.Array]):
         """Per-level outputs -> (box logits (B, A, 4 * reg_max), class logits (B, A, nc),
-        anchor points (A, 2) in grid units, strides (A, 1)), all float32."""
+        anchor points (A, 2) in grid units, strides (A, 1)), float32 (float64 for a float64 model)."""
         if len(feats) != len(self.strides):
             raise ValueError(f"expected {len(self.strides)} feature levels, got {len(feats)}")
         no = 4 * self.reg_max + self.num_classes
@@ -96,14 +97,14 @@ class DetectionLoss:
             if f.ndim != 4 or f.shape[-1] != no:
                 raise ValueError(f"each level must be (B, h, w, {no}), got {f.shape}")
         b = feats[0].shape[0]
-        flat = jnp.concatenate([f.reshape(b, -1, no).astype(jnp.float32) for f in feats], 1)
+        flat = jnp.concatenate([f.reshape(b, -1, no).astype(compute_dtype(f.dtype)) for f in feats], 1)
         points, stride = make_anchors([f.shape[1:3] for f in feats], self.strides)
         return flat[..., : 4 * self.reg_max], flat[..., 4 * self.reg_max :], points, stride
 
     def decode(self, pred_dist: jax.Array, anchor_points: jax.Array) -> jax.Array:
         """(B, A, 4 * reg_max) logits -> (B, A, 4) xyxy boxes in grid units of each anchor."""
         logits = pred_dist.reshape(*pred_dist.shape[:-1], 4, self.reg_max)
-        dist = jax.nn.softmax(logits, axis=-1) @ jnp.arange(self.reg_max, dtype=jnp.float32)
+        dist = jax.nn.softmax(logits, axis=-1) @ jnp.arange(self.reg_max, dtype=logits.dtype)
         return dist2bbox(dist, anchor_points, xywh=False)
 
     def assign_targets(self, feats: Sequence[jax.Array], batch: Mapping[str, jax.Array]) -> Assignment:
@@ -113,7 +114,7 @@ class DetectionLoss:
 
     def _assign(self, pred_dist, pred_scores, points, stride, batch) -> Assignment:
         pred_bboxes = self.decode(pred_dist, points)
-        gt_bboxes = jnp.asarray(batch["boxes"], jnp.float32)
+        gt_bboxes = jnp.asarray(batch["boxes"], pred_dist.dtype)
         mask_gt = jnp.asarray(batch["mask"], bool) & (gt_bboxes.sum(-1) > 0)
         return assign(
             jax.nn.sigmoid(pred_scores),
@@ -149,7 +150,7 @@ class DetectionLoss:
         fg = t.fg_mask[..., None]
         weight = jnp.where(t.fg_mask, t.target_scores.sum(-1), 0.0)  # (B, A)
         target_grid = t.target_bboxes / stride
-        dummy = jnp.asarray([0.0, 0.0, 1.0, 1.0], jnp.float32)
+        dummy = jnp.asarray([0.0, 0.0, 1.0, 1.0], pred_dist.dtype)
         pred_bboxes = self.decode(pred_dist, points)
         iou = bbox_iou(
             jnp.where(fg, pred_bboxes, dummy), jnp.where(fg, target_grid, dummy),
@@ -160,7 +161,7 @@ class DetectionLoss:
         # Distribution focal loss: cross-entropy to the two bins around each target distance.
         target = bbox2dist(points, jnp.where(fg, target_grid, dummy), self.reg_max)  # (B, A, 4)
         left = jnp.floor(target).astype(jnp.int32)
-        w_left = (left + 1).astype(jnp.float32) - target
+        w_left = (left + 1).astype(target.dtype) - target
         logp = jax.nn.log_softmax(pred_dist.reshape(*target.shape, self.reg_max), axis=-1)
         lp_left = jnp.take_along_axis(logp, left[..., None], axis=-1)[..., 0]
         lp_right = jnp.take_along_axis(logp, left[..., None] + 1, axis=-1)[..., 0]

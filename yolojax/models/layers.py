@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from yolojax.ops.anchors import dist2bbox, make_anchors
+from yolojax.precision import compute_dtype
 
 # torch.nn.Conv2d's default init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
 torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -26,7 +27,8 @@ class BatchNorm(nn.Module):
     """BatchNorm over N, H, W of an NHWC tensor, with PyTorch's running-variance rule.
 
     Training normalises with the biased batch variance and updates the running variance
-    with the unbiased one (as torch.nn.BatchNorm2d does); statistics are reduced in fp32.
+    with the unbiased one (as torch.nn.BatchNorm2d does); statistics are reduced in fp32
+    (fp64 for a float64 model).
     Under ``jit`` with a batch sharded over devices the mean is global automatically; under
     ``pmap``/``shard_map`` pass ``axis_name`` to average over devices too.
 
@@ -44,11 +46,12 @@ class BatchNorm(nn.Module):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        acc = compute_dtype(self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), acc)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), acc)
 
         if train:
-            x32 = x.astype(jnp.float32)
+            x32 = x.astype(acc)
             mean = jnp.mean(x32, axis=(0, 1, 2))
             mean_sq = jnp.mean(jnp.square(x32), axis=(0, 1, 2))
             count = x.shape[0] * x.shape[1] * x.shape[2]
@@ -64,8 +67,8 @@ class BatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
 
-        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        shift = bias.astype(jnp.float32) - mean * mul
+        mul = scale.astype(acc) * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias.astype(acc) - mean * mul
         return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
 
 
@@ -170,10 +173,10 @@ def dfl_expectation(box_logits: jax.Array, bins: jax.Array) -> jax.Array:
     """Distribution focal loss decode: (..., 4 * reg_max) logits -> (..., 4) distances.
 
     Each side's distance (in grid units) is the expectation of ``bins`` (reg_max,), normally
-    0..reg_max-1, under the softmax of its reg_max logits, computed in fp32.
+    0..reg_max-1, under the softmax of its reg_max logits, computed in fp32 (or fp64).
     """
     reg_max = bins.shape[0]
-    logits = box_logits.astype(jnp.float32).reshape(*box_logits.shape[:-1], 4, reg_max)
+    logits = box_logits.astype(compute_dtype(box_logits.dtype)).reshape(*box_logits.shape[:-1], 4, reg_max)
     return jax.nn.softmax(logits, axis=-1) @ bins
 
 
@@ -246,16 +249,16 @@ class Detect(nn.Module):
         return self.decode(outs, dfl_bins)
 
     def decode(self, outs: Sequence[jax.Array], dfl_bins: jax.Array) -> jax.Array:
-        """Raw per-level head outputs -> (B, N, 4 + num_classes) fp32 predictions.
+        """Raw per-level head outputs -> (B, N, 4 + num_classes) fp32 (fp64) predictions.
 
         ``dfl_bins``: (reg_max,) values the DFL softmax takes the expectation of.
         """
         b = outs[0].shape[0]
         flat = jnp.concatenate(
-            [o.reshape(b, -1, o.shape[-1]).astype(jnp.float32) for o in outs], axis=1
+            [o.reshape(b, -1, o.shape[-1]).astype(compute_dtype(o.dtype)) for o in outs], axis=1
         )
         points, stride = make_anchors([o.shape[1:3] for o in outs], self.strides)
-        dist = dfl_expectation(flat[..., : 4 * self.reg_max], dfl_bins.astype(jnp.float32))
+        dist = dfl_expectation(flat[..., : 4 * self.reg_max], dfl_bins.astype(flat.dtype))
         xywh = dist2bbox(dist, points, xywh=True) * stride
         scores = jax.nn.sigmoid(flat[..., 4 * self.reg_max :])
         return jnp.concatenate([xywh, scores], axis=-1)
