@@ -94,10 +94,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.parallel.mode = "jit"        # jit (GSPMD) | pmap (shard_map data parallel)
     c.parallel.rules = "data"      # data | fsdp | tp (parameter sharding rules, jit mode)
 
-    # Checkpointing (WORKDIR/checkpoints) and logging.
+    # Checkpointing (WORKDIR/checkpoints) and logging (metrics.jsonl, tensorboard/).
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 500  # also at every epoch end and at the end of the run; 0: epochs only
-    c.checkpoint.keep = 3
+    c.checkpoint.keep = 3           # the last K steps in WORKDIR/checkpoints (0: all)
+    c.checkpoint.keep_best = True   # also WORKDIR/checkpoints_best: the step of the best val mAP50-95
     c.checkpoint.async_save = True
     c.log_every_steps = 10
     c.progress = True              # tqdm progress bar

@@ -1,5 +1,5 @@
 """yolojax.checkpoint: complete-only latest step, interrupted writes, iterator position,
-workdir weights; and the train step's non-finite guard."""
+workdir weights, the best checkpoint; and the train step's non-finite guard."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from flax import struct
 
 from yolojax.checkpoint import (
-    RunCheckpointer, complete_steps, incomplete_entries, is_train_workdir, latest_complete_step,
+    BestCheckpointer, RunCheckpointer, complete_steps, incomplete_entries, is_train_workdir, latest_complete_step,
     load_workdir_weights,
 )
 from yolojax.convert import load_weights
@@ -115,6 +115,60 @@ def test_keep_last_k(tmp_path):
         ckpt.save(s, fake_state(float(s), s), it, {"step": s, "info": INFO}, {})
     ckpt.close()
     assert complete_steps(root) == [3, 4]
+
+
+def offer_all(best: BestCheckpointer, values: dict) -> list[int]:
+    """Offer {step: mAP50-95 or None} in step order; the steps that were saved."""
+    it = make_iterator()
+    saved = []
+    for s, value in values.items():
+        next(it)
+        row = {"epoch": s - 1, "step": s, "mAP50-95": value}
+        if best.offer(s, row, fake_state(float(s), s), it, {"step": s, "info": INFO}, {}):
+            saved.append(s)
+    return saved
+
+
+def test_best_checkpoint_keeps_the_highest_metric(tmp_path):
+    root = tmp_path / "checkpoints_best"
+    best = BestCheckpointer(root, "mAP50-95", resume_step=0)
+    assert best.step is None
+    assert offer_all(best, {1: 0.1, 2: 0.3, 3: 0.2, 4: 0.3, 5: None}) == [1, 2]  # a tie keeps the earlier
+    best.close()
+    assert complete_steps(root) == [2] and best.latest_step() == 2
+    assert best.checkpointer.read_meta(2)["val"] == {"epoch": 1, "step": 2, "mAP50-95": 0.3}
+    # The directory serves as weights: step 2's EMA.
+    assert is_train_workdir(root)
+    variables, info = load_weights(root)
+    assert info == INFO
+    np.testing.assert_array_equal(variables["params"]["conv"]["bias"], np.full((4,), 3.0))
+
+    # Resuming at step 4 keeps the best and its value: a lower one is not saved, a higher one is.
+    best = BestCheckpointer(root, "mAP50-95", resume_step=4)
+    assert (best.step, best.value) == (2, 0.3)
+    assert offer_all(best, {5: 0.25, 6: 0.5}) == [6]
+    best.close()
+    assert complete_steps(root) == [6]
+
+    # Resuming at step 5 drops the best of step 6 (that part of the run is redone).
+    best = BestCheckpointer(root, "mAP50-95", resume_step=5)
+    assert best.step is None and best.value == -np.inf
+    best.close()
+    assert complete_steps(root) == []
+
+
+def test_drop_after(tmp_path):
+    root = tmp_path / "checkpoints"
+    save_steps(root, [1, 2, 3, 4])
+    ckpt = RunCheckpointer(root, keep=5)
+    assert ckpt.drop_after(2) == [3, 4]
+    assert ckpt.latest_step() == 2 and complete_steps(root) == [1, 2]
+    assert ckpt.read_meta(2) == {"step": 2, "info": INFO}
+    it = make_iterator()
+    next(it)
+    assert ckpt.save(3, fake_state(3.0, 3), it, {"step": 3, "info": INFO}, {})  # a dropped step is saved again
+    ckpt.close()
+    assert complete_steps(root) == [1, 2, 3]
 
 
 def test_workdir_without_checkpoint_is_refused(tmp_path):

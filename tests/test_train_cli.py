@@ -1,11 +1,14 @@
 """python -m yolojax.train end to end on a tiny synthetic dataset (CPU): 3 epochs, metrics,
-results.png, checkpoints, exact resume after SIGKILL, SIGTERM, refusals."""
+TensorBoard events, results.png, checkpoints (last K and best), exact resume after SIGKILL,
+SIGTERM, the non-finite guard, refusals (bad input, a workdir of another run)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from yolojax.checkpoint import complete_steps, latest_complete_step
+from yolojax.checkpoint import complete_steps, is_train_workdir, latest_complete_step
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -85,6 +88,93 @@ def reference_run(tmp_path_factory, data_yaml, env):
     return workdir
 
 
+def read_tfrecords(path):
+    """The payloads of a TFRecord file (8-byte length, its masked crc32c, payload, its masked
+    crc32c), stopping at a truncated or corrupt record as TensorBoard does."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    data = Path(path).read_bytes()
+    records, pos = [], 0
+    while pos + 12 <= len(data):
+        header = data[pos:pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+        end = pos + 12 + length + 4
+        if header_crc != masked_crc32c(header) or end > len(data):
+            break
+        payload = data[pos + 12:pos + 12 + length]
+        if struct.unpack("<I", data[end - 4:end])[0] != masked_crc32c(payload):
+            break
+        records.append(payload)
+        pos = end
+    return records
+
+
+def tensorboard_scalars(logdir):
+    """{tag: {step: value}} from the event files of ``logdir`` read in name (= time) order,
+    with TensorBoard's purge rule: a SessionLog START at step S drops every earlier event at
+    a step >= S."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    events = []
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        for payload in read_tfrecords(path):
+            event = Event.FromString(payload)
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                events = [e for e in events if e[1] < event.step]
+            for value in event.summary.value:
+                events.append((value.tag, event.step, value.simple_value))
+    scalars = {}
+    for tag, step, value in events:
+        scalars.setdefault(tag, {})[step] = value
+    return scalars
+
+
+def assert_tensorboard_matches_metrics(workdir):
+    """The train/ and val/ scalars of DIR/tensorboard are metrics.jsonl's rows (float32)."""
+    scalars = tensorboard_scalars(Path(workdir) / "tensorboard")
+    rows = read_rows(workdir)
+    for group, is_group in (("train", lambda r: "loss" in r), ("val", lambda r: "loss" not in r)):
+        group_rows = [r for r in rows if is_group(r)]
+        keys = {k for r in group_rows for k, v in r.items() if k not in ("step", "epoch") and v is not None}
+        for key in keys:
+            expected = {r["step"]: r[key] for r in group_rows if r.get(key) is not None}
+            got = scalars.get(f"{group}/{key}")
+            assert got is not None, f"{group}/{key} missing from TensorBoard: {sorted(scalars)}"
+            assert sorted(got) == sorted(expected), (key, sorted(got), sorted(expected))
+            for step, value in expected.items():
+                assert got[step] == pytest.approx(value, rel=1e-6, abs=1e-30), (key, step)
+    return scalars
+
+
+def test_tensorboard_log_purges_redone_steps(tmp_path):
+    from yolojax.train.__main__ import TensorBoardLog
+
+    first = TensorBoardLog(tmp_path, resume_step=0)
+    for step in (1, 2, 3, 4):
+        first.write({"step": step, "epoch": 0, "loss": float(step), "lr": None, "flag": True}, "train")
+    first.write({"epoch": 0, "step": 4, "mAP50-95": 0.5}, "val")
+    first.close()
+    resumed = TensorBoardLog(tmp_path, resume_step=2)  # the run resumes from step 2's checkpoint
+    resumed.write({"step": 3, "epoch": 0, "loss": 30.0}, "train")
+    resumed.close()
+    TensorBoardLog(tmp_path, resume_step=0, enabled=False).write({"step": 9, "loss": 9.0}, "train")
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    assert tensorboard_scalars(tmp_path) == {"train/loss": {1: 1.0, 2: 2.0, 3: 30.0}}
+
+
+def test_tensorboard_log_does_not_import_torch(tmp_path):
+    # tensorboardX imports torch when it is installed; a train run must not pay for it.
+    code = ("import importlib.util, sys; from pathlib import Path; installed = importlib.util.find_spec('torch'); "
+            "from yolojax.train.__main__ import TensorBoardLog; "
+            f"log = TensorBoardLog(Path({str(tmp_path)!r}), 0); log.write({{'step': 1, 'loss': 1.0}}, 'train'); "
+            "log.close(); assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert (importlib.util.find_spec('torch') is None) == (installed is None)")  # still importable
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert tensorboard_scalars(tmp_path) == {"train/loss": {1: 1.0}}
+
+
 def wait_for(predicate, proc, timeout=300, poll=0.02):
     end = time.time() + timeout
     while time.time() < end:
@@ -125,6 +215,9 @@ def test_end_to_end_three_epochs(reference_run):
     assert np.mean(losses[-STEPS_PER_EPOCH:]) < losses[0]  # the loss falls
     assert (workdir / "results.png").stat().st_size > 1000
     assert (workdir / "config.json").is_file()
+    scalars = assert_tensorboard_matches_metrics(workdir)
+    assert sorted(scalars["train/loss"]) == list(range(1, total + 1))
+    assert {"train/box", "train/cls", "train/dfl", "train/lr", "train/images_per_s"} <= set(scalars)
     steps = complete_steps(workdir / "checkpoints")
     assert steps[-1] == total and len(steps) <= 3  # keep the last 3
     # the workdir serves as weights (EMA of the latest checkpoint)
@@ -132,6 +225,29 @@ def test_end_to_end_three_epochs(reference_run):
 
     variables, info = load_weights(workdir)
     assert info["num_classes"] == 6 and info["scale"] == "n"
+
+
+def test_best_checkpoint_is_the_best_validation(reference_run):
+    from yolojax.checkpoint import RunCheckpointer
+    from yolojax.convert import load_weights
+
+    workdir = reference_run
+    epoch_rows = [r for r in read_rows(workdir) if "mAP50-95" in r]
+    assert len(epoch_rows) == EPOCHS
+    best_row = max(epoch_rows, key=lambda r: r["mAP50-95"])  # the first of equal maxima, as the run keeps
+    best_dir = workdir / "checkpoints_best"
+    assert complete_steps(best_dir) == [best_row["step"]]
+    ckpt = RunCheckpointer(best_dir, keep=1)
+    assert ckpt.read_meta(best_row["step"])["val"] == best_row
+    ckpt.close()
+    # The best dir serves as weights (its EMA), apart from the workdir (the latest).
+    assert is_train_workdir(best_dir)
+    variables, info = load_weights(best_dir)
+    assert info["num_classes"] == 6 and info["scale"] == "n"
+    latest_variables, _ = load_weights(workdir)
+    if best_row["step"] != STEPS_PER_EPOCH * EPOCHS:
+        assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(latest_variables),
+                                                               jax.tree.leaves(variables)))
 
 
 def test_exact_resume_after_sigkill(reference_run, tmp_path, data_yaml, env):
@@ -149,7 +265,9 @@ def test_exact_resume_after_sigkill(reference_run, tmp_path, data_yaml, env):
         proc.wait()
     killed_at = latest_complete_step(workdir / "checkpoints")
     assert killed_at is not None and killed_at < total, killed_at
-    proc2 = run(workdir, data_yaml, env, "--config.val.enabled=False")
+    # Settings that do not define the run (here checkpointing) may change on resume.
+    proc2 = run(workdir, data_yaml, env, "--config.val.enabled=False", "--config.checkpoint.every_steps=0",
+                "--config.checkpoint.keep=2")
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert "resumed from" in proc2.stderr
     assert latest_complete_step(workdir / "checkpoints") == total
@@ -166,6 +284,11 @@ def test_exact_resume_after_sigkill(reference_run, tmp_path, data_yaml, env):
     got_losses = {r["step"]: r["loss"] for r in read_rows(workdir) if "loss" in r}
     for s in ref_losses:
         assert got_losses[s] == pytest.approx(ref_losses[s], abs=1e-5), s
+    # TensorBoard: one event file per run; the step axis continues, events past the resumed
+    # step that the killed run wrote are purged.
+    assert len(list((workdir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    scalars = assert_tensorboard_matches_metrics(workdir)
+    assert sorted(scalars["train/loss"]) == list(range(1, total + 1))
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, data_yaml, env):
@@ -186,6 +309,43 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, data_yaml, env):
     latest = latest_complete_step(workdir / "checkpoints")
     assert latest is not None and latest >= max(logged_steps(workdir)) and latest < STEPS_PER_EPOCH * EPOCHS
     assert not any(".orbax-checkpoint-tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_resume_with_other_settings_refused(reference_run, tmp_path, data_yaml, env):
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference_run, workdir)
+    before = {name: (workdir / name).read_bytes() for name in ("metrics.jsonl", "config.json")}
+    proc = run(workdir, data_yaml, env, "--config.imgsz=160", "--config.batch_size=4", timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("yolojax.train: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "holds a run with other settings" in errors[0]
+    assert "imgsz: 128 -> 160" in errors[0] and "batch_size: 8 -> 4" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert {name: (workdir / name).read_bytes() for name in before} == before
+    assert complete_steps(workdir / "checkpoints") == complete_steps(reference_run / "checkpoints")
+
+
+def test_nonfinite_losses_stop_the_run(reference_run, tmp_path, data_yaml, env):
+    # Weights holding NaN (as a diverged run leaves them) make every loss non-finite; the
+    # train step is the reference run's (weights are inputs), so it compiles from the cache.
+    from yolojax.convert import load_weights, save_converted
+
+    variables, info = load_weights(reference_run)
+    weights = tmp_path / "nan_weights"
+    save_converted(jax.tree.map(lambda x: np.full_like(x, np.nan), variables), info, weights)
+    workdir = tmp_path / "nan"
+    proc = run(workdir, data_yaml, env, f"--config.weights={weights}", "--config.max_nonfinite=2",
+               "--config.checkpoint.every_steps=1", "--config.val.enabled=False")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("yolojax.train: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "2 non-finite losses in a row (max_nonfinite=2) at step 2" in errors[0]
+    assert "Traceback" not in proc.stderr
+    # every step was a checkpoint step, yet no non-finite state was saved
+    assert complete_steps(workdir / "checkpoints") == []
+    assert "not checkpointed" in proc.stderr
+    assert [(r["step"], r["loss"], r["nonfinite_total"]) for r in read_rows(workdir)] == [(1, None, 1), (2, None, 2)]
 
 
 def test_unknown_field_refused(tmp_path, data_yaml, env):

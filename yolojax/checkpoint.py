@@ -1,11 +1,13 @@
 """Orbax checkpoints of a training run: train state, EMA, Grain iterator position, config.
 
-Layout of ``WORKDIR/checkpoints/<step>/`` (one Orbax CheckpointManager step):
+Layout of ``WORKDIR/checkpoints/<step>/`` (one Orbax CheckpointManager step; the best
+validation's step is kept the same way in ``WORKDIR/checkpoints_best/<step>/``):
 
     state/   the TrainState arrays (params, batch_stats, opt_state, grad_accum, step,
              last_opt_step, ema, ema_updates), Orbax StandardSave (OCDBT)
     data/    the Grain iterator state (grain.checkpoint.CheckpointSave), one JSON per process
-    meta/    JSON: step, epoch, counters, model info (scale, num_classes, names, reg_max)
+    meta/    JSON: step, epoch, counters, model info (scale, num_classes, names, reg_max);
+             in checkpoints_best/ also ``val``, the validation row that made it the best
     config/  JSON: the run's ConfigDict
 
 Saves are asynchronous: ``save`` returns after the device-to-host copy and the files are
@@ -31,6 +33,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "checkpoints_best"
 ITEMS = ("state", "data", "meta", "config")
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "grad_accum", "last_opt_step", "ema",
                 "ema_updates")
@@ -127,6 +130,21 @@ class RunCheckpointer:
         """The newest complete step on disk (a save still in flight does not count)."""
         return latest_complete_step(self.directory)
 
+    def read_meta(self, step: int) -> dict:
+        """The meta JSON of the complete ``step``."""
+        restored = self.manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def drop_after(self, step: int) -> list[int]:
+        """Delete the steps newer than ``step`` (e.g. past the step a run resumes from);
+        returns them."""
+        dropped = [s for s in self.manager.all_steps() if s > step]
+        for s in dropped:
+            logger.info("deleting %s/%d: newer than step %d", self.directory, s, step)
+            self.manager.delete(s)
+        self.last_saved_step = self.latest_step()
+        return dropped
+
     def save(self, step: int, state: Any, iterator: Any, meta: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
         """Start an asynchronous save of ``step`` (skipped if that step is already saved)."""
         import grain
@@ -174,6 +192,54 @@ class RunCheckpointer:
         self.manager.close()
 
 
+class BestCheckpointer:
+    """The one checkpoint of the best validation so far, in ``WORKDIR/checkpoints_best``.
+
+    Holds the same items as :class:`RunCheckpointer` (its meta also holds ``val``, the
+    validation row), so it serves as weights (:func:`load_workdir_weights`) like the workdir.
+
+    Args:
+      directory: ``WORKDIR/checkpoints_best``.
+      metric: the key of the validation row to maximise (e.g. "mAP50-95").
+      resume_step: the step the run starts from: a best saved past it (by a run that was
+        interrupted before its next checkpoint) is deleted, as that part is redone.
+      async_save: as for :class:`RunCheckpointer`.
+    """
+
+    def __init__(self, directory: str | os.PathLike, metric: str, resume_step: int, async_save: bool = True):
+        self.metric = metric
+        self.checkpointer = RunCheckpointer(directory, keep=1, async_save=async_save)
+        self.checkpointer.drop_after(resume_step)
+        self.step = self.checkpointer.latest_step()
+        self.value = -float("inf")
+        if self.step is not None:
+            value = self.checkpointer.read_meta(self.step).get("val", {}).get(metric)
+            self.value = float(value) if value is not None else -float("inf")
+
+    @property
+    def directory(self) -> Path:
+        return self.checkpointer.directory
+
+    def offer(self, step: int, val_row: Mapping[str, Any], state: Any, iterator: Any, meta: Mapping[str, Any],
+              config: Mapping[str, Any]) -> bool:
+        """Save ``step`` (replacing the previous best) when ``val_row[metric]`` is higher than
+        every value offered before (ties keep the earlier step); returns whether it saved."""
+        value = val_row.get(self.metric)
+        if value is None or not value > self.value:
+            return False
+        saved = self.checkpointer.save(step, state, iterator, {**meta, "val": dict(val_row)}, config)
+        if saved:
+            self.step, self.value = step, float(value)
+        return saved
+
+    def latest_step(self) -> int | None:
+        """The best step complete on disk (a save in flight does not count)."""
+        return self.checkpointer.latest_step()
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
 def _checkpoints_dir(path: Path) -> Path | None:
     """``path`` itself or ``path/checkpoints`` when it holds complete steps."""
     for candidate in (path / CHECKPOINTS_DIR, path):
@@ -183,15 +249,17 @@ def _checkpoints_dir(path: Path) -> Path | None:
 
 
 def is_train_workdir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a train workdir (or its checkpoints dir) with a complete checkpoint."""
+    """Whether ``path`` is a train workdir (or its ``checkpoints/`` or ``checkpoints_best/``)
+    with a complete checkpoint."""
     p = Path(path)
     return p.is_dir() and _checkpoints_dir(p) is not None
 
 
 def load_workdir_weights(path: str | os.PathLike) -> tuple[dict, dict]:
-    """The EMA weights of the latest complete checkpoint of a train workdir, as float32
-    numpy ``{"params", "batch_stats"}`` on the host, and the model info (scale,
-    num_classes, names, reg_max) recorded with it."""
+    """The EMA weights of the latest complete checkpoint of a train workdir (``path`` is the
+    workdir, its ``checkpoints/``, or its ``checkpoints_best/`` for the best validation's
+    weights), as float32 numpy ``{"params", "batch_stats"}`` on the host, and the model info
+    (scale, num_classes, names, reg_max) recorded with it."""
     import json
 
     import orbax.checkpoint as ocp

@@ -9,10 +9,23 @@ fresh initialisation) and the jit train step, then trains with a progress bar. I
 * ``metrics.jsonl``: ``{"step", "loss", "box", "cls", "dfl", "lr", ...}`` every
   ``log_every_steps`` and ``{"epoch", "step", "mAP50", "mAP50-95", ...}`` after each
   validation (``val_loss`` instead where mAP validation is unavailable);
+* ``tensorboard/``: TensorBoard event files (tensorboardX) with the same scalars:
+  ``train/<key>`` for every per-step row key (loss, box, cls, dfl, lr, grad_norm,
+  images_per_s, nonfinite_total) and ``val/<key>`` for every validation row key (mAP50,
+  mAP50-95, precision, recall or val_loss), at the row's step; view them with
+  ``tensorboard --logdir DIR`` (the ``tensorboard`` package, not a yolojax dependency);
 * ``checkpoints/``: Orbax steps (every ``checkpoint.every_steps``, each epoch end and the
   end of the run; SIGTERM / SIGINT save and exit 0); re-running with the same DIR resumes
-  from the latest complete checkpoint at the exact data position;
+  from the latest complete checkpoint at the exact data position (settings that define the
+  run, :data:`RUN_DEFINING`, must be unchanged). A state holding non-finite values is never
+  checkpointed, and ``max_nonfinite`` non-finite losses in a row stop the run (exit 1);
+* ``checkpoints_best/``: the checkpoint (same items) of the validation with the highest
+  mAP50-95 so far (``checkpoint.keep_best``); ``DIR/checkpoints_best`` serves as weights
+  (``load_weights``, ``yolojax.val --weights``) like DIR itself, which gives the latest;
 * ``config.json`` and ``results.png`` (losses, lr and validation curves; needs matplotlib).
+
+Only process 0 writes metrics.jsonl, tensorboard/, config.json and results.png. On resume,
+metrics and TensorBoard events past the resumed step are dropped (they are redone).
 """
 
 from __future__ import annotations
@@ -39,6 +52,9 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row."""
+
+
+BEST_METRIC = "mAP50-95"  # the validation metric that picks checkpoints_best/ (higher is better)
 
 
 # ----------------------------------------------------------------------------------------
@@ -117,6 +133,21 @@ def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
                           f"{'; ...' if len(diffs) > 3 else ''}); use a new --workdir to start a new run")
 
 
+def check_workdir(workdir: Path, config_dict: dict) -> None:
+    """Refuse (before any work) a workdir whose checkpoints were written with other run
+    settings; a missing or unreadable config.json only warns."""
+    from yolojax.checkpoint import CHECKPOINTS_DIR, latest_complete_step
+
+    if latest_complete_step(workdir / CHECKPOINTS_DIR) is None:
+        return
+    try:
+        saved = json.loads((workdir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("%s/config.json is missing or unreadable: cannot check the resumed run's settings", workdir)
+        return
+    check_resumable(saved, config_dict, workdir)
+
+
 def transfer_weights(fresh: dict, pretrained: dict) -> tuple[dict, int, list[str]]:
     """``fresh`` with every leaf of ``pretrained`` at the same path and shape copied in (as
     ultralytics' intersect_dicts); returns (variables, copied count, paths kept fresh)."""
@@ -179,6 +210,60 @@ class MetricsLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch
+    whenever it is installed (to accept torch tensors, which yolojax never passes), which
+    costs seconds and memory in every run; ``sys.modules["torch"] = None`` makes that import
+    fail as it does where torch is absent. A torch already imported is left as it is."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+class TensorBoardLog:
+    """The metrics rows as TensorBoard scalars (tensorboardX event files in ``directory``).
+
+    Every finite number of a row but ``step`` and ``epoch`` becomes ``<group>/<key>`` at the
+    row's step. Each run writes a new event file that starts with a purge marker at
+    ``resume_step + 1``: TensorBoard then drops the events of earlier files from that step
+    on (they are redone), as :class:`MetricsLog` drops rows.
+    """
+
+    def __init__(self, directory: Path, resume_step: int, enabled: bool = True):
+        self.writer = None
+        if enabled:
+            writer_class = _summary_writer_class()
+            # File names hold the time in seconds: the suffix keeps two runs started within
+            # the same second apart (and in time order, as TensorBoard reads them by name).
+            self.writer = writer_class(str(directory), purge_step=resume_step + 1, flush_secs=30,
+                                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+
+    def write(self, row: dict, group: str) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.writer.add_scalar(f"{group}/{key}", value, row["step"])
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -252,15 +337,12 @@ class _Stop:
 
 
 def _make_step(config, loss_fn, state):
-    """(step_fn, state placed, shardings or None, place_batch)."""
+    """(step_fn, state placed on the mesh, its shardings, place_batch) for config.mesh and
+    config.parallel."""
     import jax
 
-    try:
-        from yolojax.parallel import make_parallel_train_step, mesh_from_config, place_batch, shard_state
-    except ImportError:  # parallel package not available: single-device jit
-        from yolojax.train import make_train_step
+    from yolojax.parallel import make_parallel_train_step, mesh_from_config, place_batch, shard_state
 
-        return make_train_step(loss_fn), state, None, (lambda b: b)
     mesh = mesh_from_config(config)
     step_fn, shardings = make_parallel_train_step(config.parallel.mode, loss_fn, mesh, state,
                                                   rules=config.parallel.rules)
@@ -279,15 +361,15 @@ def _validate(config, data_yaml, variables, info, batch_size):
 def train(config: Any, workdir: str | os.PathLike) -> dict:
     """Train per ``config`` in ``workdir`` (resuming when it holds a checkpoint).
 
-    Returns a summary: final step, epochs done, last metrics, whether it stopped on a signal.
+    Returns a summary: final step, total steps, last metrics, the signal that stopped it
+    (or None), the latest and the best complete checkpoint steps (None when there is none).
     Raises :class:`ConfigError` for settings, datasets or weights that cannot serve
     (before any training) and :class:`NonFiniteLossError`.
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from yolojax.checkpoint import RunCheckpointer
+    from yolojax.checkpoint import BEST_DIR, CHECKPOINTS_DIR, BestCheckpointer, RunCheckpointer
     from yolojax.data import AugmentConfig, make_train_iterator
     from yolojax.loss import DetectionLoss
     from yolojax.models import YOLOv8
@@ -295,6 +377,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
     check_config(config)
     workdir = Path(workdir).absolute()
+    config_dict = config.to_dict()
+    check_workdir(workdir, config_dict)
     data_yaml = prepare_data(config)
     names = _read_names(data_yaml)
     num_classes = len(names)
@@ -357,29 +441,20 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = process_index == 0
-    config_dict = config.to_dict()
-    from yolojax.checkpoint import latest_complete_step
-
-    if latest_complete_step(workdir / "checkpoints") is not None:
-        try:
-            check_resumable(json.loads((workdir / "config.json").read_text()), config_dict, workdir)
-        except ConfigError:
-            batches.close()
-            raise
-        except (OSError, json.JSONDecodeError):
-            logger.warning("%s/config.json is missing or unreadable: cannot check the resumed run's settings", workdir)
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=1) + "\n")
-    ckpt = RunCheckpointer(workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    ckpt = RunCheckpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep,
+                           async_save=config.checkpoint.async_save)
     start_step, nonfinite_total = 0, 0
     latest = ckpt.latest_step()
     if latest is not None:
         state, meta = ckpt.restore(latest, state, batches.iterator, shardings)
         start_step = int(meta["step"])
         nonfinite_total = int(meta.get("nonfinite_total", 0))
-        logger.info("resumed from %s/checkpoints/%d", workdir, latest)
+        logger.info("resumed from %s/%s/%d", workdir, CHECKPOINTS_DIR, latest)
     assert int(jax.device_get(state.step)) == start_step, "checkpoint step mismatch"
     log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
+    tensorboard = TensorBoardLog(workdir / "tensorboard", start_step, enabled=is_main)
 
     val_batch = config.val.batch_size or 2 * config.batch_size
     val_mode = None
@@ -390,13 +465,30 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             val_mode = "map"
         except ImportError:
             val_mode = "loss"
+    best_ckpt = None
+    if config.checkpoint.keep_best and val_mode == "map":
+        best_ckpt = BestCheckpointer(workdir / BEST_DIR, BEST_METRIC, start_step,
+                                     async_save=config.checkpoint.async_save)
+    state_is_finite = jax.jit(lambda trees: jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)])))
 
     def meta_for(step: int) -> dict:
         return {"step": step, "epoch": step // steps_per_epoch, "nonfinite_total": nonfinite_total,
                 "info": info, "total_steps": total_steps, "time": time.time()}
 
-    def save(step: int) -> None:
+    def save(step: int, val_row: dict | None) -> None:
+        """Checkpoint ``step`` (and into checkpoints_best/ when ``val_row`` improves on
+        BEST_METRIC), unless the weights hold non-finite values."""
+        tensorboard.flush()
+        if not bool(state_is_finite((state.params, state.batch_stats, state.ema))):
+            logger.warning("step %d: the weights hold non-finite values: not checkpointed (latest stays step %s)",
+                           step, ckpt.latest_step())
+            return
         ckpt.save(step, state, batches.iterator, meta_for(step), config_dict)
+        if best_ckpt is not None and val_row is not None and best_ckpt.offer(
+                step, val_row, state, batches.iterator, meta_for(step), config_dict):
+            logger.info("step %d: best %s so far (%.4g): saved in %s", step, BEST_METRIC, best_ckpt.value,
+                        best_ckpt.directory)
 
     def run_validation(step: int, epoch: int) -> dict:
         row = {"epoch": epoch, "step": step}
@@ -426,6 +518,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     stopped_by = None
 
     def consume(done_step: int, metrics) -> None:
+        """Count, log and display the metrics of ``done_step``; raise NonFiniteLossError
+        (after logging its row) at ``max_nonfinite`` non-finite losses in a row."""
         nonlocal consecutive, nonfinite_total, last_row, t_window, n_window, images_per_s
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
@@ -433,14 +527,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             nonfinite_total += 1
             logger.warning("step %d: non-finite loss/gradient, update skipped (%d in a row, %d in all)",
                            done_step, consecutive, nonfinite_total)
-            if consecutive >= config.max_nonfinite:
-                raise NonFiniteLossError(
-                    f"{consecutive} non-finite losses in a row (max_nonfinite={config.max_nonfinite}) at step "
-                    f"{done_step}: lower lr0, check the data, or use dtype=float32")
         else:
             consecutive = 0
+        fatal = consecutive >= config.max_nonfinite
         n_window += 1
-        if done_step % config.log_every_steps == 0 or done_step == total_steps:
+        if done_step % config.log_every_steps == 0 or done_step == total_steps or fatal:
             now = time.perf_counter()
             images_per_s = n_window * config.batch_size / max(now - t_window, 1e-9)
             t_window, n_window = now, 0
@@ -448,6 +539,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
                         **{k: _finite_or_none(m[k]) for k in ("loss", "box", "cls", "dfl", "lr", "grad_norm")},
                         "images_per_s": round(images_per_s, 2), "nonfinite_total": nonfinite_total}
             log.write(last_row)
+            tensorboard.write(last_row, "train")
+        if fatal:
+            raise NonFiniteLossError(
+                f"{consecutive} non-finite losses in a row (max_nonfinite={config.max_nonfinite}) at step "
+                f"{done_step}: lower lr0, check the data and weights, or use dtype=float32")
         if bar is not None:
             epoch = (done_step - 1) // steps_per_epoch
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}", refresh=False)
@@ -468,17 +564,19 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             if epoch_end or periodic or step == total_steps or stop.signum is not None:
                 consume(*pending)
                 pending = None
+            val_row = None
             if epoch_end or step == total_steps:
                 epoch = (step - 1) // steps_per_epoch
                 if val_mode and ((epoch + 1) % config.val.every_epochs == 0 or step == total_steps):
-                    row = run_validation(step, epoch)
+                    row = val_row = run_validation(step, epoch)
                     log.write(row)
+                    tensorboard.write(row, "val")
                     if bar is not None:
                         bar.write("epoch %d step %d: %s" % (epoch + 1, step, ", ".join(
                             f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step") and v is not None)))
                     last_row = {**last_row, **row}
             if epoch_end or periodic or step == total_steps or stop.signum is not None:
-                save(step)
+                save(step, val_row)
             if stop.signum is not None:
                 stopped_by = stop.signum
                 break
@@ -488,7 +586,10 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         if bar is not None:
             bar.close()
         stop.restore()
+        tensorboard.close()
         ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
         batches.close()
     if is_main and (workdir / "metrics.jsonl").exists():
         try:
@@ -496,7 +597,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         except Exception as e:  # noqa: BLE001 - a plot must never fail a run
             logger.warning("results.png not written: %s", e)
     return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
-            "nonfinite_total": nonfinite_total, "workdir": str(workdir)}
+            "nonfinite_total": nonfinite_total, "workdir": str(workdir), "checkpoint_step": ckpt.latest_step(),
+            "best_step": best_ckpt.latest_step() if best_ckpt is not None else None}
 
 
 def _val_loss(config, data_yaml, model, ema, loss_fn, batch_size) -> float | None:
@@ -548,11 +650,12 @@ def main() -> None:
             print(f"yolojax.train: error: {e}", file=sys.stderr)
             sys.exit(1)
         if summary["stopped_by_signal"] is not None:
-            print(f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; "
-                  f"checkpoint saved in {summary['workdir']}/checkpoints (re-run to resume)", file=sys.stderr)
+            print(f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; latest checkpoint: "
+                  f"{summary['workdir']}/checkpoints/{summary['checkpoint_step']} (re-run to resume)", file=sys.stderr)
         else:
-            print(f"done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, checkpoints/",
-                  file=sys.stderr)
+            best = f", checkpoints_best/{summary['best_step']}" if summary["best_step"] is not None else ""
+            print(f"done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, tensorboard/, "
+                  f"checkpoints/{summary['checkpoint_step']}{best}", file=sys.stderr)
 
     def parse_flags(argv):
         # Unknown or ill-typed --config.FIELD overrides raise inside the config loader; turn
