@@ -8,15 +8,19 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import yaml
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from yolojax import predict as yj_predict
 from yolojax import val as yj_val
+from yolojax.data.coco_json import COCO80_CATEGORY_IDS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WEIGHTS = SHARED / "yolov8n.pt"
@@ -138,6 +142,16 @@ def test_cli_contract(module, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing.pt" in err
 
 
+def test_predict_fn_is_shared_between_validations():
+    """Validations with the same model and settings reuse one jitted function (compiled once, e.g. per training)."""
+    info = {"scale": "n", "num_classes": 2, "names": ["a", "b"]}
+    first = yj_val.make_predict_fn(info, 0.001, 0.7, 300)
+    assert yj_val.make_predict_fn(dict(info, reg_max=16), 0.001, 0.7, 300) is first
+    assert yj_val.make_predict_fn(info, 0.25, 0.7, 300) is not first
+    assert yj_val.make_predict_fn(dict(info, num_classes=3), 0.001, 0.7, 300) is not first
+    assert yj_val.is_coco_json("a/instances_val2017.JSON") and not yj_val.is_coco_json("coco8.yaml")
+
+
 def test_cli_subprocess_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "yolojax.val", "--weights", str(tmp_path / "nope.pt"), "--data",
                         "x.yaml"], capture_output=True, text=True, timeout=300, check=False)
@@ -152,9 +166,226 @@ def test_val_on_8_simulated_devices_matches_one(coco8_copies, tmp_path):
     code = ("import jax, sys; from yolojax import val; assert jax.local_device_count() == 8; "
             "sys.exit(val.main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", code, *args, "--json", str(tmp_path / "8.json")], env=env,
-                       capture_output=True, text=True, timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
+                       capture_output=True, text=True, timeout=600, check=False,
+                       cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
     assert yj_val.main([*args, "--json", str(tmp_path / "1.json")]) == 0
     eight, one = (json.loads((tmp_path / f).read_text()) for f in ("8.json", "1.json"))
     for k in ("mAP50", "mAP50-95", "precision", "recall"):
         assert abs(eight[k] - one[k]) < 1e-6, (k, eight[k], one[k])
+
+
+def yolo_split_to_coco_json(data_yaml: Path, out_json: Path, category_ids, first_image_id: int = 1) -> Path:
+    """The val split of a YOLO-format dataset as a COCO instances JSON; returns its image folder.
+
+    Class k becomes category ``category_ids[k]``; images get ids first_image_id + 7 * i (sparse, so
+    an index used as an id shows)."""
+    from yolojax.data import image_to_label_paths, list_image_files, load_data_yaml
+
+    spec = load_data_yaml(data_yaml)
+    image_paths = list_image_files(spec.splits["val"])
+    images, annotations = [], []
+    for i, (image_path, label_path) in enumerate(zip(image_paths, image_to_label_paths(image_paths))):
+        h, w = cv2.imread(image_path).shape[:2]
+        image_id = first_image_id + 7 * i
+        images.append({"id": image_id, "file_name": Path(image_path).name, "height": h, "width": w})
+        rows = np.loadtxt(label_path, ndmin=2) if Path(label_path).is_file() else np.zeros((0, 5))
+        for cls, cx, cy, bw, bh in rows:
+            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[int(cls)],
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    categories = [{"id": c, "name": n} for c, n in zip(category_ids, spec.names)]
+    out_json.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    folders = {str(Path(p).parent) for p in image_paths}
+    assert len(folders) == 1, folders
+    return Path(folders.pop())
+
+
+def check_coco_predictions(predictions_json: Path, annotations_json: Path) -> None:
+    """COCO results format: known image and category ids, [x, y, w, h] inside the original image."""
+    gt = json.loads(annotations_json.read_text())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
+    predictions = json.loads(predictions_json.read_text())
+    assert predictions and set(predictions[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert {p["category_id"] for p in predictions} <= {c["id"] for c in gt["categories"]}
+    assert {p["image_id"] for p in predictions} == set(sizes)
+    for p in predictions:
+        x, y, w, h = p["bbox"]
+        width, height = sizes[p["image_id"]]
+        assert 0 <= x <= x + w <= width + 1e-3 and 0 <= y <= y + h <= height + 1e-3 and 0 < p["score"] <= 1
+
+
+@needs_shared
+def test_val_coco_json_reports_official_coco_metrics(tmp_path):
+    """coco8 as a COCO JSON (real category ids 1..90): the same ultralytics-style numbers as from its
+    data.yaml, plus pycocotools' AP close to mAP50-95."""
+    annotations = tmp_path / "instances_val.json"
+    images_dir = yolo_split_to_coco_json(COCO8 / "coco8.yaml", annotations, COCO80_CATEGORY_IDS, first_image_id=36)
+    from yolojax.convert import load_weights
+
+    variables, info = load_weights(WEIGHTS)
+    kw = {"variables": variables, "info": info, "imgsz": 640, "batch": 4, "verbose": False}
+    from_yaml = yj_val.validate(data=shutil.copytree(COCO8, tmp_path / "coco8") / "coco8.yaml", **kw)
+    out_json, predictions = tmp_path / "val.json", tmp_path / "predictions.json"
+    argv = ["--weights", str(WEIGHTS), "--data", str(annotations), "--images", str(images_dir), "--imgsz", "640",
+            "--batch", "4", "--json", str(out_json), "--predictions", str(predictions)]
+    assert yj_val.main(argv) == 0
+    ours = json.loads(out_json.read_text())
+    for k in ("mAP50", "mAP50-95", "precision", "recall"):
+        assert ours[k] == pytest.approx(from_yaml[k], abs=1e-9), k
+    assert set(ours["coco"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+                                 "ARl"}
+    print(f"coco8 JSON: mAP50-95 {ours['mAP50-95']:.4f} COCO AP {ours['coco']['AP']:.4f} | "
+          f"mAP50 {ours['mAP50']:.4f} COCO AP50 {ours['coco']['AP50']:.4f}")
+    assert abs(ours["coco"]["AP"] - ours["mAP50-95"]) < 0.05
+    assert abs(ours["coco"]["AP50"] - ours["mAP50"]) < 0.05
+    check_coco_predictions(predictions, annotations)
+
+
+def test_val_coco_json_cli_errors(tmp_path, capsys):
+    annotations = tmp_path / "instances.json"
+    annotations.write_text("{}")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    assert yj_val.main(["--weights", str(weights), "--data", str(annotations)]) == 1
+    assert "--images" in capsys.readouterr().err
+    data_yaml = tmp_path / "d.yaml"
+    data_yaml.write_text("train: a\nval: a\nnames: [x]\n")
+    assert yj_val.main(["--weights", str(weights), "--data", str(data_yaml), "--images", str(tmp_path)]) == 1
+    assert "COCO JSON" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="COCO JSON"):
+        yj_val.validate(data=data_yaml, predictions_json=tmp_path / "p.json")
+
+
+# A model ultralytics trains inside the test (no shared data needed): YOLOv8n from scratch on big,
+# high-contrast squares and discs at imgsz 64; the settings below reach mAP50 ~0.9 in ~30 s of CPU.
+TRAIN_IMGSZ = 64
+TRAIN_NAMES = ("square", "disc")
+_TRAIN_SCRIPT = """
+import sys
+from ultralytics import YOLO
+YOLO("yolov8n.yaml").train(
+    data=sys.argv[1], project=sys.argv[2], name="train", exist_ok=True, imgsz=int(sys.argv[3]), epochs=12, batch=16,
+    workers=0, device="cpu", amp=False, plots=False, val=False, seed=0, deterministic=True, verbose=False,
+    optimizer="AdamW", lr0=0.004, nbs=16, warmup_epochs=0, mosaic=0.0, translate=0.0, scale=0.0, hsv_h=0.0,
+    hsv_s=0.0, hsv_v=0.0)
+"""
+
+
+def _draw_square_or_disc_image(rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """BGR image (sides 48..96 px, dark background) with 1-2 white squares (class 0) or red discs (class 1)
+    of 30-60 % of the short side, and its YOLO label rows."""
+    h, w = (int(v) for v in rng.integers(48, 97, 2))
+    image = np.full((h, w, 3), 40, np.uint8)
+    rows = []
+    for _ in range(int(rng.integers(1, 3))):
+        cls = int(rng.integers(0, 2))
+        side = int(rng.integers(min(h, w) * 3 // 10, min(h, w) * 6 // 10))
+        x1, y1 = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+        if cls == 0:
+            cv2.rectangle(image, (x1, y1), (x1 + side - 1, y1 + side - 1), (255, 255, 255), -1)
+        else:
+            cv2.circle(image, (x1 + side // 2, y1 + side // 2), side // 2, (60, 60, 255), -1)
+        rows.append(f"{cls} {(x1 + side / 2) / w:.6f} {(y1 + side / 2) / h:.6f} {side / w:.6f} {side / h:.6f}")
+    return image, rows
+
+
+def _write_square_or_disc_dataset(root: Path, num_train: int = 128, num_val: int = 16, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", num_train), ("val", num_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(count):
+            image, rows = _draw_square_or_disc_image(rng)
+            cv2.imwrite(str(root / "images" / split / f"{i:04d}.png"), image)
+            (root / "labels" / split / f"{i:04d}.txt").write_text("\n".join(rows) + "\n")
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                         "names": dict(enumerate(TRAIN_NAMES))}))
+    return data_yaml
+
+
+@pytest.fixture(scope="module")
+def ultralytics_trained(tmp_path_factory):
+    """Weights ultralytics trained in a subprocess (its settings and runs in a temporary folder), the data.yaml."""
+    pytest.importorskip("ultralytics")
+    root = tmp_path_factory.mktemp("ultralytics_trained")
+    data_yaml = _write_square_or_disc_dataset(root / "data")
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(root / "settings"))
+    r = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, str(data_yaml), str(root / "runs"), str(TRAIN_IMGSZ)],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=900, check=False)
+    weights = root / "runs" / "train" / "weights" / "last.pt"
+    assert r.returncode == 0 and weights.is_file(), r.stdout[-3000:] + r.stderr[-3000:]
+    return types.SimpleNamespace(weights=weights, data_yaml=data_yaml, root=root)
+
+
+def _ultralytics_val(weights: Path, data_yaml: Path, project: Path, rect: bool):
+    import ultralytics
+
+    return ultralytics.YOLO(str(weights)).val(data=str(data_yaml), imgsz=TRAIN_IMGSZ, batch=16, conf=0.001, iou=0.7,
+                                              rect=rect, plots=False, device="cpu", verbose=False,
+                                              project=str(project))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rect", [False, True])
+def test_val_matches_ultralytics_on_a_model_it_trained(ultralytics_trained, tmp_path, rect):
+    ref = _ultralytics_val(ultralytics_trained.weights, ultralytics_trained.data_yaml, tmp_path / "ultra", rect)
+    out_json = tmp_path / "val.json"
+    argv = ["--weights", str(ultralytics_trained.weights), "--data", str(ultralytics_trained.data_yaml), "--imgsz",
+            str(TRAIN_IMGSZ), "--batch", "16", "--json", str(out_json)]
+    assert yj_val.main(argv + (["--rect"] if rect else [])) == 0
+    ours = json.loads(out_json.read_text())
+    print(f"trained model, rect={rect}: yolojax mAP50 {ours['mAP50']:.6f} mAP50-95 {ours['mAP50-95']:.6f} | "
+          f"ultralytics mAP50 {ref.box.map50:.6f} mAP50-95 {ref.box.map:.6f}")
+    assert ref.box.map50 > 0.1, "the trained model must detect something for the comparison to mean anything"
+    assert abs(ours["mAP50"] - ref.box.map50) < 0.005
+    assert abs(ours["mAP50-95"] - ref.box.map) < 0.005
+    assert set(ours["per_class"]) == {ref.names[c] for c in ref.box.ap_class_index}
+
+
+@pytest.mark.slow
+def test_predict_matches_ultralytics_on_a_model_it_trained(ultralytics_trained):
+    import ultralytics
+
+    images = sorted((ultralytics_trained.data_yaml.parent / "images" / "val").glob("*.png"))[:4]
+    ours = yj_predict.Predictor(ultralytics_trained.weights, imgsz=TRAIN_IMGSZ, conf=0.25)(images)
+    refs = ultralytics.YOLO(str(ultralytics_trained.weights)).predict([str(p) for p in images], imgsz=TRAIN_IMGSZ,
+                                                                      conf=0.25, iou=0.7, device="cpu", save=False,
+                                                                      verbose=False)
+    total = 0
+    for mine, ref in zip(ours, refs, strict=True):
+        ref_boxes, ref_cls = ref.boxes.xyxy.numpy(), ref.boxes.cls.numpy().astype(int)
+        boxes, classes = np.array(mine["boxes_xyxy"]).reshape(-1, 4), np.array(mine["classes"])
+        assert len(boxes) == len(ref_boxes), (mine["image"], boxes, ref_boxes)
+        total += len(boxes)
+        if not len(boxes):
+            continue
+        iou = _xyxy_iou(boxes, ref_boxes)
+        match = iou.argmax(1)
+        assert np.all(iou[np.arange(len(boxes)), match] >= 0.99), iou
+        assert sorted(match.tolist()) == list(range(len(ref_boxes)))
+        np.testing.assert_array_equal(classes, ref_cls[match])
+    assert total > 0, "no boxes above conf 0.25: the comparison would prove nothing"
+
+
+@pytest.mark.slow
+def test_val_coco_json_on_a_model_ultralytics_trained(ultralytics_trained, tmp_path):
+    """The COCO JSON path without shared data: sparse category ids (3, 7) and image ids."""
+    annotations = tmp_path / "instances_val.json"
+    images_dir = yolo_split_to_coco_json(ultralytics_trained.data_yaml, annotations, (3, 7), first_image_id=1000)
+    from_yaml = yj_val.validate(ultralytics_trained.weights, ultralytics_trained.data_yaml, imgsz=TRAIN_IMGSZ,
+                                verbose=False)
+    predictions = tmp_path / "predictions.json"
+    ours = yj_val.validate(ultralytics_trained.weights, annotations, images=images_dir, imgsz=TRAIN_IMGSZ,
+                           predictions_json=predictions, verbose=False)
+    for k in ("mAP50", "mAP50-95", "precision", "recall"):
+        assert ours[k] == pytest.approx(from_yaml[k], abs=1e-9), k
+    print(f"trained model, COCO JSON: mAP50-95 {ours['mAP50-95']:.4f} COCO AP {ours['coco']['AP']:.4f} | "
+          f"mAP50 {ours['mAP50']:.4f} COCO AP50 {ours['coco']['AP50']:.4f}")
+    assert abs(ours["coco"]["AP"] - ours["mAP50-95"]) < 0.05
+    check_coco_predictions(predictions, annotations)
+    from yolojax.coco_eval import coco_evaluate
+
+    again, _ = coco_evaluate(annotations, predictions)
+    assert again == ours["coco"]

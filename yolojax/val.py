@@ -2,6 +2,8 @@
 
     python -m yolojax.val --weights yolov8n.pt --data coco8.yaml [--imgsz 640 --batch 16
         --conf 0.001 --iou 0.7 --max-det 300 --rect --json OUT.json]
+    python -m yolojax.val --weights yolov8n.pt --data instances_val2017.json --images val2017
+        [--predictions OUT/predictions.json ...]
 
 Pipeline (ultralytics' DetectionValidator): letterboxed batches (long side resized to imgsz,
 centred, no upscaling; ``--rect``: ultralytics' rectangular batches, stride 32, pad 0.5,
@@ -9,11 +11,20 @@ as used during training) -> model in fp32 on [0, 1] pixels -> multi-label NMS (c
 iou 0.7, max_det 300) on device -> predictions matched to ground truth in letterboxed pixels
 at IoU 0.50:0.95 -> ap_per_class (101-point interpolation). Like standalone ``yolo val``,
 rect is off by default.
+
+With a COCO instances JSON as ``--data`` (and its image folder as ``--images``) the same
+numbers come first, then the official COCO ones: the detections, mapped to original pixels
+and the file's category ids, go through pycocotools ``COCOeval`` (bbox), and its 12 statistics
+(AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl) are printed and returned
+under ``"coco"``. AP differs from mAP50-95 by COCO's rules: at most 100 detections per image,
+crowd regions ignored, boxes matched in original pixels, precision sampled at 101 recall
+points rather than integrated.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -35,13 +46,24 @@ _ROW_VALUES = "%22s" + "%11i" * 2 + "%11.3g" * 4
 
 def make_predict_fn(info: Mapping[str, Any], conf: float, iou: float, max_det: int, max_nms: int = 30000,
                     multi_label: bool = True, agnostic: bool = False):
-    """jit-compiled ``(variables, uint8 images (B, H, W, 3)) -> Detections`` (model + NMS)."""
+    """jit-compiled ``(variables, uint8 images (B, H, W, 3)) -> Detections`` (model + NMS).
+
+    The same model and settings give the same function object, so its compiled executables
+    (one per input shape) serve every later validation, e.g. one per training epoch.
+    """
+    return _predict_fn(str(info["scale"]), int(info["num_classes"]), int(info.get("reg_max", 16)), float(conf),
+                       float(iou), int(max_det), int(max_nms), bool(multi_label), bool(agnostic))
+
+
+@functools.lru_cache(maxsize=8)
+def _predict_fn(scale: str, num_classes: int, reg_max: int, conf: float, iou: float, max_det: int, max_nms: int,
+                multi_label: bool, agnostic: bool):
     import jax
 
     from yolojax.models import YOLOv8
     from yolojax.ops import non_max_suppression
 
-    model = YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)))
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max)
 
     @jax.jit
     def predict(variables, images):
@@ -68,10 +90,40 @@ def _placement(batch: int):
     return lambda tree, replicated=False: jax.device_put(tree, rep if replicated else data)
 
 
+def is_coco_json(data: Any) -> bool:
+    """True when ``data`` names a COCO JSON annotation file (by its .json suffix)."""
+    return isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".json"
+
+
+def _open_source(data: Any, images: str | os.PathLike | None, split: str):
+    """The source to validate on: a COCO JSON with its image folder, a data.yaml's split, or ``data`` itself."""
+    from yolojax.data import coco_json_source, yolo_source
+
+    if is_coco_json(data):
+        if images is None:
+            raise ValueError(f"{data} is a COCO JSON: give its image folder (--images)")
+        if not Path(images).is_dir():
+            raise ValueError(f"image folder {images} not found")
+        return coco_json_source(data, images)
+    if isinstance(data, (str, os.PathLike)):
+        return yolo_source(data, split)
+    return data
+
+
+def _batch_to_run(batch: int, num_images: int) -> int:
+    """``batch``, or less when the whole split fits in one batch: the split's size rounded up to a
+    multiple of the local device count, so the model does not run on padding slots."""
+    import jax
+
+    devices = jax.local_device_count()
+    return min(batch, max(-(-num_images // devices), 1) * devices)
+
+
 def validate(
     weights: str | os.PathLike | None = None,
-    data: str | os.PathLike = "",
+    data: Any = "",
     *,
+    images: str | os.PathLike | None = None,
     variables: Any = None,
     info: Mapping[str, Any] | None = None,
     imgsz: int = 640,
@@ -84,20 +136,29 @@ def validate(
     split: str = "val",
     workers: int = 0,
     plots_dir: str | os.PathLike | None = None,
+    predictions_json: str | os.PathLike | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Validate weights (a .pt, a converted dir) or given ``variables``/``info`` on a data.yaml split.
+    """Validate weights (a .pt, a converted dir) or given ``variables``/``info`` on a dataset.
+
+    Args:
+      data: a data.yaml (its ``split``), a COCO instances JSON (with ``images``, its image
+        folder), or a source (:mod:`yolojax.data`).
+      predictions_json: COCO JSON data only: write the detections here in COCO results format.
 
     Returns:
       dict with precision, recall, mAP50, mAP50-95, mAP75, fitness, images, instances,
       per_class {name: {images, instances, precision, recall, mAP50, mAP50-95}}, speed
-      (ms per image) and ``ap_result`` (curves; not JSON-able). With ``plots_dir``:
-    PR_curve.png and confusion_matrix.png there (needs matplotlib).
+      (ms per image) and ``ap_result`` (curves; not JSON-able). COCO JSON data adds ``coco``:
+      {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl} from pycocotools. With
+      ``plots_dir``: PR_curve.png and confusion_matrix.png there (needs matplotlib).
     """
-
     from yolojax.data import make_val_iterator
     from yolojax.metrics import ConfusionMatrix, DetectionMetrics, save_plots
 
+    if predictions_json is not None and not is_coco_json(data):
+        raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
+    source = _open_source(data, images, split)
     if variables is None or info is None:
         if weights is None:
             raise ValueError("give weights or variables and info")
@@ -106,17 +167,19 @@ def validate(
         variables, info = load_weights(weights)
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
-    place = _placement(batch)
+    run_batch = _batch_to_run(batch, len(source))
+    place = _placement(run_batch)
     variables = place(variables, replicated=True)
     predict = make_predict_fn(info, conf, iou, max_det, max_nms)
-    batches = make_val_iterator(data, imgsz=imgsz, batch_size=batch, rect=rect, split=split, workers=workers,
-                                max_boxes=max(max_det, 300), process_index=0, process_count=1)
+    batches = make_val_iterator(source, imgsz=imgsz, batch_size=run_batch, rect=rect, split=split,
+                                workers=workers, max_boxes=max(max_det, 300), process_index=0, process_count=1)
     source_names = list(getattr(batches.source, "names", []) or [])
     names = list(info.get("names") or source_names)
     if source_names and len(source_names) != int(info["num_classes"]):
         raise ValueError(f"{data} has {len(source_names)} classes but the model has {info['num_classes']}")
     metrics = DetectionMetrics(names)
     confusion = ConfusionMatrix(len(names), conf=conf) if plots_dir is not None else None
+    coco = _CocoCollector(data, batches.source) if is_coco_json(data) else None
     t0 = time.perf_counter()
     n_images = 0
     try:
@@ -130,6 +193,8 @@ def validate(
                 if confusion is not None:
                     confusion.update(boxes[s, :n], scores[s, :n], classes[s, :n], b["boxes"][s][m],
                                      b["classes"][s][m])
+                if coco is not None:
+                    coco.add(b, s, boxes[s, :n], scores[s, :n], classes[s, :n])
                 n_images += 1
     finally:
         batches.close() if workers else None
@@ -137,13 +202,50 @@ def validate(
     results = metrics.compute()
     results["speed_ms_per_image"] = 1000 * elapsed / max(n_images, 1)
     results["settings"] = {"imgsz": imgsz, "batch": batch, "conf": conf, "iou": iou, "max_det": max_det, "rect": rect,
-                               "split": split}
+                           "split": split}
     if plots_dir is not None:
         results["plots"] = [str(p) for p in save_plots(results, names, plots_dir, confusion)]
         results["confusion_matrix"] = confusion.matrix.astype(int).tolist()
     if verbose:
         print(format_table(results))
+    if coco is not None:
+        results["coco"], summary = coco.evaluate(predictions_json)
+        if verbose:
+            print(f"COCO bbox metrics (pycocotools) on {data}:\n{summary}")
     return results
+
+
+class _CocoCollector:
+    """Detections of a COCO JSON validation in COCO results format, then their COCOeval."""
+
+    def __init__(self, annotations_json: str | os.PathLike, source: Any):
+        from yolojax.coco_eval import class_to_category_ids, load_coco_annotations
+
+        self.annotations = load_coco_annotations(annotations_json)
+        self.category_ids = class_to_category_ids(self.annotations["categories"])
+        self.source_image_ids = np.asarray(source.image_ids)
+        self.detections: list[dict[str, Any]] = []
+        self.image_ids: list[int] = []
+
+    def add(self, batch: Mapping[str, np.ndarray], slot: int, boxes_xyxy: np.ndarray, scores: np.ndarray,
+            classes: np.ndarray) -> None:
+        """One image (``slot`` of a val batch) with its detections in letterboxed pixels."""
+        from yolojax.coco_eval import boxes_to_original, coco_detections
+
+        image_id = int(self.source_image_ids[int(batch["index"][slot])])
+        original = boxes_to_original(boxes_xyxy, batch["ratio_hw"][slot], batch["pad_xy"][slot],
+                                     batch["orig_hw"][slot])
+        self.detections += coco_detections(original, scores, classes, image_id, self.category_ids)
+        self.image_ids.append(image_id)
+
+    def evaluate(self, predictions_json: str | os.PathLike | None) -> tuple[dict[str, float], str]:
+        """COCOeval over the images seen (written to ``predictions_json`` first when given)."""
+        from yolojax.coco_eval import coco_evaluate, write_detections
+
+        detections = self.detections
+        if predictions_json is not None:
+            detections = write_detections(detections, predictions_json)
+        return coco_evaluate(self.annotations, detections, image_ids=self.image_ids)
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -164,9 +266,10 @@ def json_results(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="python -m yolojax.val", description="Validate YOLOv8 weights on a data.yaml split "
-                "(mAP50, mAP50-95 as ultralytics val).")
+                "or a COCO JSON (mAP50, mAP50-95 as ultralytics val; COCO JSON: also pycocotools' COCO metrics).")
     p.add_argument("--weights", required=True, help="ultralytics .pt or yolojax checkpoint directory")
-    p.add_argument("--data", required=True, help="ultralytics data.yaml")
+    p.add_argument("--data", required=True, help="ultralytics data.yaml, or a COCO instances JSON (with --images)")
+    p.add_argument("--images", default=None, help="COCO JSON data: the folder its file_name entries are in")
     p.add_argument("--imgsz", type=int, default=640, help="image size (multiple of 32)")
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
@@ -177,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data worker processes")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PR_curve.png and confusion_matrix.png here")
+    p.add_argument("--predictions", default=None, metavar="JSON",
+                   help="COCO JSON data: write the detections here in COCO results format")
     return p
 
 
@@ -187,13 +292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"weights {args.weights} not found")
         if not Path(args.data).is_file():
             raise ValueError(f"data file {args.data} not found")
+        if args.images is not None and not is_coco_json(args.data):
+            raise ValueError("--images is for a COCO JSON --data (a data.yaml names its own image folders)")
         if args.batch < 1 or args.imgsz < 32 or args.imgsz % 32:
             raise ValueError("--batch must be >= 1 and --imgsz a positive multiple of 32")
         if not (0 <= args.conf <= 1 and 0 <= args.iou <= 1):
             raise ValueError("--conf and --iou must be within [0, 1]")
         results = validate(args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf,
                            iou=args.iou, max_det=args.max_det, rect=args.rect, split=args.split,
-                           workers=args.workers, plots_dir=args.plots)
+                           workers=args.workers, plots_dir=args.plots, images=args.images,
+                           predictions_json=args.predictions)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(json_results(results), indent=2))
