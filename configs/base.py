@@ -90,6 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
     c.mesh.model = 1
+    # Multi-host (jax.distributed): a coordinator "host:port" here or in JAX_COORDINATOR_ADDRESS
+    # (with JAX_NUM_PROCESSES, JAX_PROCESS_ID); auto=True lets JAX detect TPU pods / SLURM / MPI.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator = ""
+    c.distributed.num_processes = 0  # 0: from the environment
+    c.distributed.process_id = -1    # -1: from the environment
+    c.distributed.auto = False
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "jit"        # jit (GSPMD) | pmap (shard_map data parallel)
     c.parallel.rules = "data"      # data | fsdp | tp (parameter sharding rules, jit mode)

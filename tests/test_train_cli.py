@@ -148,7 +148,7 @@ def assert_tensorboard_matches_metrics(workdir):
 
 
 def test_tensorboard_log_purges_redone_steps(tmp_path):
-    from yolojax.train.__main__ import TensorBoardLog
+    from yolojax.train.run import TensorBoardLog
 
     first = TensorBoardLog(tmp_path, resume_step=0)
     for step in (1, 2, 3, 4):
@@ -166,7 +166,7 @@ def test_tensorboard_log_purges_redone_steps(tmp_path):
 def test_tensorboard_log_does_not_import_torch(tmp_path):
     # tensorboardX imports torch when it is installed; a train run must not pay for it.
     code = ("import importlib.util, sys; from pathlib import Path; installed = importlib.util.find_spec('torch'); "
-            "from yolojax.train.__main__ import TensorBoardLog; "
+            "from yolojax.train.run import TensorBoardLog; "
             f"log = TensorBoardLog(Path({str(tmp_path)!r}), 0); log.write({{'step': 1, 'loss': 1.0}}, 'train'); "
             "log.close(); assert 'torch' not in sys.modules, 'torch imported'; "
             "assert (importlib.util.find_spec('torch') is None) == (installed is None)")  # still importable
@@ -348,6 +348,16 @@ def test_nonfinite_losses_stop_the_run(reference_run, tmp_path, data_yaml, env):
     assert [(r["step"], r["loss"], r["nonfinite_total"]) for r in read_rows(workdir)] == [(1, None, 1), (2, None, 2)]
 
 
+def test_single_process_needs_no_coordinator(monkeypatch):
+    """No coordinator in the config or the environment: one process, jax.distributed untouched."""
+    from yolojax.config import base_config
+    from yolojax.train.run import start_distributed
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    config = base_config(str(Path(__file__).resolve().parents[1] / "configs" / "base.py"))
+    assert start_distributed(config) is False
+
+
 def test_unknown_field_refused(tmp_path, data_yaml, env):
     proc = run(tmp_path / "w", data_yaml, env, "--config.no_such_field=1", timeout=120)
     assert proc.returncode != 0
@@ -361,6 +371,7 @@ def test_unknown_field_refused(tmp_path, data_yaml, env):
     (["--config.data.yaml=/nonexistent/data.yaml"], "does not exist"),
     (["--config.weights=/nonexistent/w.pt"], "weights"),
     (["--config.imgsz=100"], "multiple of 32"),
+    (["--config.distributed.coordinator=localhost"], "host:port"),
 ])
 def test_bad_input_refused_with_one_line(tmp_path, data_yaml, env, extra, message):
     proc = run(tmp_path / "w", data_yaml, env, *extra, timeout=120)
