@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+import jax
+import jax.numpy as jnp
+
 from yolojax.ops import non_max_suppression
 
 
@@ -74,3 +77,37 @@ def test_nms_classes_filter_and_empty():
 def test_nms_rejects_bad_thresholds():
     with pytest.raises(ValueError):
         non_max_suppression(np.zeros((1, 10, 6), np.float32), conf_thres=1.5)
+
+
+@pytest.mark.parametrize("n_alive", [40, 1500, 6000, 12000])
+def test_greedy_on_the_alive_prefix_equals_greedy_on_all_slots(n_alive):
+    """non_max_suppression runs the greedy loop on the shortest GREEDY_SIZES prefix holding
+    every image's alive candidates; it must keep what the loop over all K slots keeps. The
+    best-scored 60% of the alive boxes are one tight cluster (one kept), so the other kept
+    boxes sit deep in the candidate list, past any too-short prefix."""
+    from yolojax.ops import nms
+
+    rng = np.random.default_rng(n_alive)
+    b, n = 2, 30000  # one class: K = 30000 slots
+    pred = np.zeros((b, n, 5), np.float32)
+    pred[..., :2] = rng.uniform(0, 600, (b, n, 2))
+    pred[..., 2:4] = rng.uniform(5, 40, (b, n, 2))
+    for i in range(b):  # image i has n_alive / (i + 1) scores above conf
+        alive = rng.choice(n, n_alive // (i + 1), replace=False)
+        scores = np.sort(rng.uniform(0.01, 1.0, alive.size))[::-1]
+        pred[i, alive, 4] = scores
+        cluster = alive[: int(0.6 * alive.size)]
+        pred[i, cluster, :4] = [300, 300, 100, 100] + rng.uniform(-1, 1, (cluster.size, 4))
+    pred = jnp.asarray(pred)
+    got = nms.non_max_suppression(pred, 0.001, 0.7, max_det=300)
+
+    def full(p):
+        cand, cand_offset, alive, top, cls = nms._candidates(p, 0.001, False, False, 30000, 7680.0, None)
+        keep, count = nms._greedy_keep(cand_offset, alive, 0.7, 300)
+        ok = jnp.arange(300) < count
+        return jnp.where(ok[:, None], cand[keep], 0.0), jnp.where(ok, top[keep], 0.0), jnp.where(ok, cls[keep], 0), count
+
+    want = jax.vmap(full)(pred)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert int(got.count[0]) > 1  # boxes past the cluster were kept
