@@ -19,7 +19,7 @@ from yolojax.data import (
     yolo_source,
 )
 from yolojax.data.label_scan import parse_label_rows
-from yolojax.data.synthetic import SHAPE_NAMES, add_broken_files, write_synthetic_dataset
+from yolojax.data.synthetic import SHAPE_NAMES, add_broken_files, rectangles_batch, write_synthetic_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMGSZ = 128
@@ -207,3 +207,22 @@ def test_scan_cache_is_not_written_into_read_only_folders(tmp_path):
     finally:
         labels.chmod(0o755)
     assert len(source) == 3 and not (labels / "train.yolojax-cache.npz").exists()
+
+
+def test_rectangles_batch():
+    batch = rectangles_batch(5, 128, num_classes=3, max_boxes=6, seed=3)
+    assert batch["image"].shape == (5, 128, 128, 3) and batch["image"].dtype == np.uint8
+    assert batch["boxes"].shape == (5, 6, 4) and batch["classes"].shape == batch["mask"].shape == (5, 6)
+    assert np.all(batch["mask"].sum(1) >= 1) and np.all(batch["mask"].sum(1) <= 4)
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]])
+    for b in range(5):  # the last-drawn box's pixels have its class colour; padded rows are zero
+        n = int(batch["mask"][b].sum())
+        x1, y1, x2, y2 = batch["boxes"][b, n - 1].astype(int)
+        assert np.all(batch["image"][b, y1:y2, x1:x2] == colours[batch["classes"][b, n - 1]])
+        assert np.all(batch["boxes"][b, n:] == 0)
+    noisy = rectangles_batch(5, 128, seed=3, noise=40)
+    diff = noisy["image"].astype(int) - batch["image"].astype(int)
+    assert 0 < np.abs(diff).max() <= 40
+    np.testing.assert_array_equal(noisy["boxes"], batch["boxes"])
+    with pytest.raises(ValueError):
+        rectangles_batch(1, 64, num_classes=4)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from yolojax.data.synthetic import rectangles_batch
 from yolojax.loss import DetectionLoss
 from yolojax.models import YOLOv8
 from yolojax.train import TrainState, ema_decay, make_recipe, make_train_step
@@ -17,21 +18,7 @@ NUM_CLASSES = 3
 
 def synthetic_batch(batch_size: int = 4, max_boxes: int = 6, seed: int = 0) -> dict:
     """Grey images with 1-4 filled rectangles whose colour is their class."""
-    rng = np.random.default_rng(seed)
-    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)
-    images = np.full((batch_size, IMGSZ, IMGSZ, 3), 114, np.uint8)
-    boxes = np.zeros((batch_size, max_boxes, 4), np.float32)
-    classes = np.zeros((batch_size, max_boxes), np.int32)
-    mask = np.zeros((batch_size, max_boxes), bool)
-    for b in range(batch_size):
-        for j in range(rng.integers(1, 5)):
-            w, h = rng.integers(16, 56, size=2)
-            x1, y1 = rng.integers(0, IMGSZ - w), rng.integers(0, IMGSZ - h)
-            c = rng.integers(NUM_CLASSES)
-            images[b, y1 : y1 + h, x1 : x1 + w] = colours[c]
-            boxes[b, j] = [x1, y1, x1 + w, y1 + h]
-            classes[b, j], mask[b, j] = c, True
-    return {"image": images, "boxes": boxes, "classes": classes, "mask": mask}
+    return rectangles_batch(batch_size, IMGSZ, NUM_CLASSES, max_boxes, seed)
 
 
 def fresh_state(recipe, dtype=jnp.float32) -> TrainState:

@@ -69,35 +69,12 @@ jax.config.update("jax_enable_x64", ARGS.dtype == "float64")
 import numpy as np  # noqa: E402
 
 from yolojax import parallel as par  # noqa: E402
+from yolojax.data.synthetic import rectangles_batch  # noqa: E402
 from yolojax.loss import DetectionLoss  # noqa: E402
 from yolojax.models import YOLOv8  # noqa: E402
 from yolojax.train import TrainState, make_recipe, make_train_step  # noqa: E402
 
 IMGSZ, NC, BATCH = 128, 3, 8
-
-
-def synthetic_batch(batch_size=BATCH, max_boxes=6, seed=0):
-    rng = np.random.default_rng(seed)
-    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)
-    images = np.full((batch_size, IMGSZ, IMGSZ, 3), 114, np.uint8)
-    boxes = np.zeros((batch_size, max_boxes, 4), np.float32)
-    classes = np.zeros((batch_size, max_boxes), np.int32)
-    mask = np.zeros((batch_size, max_boxes), bool)
-    for b in range(batch_size):
-        for j in range(rng.integers(1, 5)):
-            w, h = rng.integers(16, 56, size=2)
-            x1, y1 = rng.integers(0, IMGSZ - w), rng.integers(0, IMGSZ - h)
-            c = rng.integers(NC)
-            images[b, y1:y1 + h, x1:x1 + w] = colours[c]
-            boxes[b, j] = [x1, y1, x1 + w, y1 + h]
-            classes[b, j], mask[b, j] = c, True
-    # Pixel noise breaks the exact symmetries of flat rectangles on flat grey (mirror-image
-    # anchors with equal IoU and score), whose ties the assigner's top-k would otherwise
-    # resolve by float noise after the first update: a discrete flip that is not a
-    # parallelism error but shows as ~1e-1 differences in a few BatchNorm biases.
-    noise = rng.integers(-40, 41, size=images.shape)
-    images = np.clip(images.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-    return {"image": images, "boxes": boxes, "classes": classes, "mask": mask}
 
 
 def recipe():
@@ -125,7 +102,8 @@ def host_state():
     return jax.device_get(TrainState.create(MODEL.apply, variables, recipe()))
 
 
-BATCHES = [synthetic_batch(seed=s) for s in range(ARGS.steps)]
+# Pixel noise: see rectangles_batch (flat rectangles make exact assigner ties).
+BATCHES = [rectangles_batch(BATCH, IMGSZ, NC, seed=s, noise=40) for s in range(ARGS.steps)]
 
 
 def to_host(tree):

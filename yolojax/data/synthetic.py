@@ -107,3 +107,38 @@ def add_broken_files(root: str | Path, split: str = "train", seed: int = 1) -> d
     (labels / "emptylabel.txt").write_text("")
     duplicate = write("duplicate", ["1 0.5 0.5 0.4 0.4", "1 0.5 0.5 0.4 0.4", "2 0.2 0.2 0.1 0.1"])
     return {"corrupt": [str(corrupt), out_of_range], "missing": missing, "empty": [empty], "duplicate": [duplicate]}
+
+
+def rectangles_batch(batch_size: int, imgsz: int, num_classes: int = 3, max_boxes: int = 6, seed: int = 0,
+                     noise: int = 0) -> dict[str, np.ndarray]:
+    """A ready train batch (DESIGN.md's format) of flat grey (114) square images with 1-4
+    filled rectangles each, coloured by class (red, green, blue; ``num_classes`` <= 3), for
+    train-step tests and benchmarks that need no data pipeline.
+
+    ``noise`` > 0 adds uniform integer pixel noise in [-noise, noise] (clipped), which breaks
+    the exact symmetries of flat rectangles on flat grey (mirror-image anchors with equal
+    alignment) that the assigner's top-k would otherwise resolve by rounding noise.
+
+    Returns image uint8 (B, imgsz, imgsz, 3), boxes float32 (B, max_boxes, 4) xyxy pixels,
+    classes int32 (B, max_boxes), mask bool (B, max_boxes).
+    """
+    if not 1 <= num_classes <= len(_COLOURS_RGB):
+        raise ValueError(f"num_classes must be 1..{len(_COLOURS_RGB)}, got {num_classes}")
+    rng = np.random.default_rng(seed)
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)
+    images = np.full((batch_size, imgsz, imgsz, 3), 114, np.uint8)
+    boxes = np.zeros((batch_size, max_boxes, 4), np.float32)
+    classes = np.zeros((batch_size, max_boxes), np.int32)
+    mask = np.zeros((batch_size, max_boxes), bool)
+    for b in range(batch_size):
+        for j in range(min(int(rng.integers(1, 5)), max_boxes)):
+            w, h = rng.integers(16, 56, size=2)
+            x1, y1 = rng.integers(0, imgsz - w), rng.integers(0, imgsz - h)
+            c = rng.integers(num_classes)
+            images[b, y1:y1 + h, x1:x1 + w] = colours[c]
+            boxes[b, j] = [x1, y1, x1 + w, y1 + h]
+            classes[b, j], mask[b, j] = c, True
+    if noise:
+        jitter = rng.integers(-noise, noise + 1, size=images.shape)
+        images = np.clip(images.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
+    return {"image": images, "boxes": boxes, "classes": classes, "mask": mask}
