@@ -8,11 +8,11 @@ fresh initialisation) and the jit train step, then trains with a progress bar. I
 
 * ``metrics.jsonl``: ``{"step", "loss", "box", "cls", "dfl", "lr", ...}`` every
   ``log_every_steps`` and ``{"epoch", "step", "mAP50", "mAP50-95", ...}`` after each
-  validation (``val_loss`` instead where mAP validation is unavailable);
+  validation;
 * ``tensorboard/``: TensorBoard event files (tensorboardX) with the same scalars:
   ``train/<key>`` for every per-step row key (loss, box, cls, dfl, lr, grad_norm,
   images_per_s, nonfinite_total) and ``val/<key>`` for every validation row key (mAP50,
-  mAP50-95, precision, recall or val_loss), at the row's step; view them with
+  mAP50-95, precision, recall), at the row's step; view them with
   ``tensorboard --logdir DIR`` (the ``tensorboard`` package, not a yolojax dependency);
 * ``checkpoints/``: Orbax steps (every ``checkpoint.every_steps``, each epoch end and the
   end of the run; SIGTERM / SIGINT save and exit 0); re-running with the same DIR resumes
@@ -287,20 +287,16 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def plot_results(metrics_path: Path, out_path: Path) -> Path | None:
-    """results.png from metrics.jsonl: box/cls/dfl/total loss, lr and validation curves.
-    Returns None (with a log line) when matplotlib is missing."""
-    try:
-        import matplotlib
+    """results.png from metrics.jsonl: box/cls/dfl/total loss, lr and validation curves."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no results.png")
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss" in r]
     epochs = [r for r in rows if "epoch" in r]
-    val_keys = [k for k in ("mAP50", "mAP50-95", "precision", "recall", "val_loss") if any(k in r for r in epochs)]
+    val_keys = [k for k in ("mAP50", "mAP50-95", "precision", "recall") if any(k in r for r in epochs)]
     panels = ["loss", "box", "cls", "dfl", "lr"] + val_keys
     cols = 5
     rows_n = math.ceil(len(panels) / cols)
@@ -474,16 +470,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     tensorboard = TensorBoardLog(workdir / "tensorboard", start_step, enabled=is_main)
 
     val_batch = config.val.batch_size or 2 * config.batch_size
-    val_mode = None
-    if config.val.enabled:
-        try:
-            import yolojax.val  # noqa: F401
-
-            val_mode = "map"
-        except ImportError:
-            val_mode = "loss"
     best_ckpt = None
-    if config.checkpoint.keep_best and val_mode == "map":
+    if config.checkpoint.keep_best and config.val.enabled:
         best_ckpt = BestCheckpointer(workdir / BEST_DIR, BEST_METRIC, start_step,
                                      async_save=config.checkpoint.async_save)
     state_is_finite = jax.jit(lambda trees: jnp.all(jnp.stack(
@@ -509,13 +497,9 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
     def run_validation(step: int, epoch: int) -> dict:
         row = {"epoch": epoch, "step": step}
-        if val_mode == "map":
-            ema = jax.device_get(state.ema)
-            results = _validate(config, str(data_yaml), ema, info, val_batch)
-            for k in ("mAP50", "mAP50-95", "precision", "recall"):
-                row[k] = _finite_or_none(float(results[k]))
-        elif val_mode == "loss":
-            row["val_loss"] = _val_loss(config, data_yaml, model, state.ema, loss_fn, val_batch)
+        results = _validate(config, str(data_yaml), jax.device_get(state.ema), info, val_batch)
+        for k in ("mAP50", "mAP50-95", "precision", "recall"):
+            row[k] = _finite_or_none(float(results[k]))
         return row
 
     stop = _Stop()
@@ -584,7 +568,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             val_row = None
             if epoch_end or step == total_steps:
                 epoch = (step - 1) // steps_per_epoch
-                if val_mode and ((epoch + 1) % config.val.every_epochs == 0 or step == total_steps):
+                if config.val.enabled and ((epoch + 1) % config.val.every_epochs == 0 or step == total_steps):
                     row = val_row = run_validation(step, epoch)
                     log.write(row)
                     tensorboard.write(row, "val")
@@ -616,29 +600,6 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
             "nonfinite_total": nonfinite_total, "workdir": str(workdir), "checkpoint_step": ckpt.latest_step(),
             "best_step": best_ckpt.latest_step() if best_ckpt is not None else None}
-
-
-def _val_loss(config, data_yaml, model, ema, loss_fn, batch_size) -> float | None:
-    """Mean detection loss of the EMA weights on the val split (letterboxed squares); the
-    fallback when mAP validation is not available."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from yolojax.data import make_val_iterator
-
-    batches = make_val_iterator(str(data_yaml), imgsz=config.imgsz, batch_size=batch_size, rect=False,
-                                max_boxes=config.data.max_boxes, workers=0, process_index=0, process_count=1)
-
-    @jax.jit
-    def loss_of(variables, batch):
-        feats, _ = model.apply(variables, batch["image"].astype(jnp.float32) / 255.0, train=True,
-                               mutable=["batch_stats"])
-        batch = dict(batch, mask=batch["mask"] & batch["valid"][:, None])
-        return loss_fn(feats, batch)[0]
-
-    losses = [float(loss_of(ema, {k: b[k] for k in ("image", "boxes", "classes", "mask", "valid")})) for b in batches]
-    return float(np.mean(losses)) if losses else None
 
 
 # ----------------------------------------------------------------------------------------
