@@ -5,8 +5,11 @@
   ``category_id`` of the annotation file, ``bbox`` [x, y, w, h] in original pixels, ``score``).
 * :func:`class_to_category_ids`: contiguous class id -> the file's category id (the inverse of
   :func:`yolojax.data.coco_json.category_mapping`).
+* :func:`load_coco_annotations`: the annotation file checked and fixed for ``COCOeval``
+  (:mod:`yolojax.data.coco_check`).
 * :func:`coco_evaluate`: ``COCOeval`` (bbox) of a results list against an annotation file;
   returns the 12 standard statistics under :data:`COCO_STAT_NAMES`.
+* :func:`unscored_images_note`: which images of the file a validation could not predict.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from yolojax.data.coco_check import CocoFile, read_coco_file
 from yolojax.data.coco_json import category_mapping
 
 # The order of ``COCOeval.stats``: AP at IoU 0.50:0.95 / 0.50 / 0.75, AP for small / medium / large
@@ -83,31 +87,31 @@ def coco_detections(boxes_xyxy: np.ndarray, scores: np.ndarray, classes: np.ndar
     return out
 
 
-def load_coco_annotations(annotations: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """A COCO instances file (or its parsed dict) with what ``COCOeval`` needs filled in.
+def load_coco_annotations(annotations: str | os.PathLike | Mapping[str, Any] | CocoFile) -> dict[str, Any]:
+    """A COCO instances file (or its parsed dict) checked and put in the form ``COCOeval`` needs.
 
-    Annotations without ``area`` get their box area w * h, without ``id`` a unique id, without
-    ``iscrowd`` 0. Raises ValueError naming the file when 'images' or 'categories' is missing.
+    See :mod:`yolojax.data.coco_check`: annotation ids that are not unique positive integers are
+    renumbered, missing boxes taken from the segmentation, missing ``area`` (box w * h) and
+    ``iscrowd`` (0) filled in, each fix warned about with its count.
+
+    Raises:
+      ValueError: one line naming the file, the field and the id of an inconsistency it refuses.
     """
-    where = "annotations" if isinstance(annotations, Mapping) else str(annotations)
-    if isinstance(annotations, Mapping):
-        data = json.loads(json.dumps(annotations))
-    else:
-        with open(annotations, encoding="utf-8") as f:
-            data = json.load(f)
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{where}: COCO JSON needs an '{key}' list")  # noqa: TRY004 - a bad file, not a bad call
-    anns = data.setdefault("annotations", [])
-    used = {a["id"] for a in anns if "id" in a}
-    next_id = max((i for i in used if isinstance(i, int)), default=0) + 1
-    for ann in anns:
-        if "area" not in ann:
-            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
-        ann.setdefault("iscrowd", 0)
-        if "id" not in ann:
-            ann["id"], next_id = next_id, next_id + 1
-    return data
+    return read_coco_file(annotations).data
+
+
+def unscored_images_note(coco: CocoFile, image_ids_seen: Iterable[int]) -> str | None:
+    """A note naming the file's images that got no detections because they were never predicted
+    (unreadable), with how many annotations they hold; None when every image was predicted."""
+    seen = set(image_ids_seen)
+    unseen = [im for im in coco.data["images"] if im["id"] not in seen]
+    if not unseen:
+        return None
+    ids = {im["id"] for im in unseen}
+    objects = sum(1 for a in coco.data["annotations"] if a["image_id"] in ids and not a["iscrowd"])
+    return (f"{coco.where}: the COCO metrics cover all {len(coco.data['images'])} images of the file; "
+            f"{len(unseen)} could not be read (first: {unseen[0]['file_name']!r}) and have no detections, "
+            f"so their {objects} annotations count as missed")
 
 
 def _coco_api(dataset: Mapping[str, Any]):
@@ -120,12 +124,12 @@ def _coco_api(dataset: Mapping[str, Any]):
     return api
 
 
-def coco_evaluate(annotations: str | os.PathLike | Mapping[str, Any], detections: str | os.PathLike | list,
+def coco_evaluate(annotations: str | os.PathLike | Mapping[str, Any] | CocoFile, detections: str | os.PathLike | list,
                   image_ids: Iterable[int] | None = None) -> tuple[dict[str, float], str]:
     """pycocotools ``COCOeval`` (iouType 'bbox', default parameters) of detections against annotations.
 
     Args:
-      annotations: COCO instances JSON path or dict (see :func:`load_coco_annotations`).
+      annotations: COCO instances JSON path, its dict or the checked file (see :func:`load_coco_annotations`).
       detections: COCO results list (:func:`coco_detections`) or a path to one as JSON.
       image_ids: evaluate these images only (default: every image of the annotations).
 
@@ -135,7 +139,7 @@ def coco_evaluate(annotations: str | os.PathLike | Mapping[str, Any], detections
     """
     from pycocotools.cocoeval import COCOeval
 
-    gt = _coco_api(load_coco_annotations(annotations))
+    gt = _coco_api(read_coco_file(annotations).data)
     if not isinstance(detections, list):
         with open(detections, encoding="utf-8") as f:
             detections = json.load(f)

@@ -3,7 +3,7 @@
     python -m yolojax.val --weights yolov8n.pt --data coco8.yaml [--imgsz 640 --batch 16
         --conf 0.001 --iou 0.7 --max-det 300 --rect --json OUT.json]
     python -m yolojax.val --weights yolov8n.pt --data instances_val2017.json --images val2017
-        [--predictions OUT/predictions.json ...]
+        [--predictions OUT/predictions.json --categories-by-order ...]
 
 Pipeline (ultralytics' DetectionValidator): letterboxed batches (long side resized to imgsz,
 centred, no upscaling; ``--rect``: ultralytics' rectangular batches, stride 32, pad 0.5,
@@ -12,13 +12,15 @@ iou 0.7, max_det 300) on device -> predictions matched to ground truth in letter
 at IoU 0.50:0.95 -> ap_per_class (101-point interpolation). Like standalone ``yolo val``,
 rect is off by default.
 
-With a COCO instances JSON as ``--data`` (and its image folder as ``--images``) the same
-numbers come first, then the official COCO ones: the detections, mapped to original pixels
-and the file's category ids, go through pycocotools ``COCOeval`` (bbox), and its 12 statistics
-(AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl) are printed and returned
-under ``"coco"``. AP differs from mAP50-95 by COCO's rules: at most 100 detections per image,
-crowd regions ignored, boxes matched in original pixels, precision sampled at 101 recall
-points rather than integrated.
+With a COCO instances JSON as ``--data`` (and its image folder as ``--images``) the file is
+checked before the weights load (:mod:`yolojax.data.coco_check`; its categories are matched
+to the model's classes by name), the same numbers come first, then the official COCO ones:
+the detections, mapped to original pixels and the file's category ids, go through
+pycocotools ``COCOeval`` (bbox) over every image and annotation of the file, and its 12
+statistics (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl) are printed and
+returned under ``"coco"``, with what the checks found under ``"coco_file"``. AP differs from
+mAP50-95 by COCO's rules: at most 100 detections per image, crowd regions ignored, boxes
+matched in original pixels, precision sampled at 101 recall points rather than integrated.
 """
 
 from __future__ import annotations
@@ -95,19 +97,24 @@ def is_coco_json(data: Any) -> bool:
     return isinstance(data, (str, os.PathLike)) and Path(data).suffix.lower() == ".json"
 
 
-def _open_source(data: Any, images: str | os.PathLike | None, split: str):
-    """The source to validate on: a COCO JSON with its image folder, a data.yaml's split, or ``data`` itself."""
-    from yolojax.data import coco_json_source, yolo_source
+def _open_source(data: Any, split: str):
+    """The source to validate on: a data.yaml's split, or ``data`` itself."""
+    from yolojax.data import yolo_source
 
-    if is_coco_json(data):
-        if images is None:
-            raise ValueError(f"{data} is a COCO JSON: give its image folder (--images)")
-        if not Path(images).is_dir():
-            raise ValueError(f"image folder {images} not found")
-        return coco_json_source(data, images)
     if isinstance(data, (str, os.PathLike)):
         return yolo_source(data, split)
     return data
+
+
+def _check_coco_json(data: str | os.PathLike, images: str | os.PathLike | None):
+    """The COCO JSON ``data`` read and checked (:mod:`yolojax.data.coco_check`), its image folder present."""
+    from yolojax.data.coco_check import read_coco_file
+
+    if images is None:
+        raise ValueError(f"{data} is a COCO JSON: give its image folder (--images)")
+    if not Path(images).is_dir():
+        raise ValueError(f"image folder {images} not found")
+    return read_coco_file(data)
 
 
 def _batch_to_run(batch: int, num_images: int) -> int:
@@ -137,6 +144,7 @@ def validate(
     workers: int = 0,
     plots_dir: str | os.PathLike | None = None,
     predictions_json: str | os.PathLike | None = None,
+    categories_by_order: bool = False,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Validate weights (a .pt, a converted dir) or given ``variables``/``info`` on a dataset.
@@ -145,26 +153,39 @@ def validate(
       data: a data.yaml (its ``split``), a COCO instances JSON (with ``images``, its image
         folder), or a source (:mod:`yolojax.data`).
       predictions_json: COCO JSON data only: write the detections here in COCO results format.
+      categories_by_order: COCO JSON data only: map the file's categories in increasing id order
+        to the model's classes 0..K-1 whatever their names (by default they are matched by
+        name, and names that differ from the model's class names are refused).
 
     Returns:
       dict with precision, recall, mAP50, mAP50-95, mAP75, fitness, images, instances,
       per_class {name: {images, instances, precision, recall, mAP50, mAP50-95}}, speed
       (ms per image) and ``ap_result`` (curves; not JSON-able). COCO JSON data adds ``coco``:
-      {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl} from pycocotools. With
-      ``plots_dir``: PR_curve.png and confusion_matrix.png there (needs matplotlib).
+      {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl} from pycocotools over
+      every image and annotation of the file, and ``coco_file``: {notes (the checks' warning
+      lines), yolojax_labels {clipped, dropped, duplicates, crowd}: annotations yolojax's own
+      mAP changed or left out, images, images_predicted}. With ``plots_dir``: PR_curve.png
+      and confusion_matrix.png there (needs matplotlib).
+
+    Raises:
+      ValueError: bad input in one line, e.g. a COCO JSON inconsistency (naming the file, the
+        field and the id), checked before the weights load and the model runs.
     """
     from yolojax.data import make_val_iterator
     from yolojax.metrics import ConfusionMatrix, DetectionMetrics, save_plots
 
     if predictions_json is not None and not is_coco_json(data):
         raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
-    source = _open_source(data, images, split)
+    coco_file = _check_coco_json(data, images) if is_coco_json(data) else None  # a bad file fails before the model
+    source = _open_source(data, split) if coco_file is None else None
     if variables is None or info is None:
         if weights is None:
             raise ValueError("give weights or variables and info")
         from yolojax.convert import load_weights
 
         variables, info = load_weights(weights)
+    coco = _CocoCollector.open(coco_file, images, info, categories_by_order) if coco_file is not None else None
+    source = coco.dataset.source if coco is not None else source
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
     run_batch = _batch_to_run(batch, len(source))
@@ -179,7 +200,6 @@ def validate(
         raise ValueError(f"{data} has {len(source_names)} classes but the model has {info['num_classes']}")
     metrics = DetectionMetrics(names)
     confusion = ConfusionMatrix(len(names), conf=conf) if plots_dir is not None else None
-    coco = _CocoCollector(data, batches.source) if is_coco_json(data) else None
     t0 = time.perf_counter()
     n_images = 0
     try:
@@ -210,22 +230,31 @@ def validate(
         print(format_table(results))
     if coco is not None:
         results["coco"], summary = coco.evaluate(predictions_json)
+        results["coco_file"] = coco.report()
         if verbose:
             print(f"COCO bbox metrics (pycocotools) on {data}:\n{summary}")
     return results
 
 
 class _CocoCollector:
-    """Detections of a COCO JSON validation in COCO results format, then their COCOeval."""
+    """Detections of a COCO JSON validation in COCO results format, then their COCOeval over the whole file."""
 
-    def __init__(self, annotations_json: str | os.PathLike, source: Any):
-        from yolojax.coco_eval import class_to_category_ids, load_coco_annotations
-
-        self.annotations = load_coco_annotations(annotations_json)
-        self.category_ids = class_to_category_ids(self.annotations["categories"])
-        self.source_image_ids = np.asarray(source.image_ids)
+    def __init__(self, dataset: Any):
+        self.dataset = dataset  # a yolojax.data.coco_json.CocoDataset
+        self.source_image_ids = np.asarray(dataset.source.image_ids)
         self.detections: list[dict[str, Any]] = []
         self.image_ids: list[int] = []
+        self.notes = list(dataset.notes)
+
+    @classmethod
+    def open(cls, coco_file: Any, images: str | os.PathLike, info: Mapping[str, Any],
+             categories_by_order: bool) -> _CocoCollector:
+        """For the checked file ``coco_file`` and its image folder: its categories matched to the
+        model's class names (``info["names"]``), or taken in increasing id order."""
+        from yolojax.data.coco_json import open_coco_json
+
+        class_names = None if categories_by_order else info.get("names")
+        return cls(open_coco_json(coco_file, images, class_names=class_names))
 
     def add(self, batch: Mapping[str, np.ndarray], slot: int, boxes_xyxy: np.ndarray, scores: np.ndarray,
             classes: np.ndarray) -> None:
@@ -235,17 +264,28 @@ class _CocoCollector:
         image_id = int(self.source_image_ids[int(batch["index"][slot])])
         original = boxes_to_original(boxes_xyxy, batch["ratio_hw"][slot], batch["pad_xy"][slot],
                                      batch["orig_hw"][slot])
-        self.detections += coco_detections(original, scores, classes, image_id, self.category_ids)
+        self.detections += coco_detections(original, scores, classes, image_id, self.dataset.category_ids)
         self.image_ids.append(image_id)
 
     def evaluate(self, predictions_json: str | os.PathLike | None) -> tuple[dict[str, float], str]:
-        """COCOeval over the images seen (written to ``predictions_json`` first when given)."""
-        from yolojax.coco_eval import coco_evaluate, write_detections
+        """COCOeval over every image of the file (written to ``predictions_json`` first when given);
+        images never predicted (unreadable) score as having no detections, with a warning."""
+        from yolojax.coco_eval import coco_evaluate, unscored_images_note, write_detections
 
+        note = unscored_images_note(self.dataset.file, self.image_ids)
+        if note:
+            logger.warning("%s", note)
+            self.notes.append(note)
         detections = self.detections
         if predictions_json is not None:
             detections = write_detections(detections, predictions_json)
-        return coco_evaluate(self.annotations, detections, image_ids=self.image_ids)
+        return coco_evaluate(self.dataset.file, detections)
+
+    def report(self) -> dict[str, Any]:
+        """What the checks found: the warning lines, and the annotations yolojax's own labels (mAP50,
+        mAP50-95) changed or left out, which the COCO numbers score as they are."""
+        return {"notes": list(self.notes), "yolojax_labels": dict(self.dataset.label_counts),
+                "images": len(self.dataset.file.data["images"]), "images_predicted": len(self.image_ids)}
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -282,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default=None, metavar="DIR", help="write PR_curve.png and confusion_matrix.png here")
     p.add_argument("--predictions", default=None, metavar="JSON",
                    help="COCO JSON data: write the detections here in COCO results format")
+    p.add_argument("--categories-by-order", action="store_true",
+                   help="COCO JSON data: map categories in increasing id order to the model's classes even when "
+                        "their names differ (default: match by name, refuse different names)")
     return p
 
 
@@ -294,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"data file {args.data} not found")
         if args.images is not None and not is_coco_json(args.data):
             raise ValueError("--images is for a COCO JSON --data (a data.yaml names its own image folders)")
+        if args.categories_by_order and not is_coco_json(args.data):
+            raise ValueError("--categories-by-order is for a COCO JSON --data")
         if args.batch < 1 or args.imgsz < 32 or args.imgsz % 32:
             raise ValueError("--batch must be >= 1 and --imgsz a positive multiple of 32")
         if not (0 <= args.conf <= 1 and 0 <= args.iou <= 1):
@@ -301,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = validate(args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf,
                            iou=args.iou, max_det=args.max_det, rect=args.rect, split=args.split,
                            workers=args.workers, plots_dir=args.plots, images=args.images,
-                           predictions_json=args.predictions)
+                           predictions_json=args.predictions, categories_by_order=args.categories_by_order)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(json_results(results), indent=2))
