@@ -416,7 +416,8 @@ def state_dict_to_variables(
 
     Conv weights (O, I, kH, kW) become kernels (kH, kW, I, O). The shapes are checked
     against the variables of ``YOLOv8(info["scale"], info["num_classes"], info["reg_max"])``
-    before any array is converted, so memory stays within the model's size.
+    before any array is converted, so memory stays within the model's size. The arrays
+    are new and writable (the state dict's may be read-only views of a file's storages).
     """
     flat: dict[tuple[str, ...], np.ndarray] = {}
     origin: dict[tuple[str, ...], str] = {}
@@ -432,7 +433,7 @@ def state_dict_to_variables(
         flat[target] = value.transpose(2, 3, 1, 0) if target[-1] == "kernel" else value
         origin[target] = shown
     check_variables(flat, info, source, origin)
-    return _unflatten({p: np.ascontiguousarray(v, dtype=np.float32) for p, v in flat.items()})
+    return _unflatten({p: np.array(v, dtype=np.float32, order="C") for p, v in flat.items()})
 
 
 def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> Variables:
