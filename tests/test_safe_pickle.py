@@ -80,7 +80,7 @@ def test_budget_bounds_what_a_pickle_builds():
         safe_load(data, limit=1_000_000)
 
 
-def test_calls_only_reach_globals_and_builds_the_caller():
+def test_refusals_name_the_opcode_and_byte():
     with pytest.raises(ValueError, match=r"at byte 2 \(GLOBAL\): KeyError"):
         safe_load(pickle.dumps(print, protocol=2))
     with pytest.raises(ValueError, match=r"\(BUILD\): no BUILD here"):
@@ -91,3 +91,5 @@ def test_calls_only_reach_globals_and_builds_the_caller():
         safe_load(b"\x80\x02h\x05.")
     with pytest.raises(ValueError, match=r"ends with 2 objects on its stack"):
         safe_load(b"\x80\x02NN.")
+    with pytest.raises(ValueError, match=r"after byte 2 \(NONE\): pickle exhausted before"):
+        safe_load(b"\x80\x02N")

@@ -112,6 +112,7 @@ class _Machine:
         self.tuple_depths: dict[int, tuple[int, tuple]] = {}  # id -> (depth, the tuple)
 
     def run(self, data: bytes) -> Any:
+        """The pickle's object; genops raises ValueError for data that ends before STOP."""
         where = "at byte 0"  # "at" an opcode that fails, "after" one when decoding the next
         try:
             for opcode, argument, position in pickletools.genops(data):
@@ -121,9 +122,8 @@ class _Machine:
                 self.step(opcode.name, argument)
                 where = f"after byte {position} ({opcode.name})"
         except Exception as e:  # noqa: BLE001 - every failure becomes one ValueError
-            reason = str(e) if isinstance(e, ValueError) else describe(e)
+            reason = " ".join(str(e).split()) if isinstance(e, ValueError) else describe(e)
             raise ValueError(f"{where}: {reason}") from None
-        raise ValueError("the pickle has no STOP opcode")
 
     def result(self) -> Any:
         if len(self.stack) != 1 or self.marks:
