@@ -2,40 +2,37 @@
 
     python -m yolojax.convert yolov8s.pt runs/yolov8s
 
-A ``.pt`` file is the zip that ``torch.save`` writes: ``<prefix>/data.pkl`` (a pickle),
-``<prefix>/data/<key>`` (raw tensor storages) and ``<prefix>/byteorder``. The pickle is read
-by a restricted unpickler that never imports or calls anything named in the file: tensor
-rebuild functions map to our own numpy builders, torch and ultralytics module classes map
-to inert :class:`PickledObject` stand-ins that keep their pickled state as data, a few
-harmless builtins resolve to themselves, and every other global is refused with a
-``ValueError`` naming it.
+The ``.pt`` zip is read by :func:`yolojax.torch_file.read_torch_file`, which never runs
+code from the file and bounds the memory and time any file can cost (see its module
+docstring). The checkpoint's model is then walked as data: each submodule once, at most
+``MAX_MODULE_DEPTH`` deep, refusing a module that contains itself. Its weights are mapped
+onto the Flax variables of :class:`yolojax.models.YOLOv8` (torch key
+``model.22.cv2.0.2.weight`` -> Flax path ``model_22/cv2_0_2/kernel``; OIHW conv weights ->
+HWIO kernels; BatchNorm weight/bias -> params scale/bias, running mean/var -> batch_stats
+mean/var) and checked against the model's own variable shapes before any is converted.
 
-The weights are then mapped onto the Flax variables of :class:`yolojax.models.YOLOv8`
-(torch key ``model.22.cv2.0.2.weight`` -> Flax path ``model_22/cv2_0_2/kernel``; OIHW conv
-weights -> HWIO kernels; BatchNorm weight/bias -> params scale/bias, running mean/var ->
-batch_stats mean/var) and checked against the model's own variable shapes.
+Every failure to read a ``.pt`` is one ``ValueError`` naming the file and the part: the zip
+member, the byte in ``data.pkl``, the module path or the tensor key.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import functools
-import io
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
 import uuid
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+
+from yolojax.safe_pickle import describe
+from yolojax.torch_file import PickledObject, quoted, read_torch_file
 
 Variables = dict[str, dict[str, Any]]
 Info = dict[str, Any]
@@ -46,327 +43,13 @@ FORMAT_NAME = "yolojax.convert"
 FORMAT_VERSION = 1
 
 # ----------------------------------------------------------------------------------------
-# Restricted reading of torch.save zip files.
-# ----------------------------------------------------------------------------------------
-
-_STORAGE_DTYPES: dict[str, Any] = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-    "UntypedStorage": np.uint8,  # torch reads untyped storages as raw bytes too
-}
-
-# numpy scalar dtypes a checkpoint's metrics may hold: bool, integers, floats (never object).
-_NUMPY_SCALAR_KINDS = "biuf"
-
-
-class StorageType:
-    """Stand-in for a ``torch.*Storage`` class named in a checkpoint: just its numpy dtype."""
-
-    def __init__(self, name: str, dtype: Any) -> None:
-        self.name = name
-        self.dtype = np.dtype(dtype)
-
-    def __repr__(self) -> str:
-        return f"StorageType({self.name})"
-
-
-class PickledObject:
-    """Inert stand-in for a pickled torch/ultralytics object (a module, a namespace ...).
-
-    Creating one runs no code from the checkpoint; the object's pickled state (for a
-    ``torch.nn.Module`` its ``__dict__`` with ``_parameters``, ``_buffers``, ``_modules``
-    ...) is kept unchanged in :attr:`state`. Subclasses, one per global name, are made by
-    :func:`_placeholder_class` and carry the original ``module`` and ``name``.
-    """
-
-    module: str = ""
-    name: str = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
-        obj = super().__new__(cls)
-        obj.args = args
-        obj.state = None
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The pickled ``__dict__`` ({} when the state is not a dict)."""
-        state = self.state
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = state[0]  # (__dict__, slot state)
-        return state if isinstance(state, dict) else {}
-
-    def __repr__(self) -> str:
-        return f"<pickled {self.module}.{self.name}>"
-
-
-@functools.cache
-def _placeholder_class(module: str, name: str) -> type[PickledObject]:
-    return type(name, (PickledObject,), {"module": module, "name": name})
-
-
-class _NumpyDtype:
-    """Stand-in for a pickled ``numpy.dtype``: numeric kinds only, byte order from state."""
-
-    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
-        if not isinstance(spec, str):
-            raise ValueError(f"refusing numpy dtype spec {spec!r}: not a type string")
-        dtype = np.dtype(spec)
-        if dtype.kind not in _NUMPY_SCALAR_KINDS:
-            raise ValueError(f"refusing numpy dtype {spec!r}: only numeric dtypes are allowed")
-        self.dtype = dtype
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">"):
-            self.dtype = self.dtype.newbyteorder(state[1])
-
-
-def _numpy_scalar(dtype: Any, data: Any = b"") -> Any:
-    """``numpy.core.multiarray.scalar``: a numeric numpy scalar from its raw bytes."""
-    if not isinstance(dtype, _NumpyDtype) or not isinstance(data, bytes):
-        raise ValueError("refusing a numpy scalar that is not a numeric dtype with raw bytes")
-    if len(data) != dtype.dtype.itemsize:
-        raise ValueError(f"numpy scalar of {dtype.dtype} with {len(data)} bytes")
-    return np.frombuffer(data, dtype=dtype.dtype)[0]
-
-
-def _rebuild_tensor(
-    storage: Any,
-    storage_offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    requires_grad: bool = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> np.ndarray:
-    """``torch._utils._rebuild_tensor_v2``: an array of shape ``size`` viewing ``storage``
-    (a 1-D array) from element ``storage_offset`` with element strides ``stride``; returned
-    as a contiguous copy in the storage's dtype. Out-of-range views are refused."""
-    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
-        raise ValueError("tensor rebuild without a storage from this file")
-    size, stride = tuple(size), tuple(stride)
-    ints = (storage_offset, *size, *stride)
-    if len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in ints):
-        raise ValueError(
-            f"invalid tensor layout: offset {storage_offset}, size {size}, stride {stride}"
-        )
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    if last >= storage.shape[0]:
-        raise ValueError(
-            f"tensor of size {size} at offset {storage_offset} exceeds its storage "
-            f"of {storage.shape[0]} elements"
-        )
-    view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:],
-        shape=size,
-        strides=tuple(s * storage.itemsize for s in stride),
-        writeable=False,
-    )
-    return np.array(view, order="C")
-
-
-def _rebuild_parameter(
-    data: Any, requires_grad: bool = False, backward_hooks: Any = None, state: Any = None
-) -> np.ndarray:
-    """``torch._utils._rebuild_parameter[_with_state]``: a Parameter is just its data here."""
-    if not isinstance(data, np.ndarray):
-        raise ValueError("parameter rebuild without a tensor")
-    return data
-
-
-_REBUILD_FUNCTIONS = (_rebuild_tensor, _rebuild_parameter)
-
-
-def _rebuild_from_type(func: Any, new_type: Any, args: tuple, state: Any = None) -> np.ndarray:
-    """``torch._tensor._rebuild_from_type_v2`` for plain tensors/parameters; state dropped."""
-    if func not in _REBUILD_FUNCTIONS or not isinstance(args, tuple):
-        raise ValueError("refusing a tensor rebuild through a non-tensor function")
-    return func(*args)
-
-
-def _size(dims: Any = ()) -> tuple[int, ...]:
-    """``torch.Size`` -> a tuple of ints."""
-    return tuple(int(d) for d in dims)
-
-
-def _encode_bytes(text: Any, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode``: how protocol-2 pickles (torch.save's default) store ``bytes``,
-    e.g. the raw data of a numpy scalar. Only str -> latin-1 bytes is allowed."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ValueError("refusing _codecs.encode other than str -> latin1 bytes")
-    return text.encode("latin-1")
-
-
-def _path_str(*parts: Any) -> str:
-    """``pathlib.*Path`` (seen in some train_args) -> its string."""
-    return "/".join(str(p) for p in parts)
-
-
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("torch", "Tensor"): _placeholder_class("torch", "Tensor"),
-    ("torch.nn.parameter", "Parameter"): _placeholder_class("torch.nn.parameter", "Parameter"),
-    ("torch", "Size"): _size,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
-    ("__builtin__", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-    ("__builtin__", "slice"): slice,
-    ("_codecs", "encode"): _encode_bytes,
-    ("numpy", "dtype"): _NumpyDtype,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    **{
-        ("pathlib", p): _path_str
-        for p in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")
-    },
-    **{("torch", name): StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
-}
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _is_inert_class(module: str, name: str) -> bool:
-    """Torch and ultralytics classes that are safe to replace by a :class:`PickledObject`."""
-    if not _IDENTIFIER.match(name):
-        return False
-    if module.startswith("torch.nn.modules."):
-        return True
-    if module == "ultralytics.nn.modules" or module.startswith("ultralytics.nn.modules."):
-        return True
-    if module == "ultralytics.nn.tasks" and name.endswith("Model"):
-        return True
-    return (
-        module in ("ultralytics.utils", "ultralytics.yolo.utils")
-        and name == "IterableSimpleNamespace"
-    )
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for ``data.pkl`` that resolves only allow-listed globals (see module doc)."""
-
-    def __init__(self, data: bytes, load_storage: Callable[[Any], np.ndarray], source: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self._load_storage = load_storage
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[(module, name)]
-        if _is_inert_class(module, name):
-            return _placeholder_class(module, name)
-        raise ValueError(
-            f"refusing to load {module + '.' + name!r} from {self._source}: "
-            "not an allow-listed global"
-        )
-
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        return self._load_storage(pid)
-
-
-def _archive_prefix(names: list[str], path: str) -> str:
-    """The top-level folder of a torch.save zip (``<prefix>/data.pkl``)."""
-    if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-        raise ValueError(f"{path} is a TorchScript archive, not a torch.save checkpoint")
-    prefixes = [n[: -len("/data.pkl")] for n in names if re.fullmatch(r"[^/]+/data\.pkl", n)]
-    if len(prefixes) != 1:
-        raise ValueError(
-            f"{path} is a zip but not a torch.save checkpoint (no single <dir>/data.pkl)"
-        )
-    return prefixes[0]
-
-
-def _storage_array(
-    raw: bytes, dtype: np.dtype, numel: Any, byteorder: str, member: str
-) -> np.ndarray:
-    """The first ``numel`` elements of a raw storage as a read-only native-order 1-D array."""
-    if not isinstance(numel, int) or numel < 0 or numel * dtype.itemsize > len(raw):
-        raise ValueError(f"storage {member} is shorter than {numel!r:.20} elements")
-    data = np.frombuffer(raw, dtype=np.uint8, count=numel * dtype.itemsize)
-    if byteorder != sys.byteorder and dtype.itemsize > 1:
-        data = data.reshape(-1, dtype.itemsize)[:, ::-1].reshape(-1)  # swap bytes (a copy)
-        data.flags.writeable = False
-    return data.view(dtype)
-
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """Unpickle a ``torch.save`` zip file safely into plain Python objects.
-
-    Tensors become numpy arrays in their stored dtype (float16/32/64, bfloat16 via
-    ``ml_dtypes``, int8..64, uint8, bool) and shape; torch/ultralytics objects become
-    :class:`PickledObject` stand-ins. Raises ``ValueError`` for a non-allow-listed global, a
-    legacy (pre-1.6, non-zip) torch file, or anything that is not a torch.save zip.
-    """
-    path = str(path)
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head[:1] == b"\x80":
-            raise ValueError(
-                f"{path} uses torch's legacy (non-zip) serialization, which is not supported; "
-                "re-save it with torch >= 1.6 (torch.save(torch.load(f), f))"
-            )
-        raise ValueError(f"{path} is not a torch.save checkpoint (not a zip file)")
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        prefix = _archive_prefix(names, path)
-        byteorder = "little"
-        if f"{prefix}/byteorder" in names:
-            byteorder = archive.read(f"{prefix}/byteorder").decode("ascii", "replace").strip()
-            if byteorder not in ("little", "big"):
-                raise ValueError(f"{path}: unknown byteorder {byteorder!r}")
-        storages: dict[str, np.ndarray] = {}
-
-        def load_storage(pid: Any) -> np.ndarray:
-            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-                raise ValueError(f"{path}: unsupported persistent id {pid!r:.80}")
-            _, storage_type, key, _location, numel = pid
-            if not isinstance(storage_type, StorageType):
-                raise ValueError(f"{path}: storage of unsupported type {storage_type!r:.80}")
-            key = str(key)
-            if key not in storages:
-                member = f"{prefix}/data/{key}"
-                if member not in names:
-                    raise ValueError(f"{path}: missing tensor storage {member}")
-                raw = archive.read(member)
-                storages[key] = _storage_array(raw, storage_type.dtype, numel, byteorder, member)
-            return storages[key]
-
-        unpickler = _RestrictedUnpickler(archive.read(f"{prefix}/data.pkl"), load_storage, path)
-        try:
-            return unpickler.load()
-        except ValueError:
-            raise
-        except Exception as e:  # a malformed pickle: report it as bad input
-            raise ValueError(
-                f"{path}: cannot unpickle data.pkl ({type(e).__name__}: {e})"
-            ) from None
-
-
-# ----------------------------------------------------------------------------------------
 # Checkpoint structure -> flat state dict + model description.
 # ----------------------------------------------------------------------------------------
+
+MAX_CHECKPOINT_NESTING = 4  # checkpoint -> 'ema'/'model' -> 'state_dict' -> tensors
+MAX_MODULE_DEPTH = 32  # a YOLOv8 DetectionModel nests 7 deep
+MAX_NUM_CLASSES = 1 << 16
+MAX_REG_MAX = 64  # ultralytics uses 16
 
 # Classes a YOLOv8 DetectionModel is built from; anything else is another architecture.
 _YOLOV8_CLASSES = {
@@ -399,54 +82,121 @@ def _is_state_dict(obj: Any) -> bool:
 
 def _select_model(obj: Any, path: str) -> PickledObject | Mapping[str, np.ndarray]:
     """The model (or state dict) of a checkpoint: 'ema' if set, else 'model', as ultralytics
-    loads it; also a pickled model itself, a plain state dict, or one under 'state_dict'."""
-    if isinstance(obj, PickledObject) or _is_state_dict(obj):
-        return obj
-    if isinstance(obj, Mapping):
-        for key in ("ema", "model", "state_dict"):
-            if obj.get(key) is not None:
-                return _select_model(obj[key], path)
+    loads it; also a pickled model itself, a plain state dict, or one under 'state_dict'.
+    Looks at most ``MAX_CHECKPOINT_NESTING`` dicts deep."""
+    for _ in range(MAX_CHECKPOINT_NESTING):
+        if isinstance(obj, PickledObject) or _is_state_dict(obj):
+            return obj
+        if not isinstance(obj, Mapping):
+            break
+        obj = next((obj[k] for k in ("ema", "model", "state_dict") if obj.get(k) is not None), None)
     raise ValueError(
         f"{path} holds no model: expected an ultralytics checkpoint dict ('ema'/'model'), "
         "a pickled DetectionModel or a state dict of tensors"
     )
 
 
-def _module_state_dict(module: PickledObject, prefix: str = "") -> dict[str, np.ndarray]:
-    """``torch.nn.Module.state_dict()`` of a pickled module: dotted name -> array."""
-    attrs = module.attrs
-    out: dict[str, np.ndarray] = {}
-    skip = attrs.get("_non_persistent_buffers_set") or set()
-    named = list((attrs.get("_parameters") or {}).items())
-    named += [(k, v) for k, v in (attrs.get("_buffers") or {}).items() if k not in skip]
-    for name, value in named:
-        if value is None:
+def _module_name(path: str) -> str:
+    return f"module {quoted(path)}" if path else "the top module"
+
+
+def _module_field(
+    module: PickledObject, field: str, path: str, source: str
+) -> dict[str, Any]:
+    """A module's ``_modules``/``_parameters``/``_buffers``: a dict whose keys are non-empty
+    names without dots, or {} when absent; anything else raises ``ValueError``."""
+    value = module.attrs.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and "." not in k for k in value
+    ):
+        raise ValueError(
+            f"{source}: {_module_name(path)}: {field} is not a dict of names to entries"
+        )
+    return value
+
+
+def _walk_modules(root: PickledObject, source: str) -> list[tuple[str, PickledObject]]:
+    """(dotted path, module) of ``root`` (path "") and of every submodule, depth first in
+    pickled order. Each module is listed once: one reached again through another path (as
+    ultralytics shares one SiLU among its Convs) only at its first path, so a graph costs
+    time linear in its size. Raises ``ValueError`` naming the module path for a module that
+    contains itself, nesting deeper than ``MAX_MODULE_DEPTH`` or a child that is not a
+    module."""
+    listed: list[tuple[str, PickledObject]] = []
+    seen: set[int] = set()
+    pending: list[tuple[str, PickledObject, tuple[int, ...]]] = [("", root, ())]
+    while pending:
+        path, module, ancestors = pending.pop()
+        if id(module) in seen:
             continue
-        if not isinstance(value, np.ndarray):
-            raise ValueError(f"{prefix}{name} is a {type(value).__name__}, not a tensor")
-        out[prefix + name] = value
-    for name, child in (attrs.get("_modules") or {}).items():
-        if isinstance(child, PickledObject):
-            out.update(_module_state_dict(child, f"{prefix}{name}."))
-    return out
+        seen.add(id(module))
+        listed.append((path, module))
+        lineage = (*ancestors, id(module))
+        children = []
+        for name, child in _module_field(module, "_modules", path, source).items():
+            child_path = f"{path}.{name}" if path else name
+            if child is None:
+                continue
+            if not isinstance(child, PickledObject):
+                raise ValueError(
+                    f"{source}: {_module_name(child_path)} is a {type(child).__name__}, "
+                    "not a module"
+                )
+            if id(child) in lineage:
+                raise ValueError(f"{source}: {_module_name(child_path)} contains itself")
+            if len(lineage) > MAX_MODULE_DEPTH:
+                raise ValueError(
+                    f"{source}: {_module_name(child_path)} is nested more than "
+                    f"{MAX_MODULE_DEPTH} modules deep"
+                )
+            children.append((child_path, child, lineage))
+        pending.extend(reversed(children))  # the first child is walked first
+    return listed
 
 
-def _module_class_names(module: PickledObject) -> set[str]:
-    names = {module.name}
-    for child in (module.attrs.get("_modules") or {}).values():
-        if isinstance(child, PickledObject):
-            names |= _module_class_names(child)
-    return names
+def _module_state_dict(
+    modules: list[tuple[str, PickledObject]], source: str
+) -> dict[str, np.ndarray]:
+    """``torch.nn.Module.state_dict()`` of walked modules (:func:`_walk_modules`): dotted
+    name -> array. Raises ``ValueError`` naming the key or module for an entry that is not a
+    tensor and for malformed parameter or buffer tables."""
+    sd: dict[str, np.ndarray] = {}
+    for path, module in modules:
+        prefix = f"{path}." if path else ""
+        skip = module.attrs.get("_non_persistent_buffers_set") or set()
+        if not isinstance(skip, (set, frozenset)):
+            raise ValueError(
+                f"{source}: {_module_name(path)}: _non_persistent_buffers_set is not a set"
+            )
+        buffers = _module_field(module, "_buffers", path, source)
+        named = [
+            *_module_field(module, "_parameters", path, source).items(),
+            *((k, v) for k, v in buffers.items() if k not in skip),
+        ]
+        for name, value in named:
+            if value is None:
+                continue
+            if not isinstance(value, np.ndarray):
+                raise ValueError(
+                    f"{source}: tensor {quoted(prefix + name)} is a {type(value).__name__}, "
+                    "not a tensor"
+                )
+            sd[prefix + name] = value
+    return sd
 
 
-def _check_yolov8_detect(model: PickledObject, path: str) -> None:
+def _check_yolov8_detect(
+    model: PickledObject, modules: list[tuple[str, PickledObject]], path: str
+) -> None:
     """Refuse models that are not YOLOv8 detectors (segment/pose/obb, YOLO11, v10 ...)."""
     if model.name != "DetectionModel":
         raise ValueError(
             f"{path} holds a {model.name}; only YOLOv8 detection models (DetectionModel) "
             "can be converted"
         )
-    foreign = sorted(_module_class_names(model) - _YOLOV8_CLASSES)
+    foreign = sorted({module.name for _, module in modules} - _YOLOV8_CLASSES)
     if foreign:
         raise ValueError(
             f"{path} is not a YOLOv8 detection model: it uses {', '.join(foreign)} "
@@ -478,9 +228,10 @@ def _scale_from_yaml(yaml: Mapping[str, Any], yaml_file: Any) -> str | None:
     the depth/width multiples of one of the standard scales."""
     from yolojax.models import SCALES
 
-    if yaml.get("scale") in SCALES:
+    if isinstance(yaml.get("scale"), str) and yaml["scale"] in SCALES:
         return yaml["scale"]
-    match = re.search(r"yolov8([nsmlx])(?![a-z0-9])", Path(str(yaml_file or "")).name)
+    yaml_name = Path(yaml_file).name if isinstance(yaml_file, str) else ""
+    match = re.search(r"yolov8([nsmlx])(?![a-z0-9])", yaml_name)
     if match:
         return match.group(1)
     dw = (yaml.get("depth_multiple"), yaml.get("width_multiple"))
@@ -490,24 +241,43 @@ def _scale_from_yaml(yaml: Mapping[str, Any], yaml_file: Any) -> str | None:
     return None
 
 
-def _class_names(names: Any, num_classes: int) -> list[str]:
-    """Class names as a list indexed by class id; missing ones become 'class{i}'."""
+def _class_names(names: Any, num_classes: int, path: str) -> list[str]:
+    """Class names as a list indexed by class id; missing ones become 'class{i}'. Raises
+    ``ValueError`` for a name that is not a string or an int."""
     if isinstance(names, (list, tuple)):
         names = dict(enumerate(names))
     names = names if isinstance(names, Mapping) else {}
-    return [str(names.get(i, f"class{i}")) for i in range(num_classes)]
+    listed = [names.get(i, f"class{i}") for i in range(num_classes)]
+    for i, name in enumerate(listed):
+        if not isinstance(name, (str, int)):
+            raise ValueError(f"{path}: the name of class {i} is a {type(name).__name__}")
+    return [str(name) for name in listed]
 
 
-def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path: str) -> Info:
-    """scale, num_classes, names, reg_max of a YOLOv8 state dict (and its model, if any)."""
+def _head_outputs(sd: Mapping[str, np.ndarray], path: str) -> tuple[int, int]:
+    """(num_classes, reg_max) from the Detect head's first output convs, checked to lie in
+    [1, MAX_NUM_CLASSES] and [1, MAX_REG_MAX] before anything is sized by them."""
     for key in ("model.22.cv3.0.2.weight", "model.22.cv2.0.2.weight"):
         if key not in sd or sd[key].ndim != 4:
             raise ValueError(f"{path} is not a YOLOv8 detection model: no Detect head weight {key}")
     num_classes = int(sd["model.22.cv3.0.2.weight"].shape[0])
     box_channels = int(sd["model.22.cv2.0.2.weight"].shape[0])
-    if box_channels % 4:
-        raise ValueError(f"{path}: box head has {box_channels} outputs, not 4 * reg_max")
-    reg_max = box_channels // 4
+    if not 1 <= num_classes <= MAX_NUM_CLASSES:
+        raise ValueError(
+            f"{path}: tensor 'model.22.cv3.0.2.weight' gives {num_classes} classes, not 1 to "
+            f"{MAX_NUM_CLASSES}"
+        )
+    if box_channels % 4 or not 1 <= box_channels // 4 <= MAX_REG_MAX:
+        raise ValueError(
+            f"{path}: tensor 'model.22.cv2.0.2.weight' gives {box_channels} box outputs, not "
+            f"4 * reg_max with reg_max 1 to {MAX_REG_MAX}"
+        )
+    return num_classes, box_channels // 4
+
+
+def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path: str) -> Info:
+    """scale, num_classes, names, reg_max of a YOLOv8 state dict (and its model, if any)."""
+    num_classes, reg_max = _head_outputs(sd, path)
     shape_scale = _infer_scale_from_shapes(sd, path)
     attrs = model.attrs if model is not None else {}
     yaml = attrs.get("yaml") if isinstance(attrs.get("yaml"), Mapping) else {}
@@ -525,7 +295,7 @@ def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path:
     return {
         "scale": shape_scale,
         "num_classes": num_classes,
-        "names": _class_names(names, num_classes),
+        "names": _class_names(names, num_classes, path),
         "reg_max": reg_max,
     }
 
@@ -644,8 +414,10 @@ def state_dict_to_variables(
 ) -> Variables:
     """A YOLOv8 torch state dict -> ``{"params": ..., "batch_stats": ...}`` float32 numpy.
 
-    Conv weights (O, I, kH, kW) become kernels (kH, kW, I, O). Checked against the
-    variables of ``YOLOv8(info["scale"], info["num_classes"], info["reg_max"])``.
+    Conv weights (O, I, kH, kW) become kernels (kH, kW, I, O). The shapes are checked
+    against the variables of ``YOLOv8(info["scale"], info["num_classes"], info["reg_max"])``
+    before any array is converted, so memory stays within the model's size. The arrays
+    are new and writable (the state dict's may be read-only views of a file's storages).
     """
     flat: dict[tuple[str, ...], np.ndarray] = {}
     origin: dict[tuple[str, ...], str] = {}
@@ -653,15 +425,15 @@ def state_dict_to_variables(
         target = torch_key_to_flax(key, value.ndim)
         if target is None:
             continue
+        shown = key if key.isprintable() and len(key) <= 200 else quoted(key)
         if target in flat:
-            raise ValueError(f"{source}: keys {origin[target]} and {key} map to the same variable")
-        array = np.asarray(value, dtype=np.float32)
-        if target[-1] == "kernel":
-            array = array.transpose(2, 3, 1, 0)
-        flat[target] = np.ascontiguousarray(array)
-        origin[target] = key
+            raise ValueError(
+                f"{source}: keys {origin[target]} and {shown} map to the same variable"
+            )
+        flat[target] = value.transpose(2, 3, 1, 0) if target[-1] == "kernel" else value
+        origin[target] = shown
     check_variables(flat, info, source, origin)
-    return _unflatten(flat)
+    return _unflatten({p: np.array(v, dtype=np.float32, order="C") for p, v in flat.items()})
 
 
 def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> Variables:
@@ -707,11 +479,22 @@ def load_ultralytics(path: str | os.PathLike) -> tuple[Variables, Info]:
     are unsafe, not torch checkpoints, or not YOLOv8 detectors.
     """
     source = str(path)
-    selected = _select_model(read_torch_file(path), source)
+    try:
+        return _convert_checkpoint(read_torch_file(path), source)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any other failure is still one line naming the file
+        raise ValueError(f"{source}: cannot convert its model ({describe(e)})") from None
+
+
+def _convert_checkpoint(checkpoint: Any, source: str) -> tuple[Variables, Info]:
+    """:func:`load_ultralytics` of the objects read from ``source``."""
+    selected = _select_model(checkpoint, source)
     model = selected if isinstance(selected, PickledObject) else None
     if model is not None:
-        _check_yolov8_detect(model, source)
-        sd = _module_state_dict(model)
+        modules = _walk_modules(model, source)
+        _check_yolov8_detect(model, modules, source)
+        sd = _module_state_dict(modules, source)
     else:
         sd = dict(selected)
     info = _infer_info(sd, model, source)
