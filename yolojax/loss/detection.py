@@ -36,8 +36,10 @@ from yolojax.precision import compute_dtype
 
 
 def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Elementwise ``BCEWithLogitsLoss(reduction='none')``: (1 - y) x - log sigmoid(x)."""
-    return (1.0 - targets) * logits - jax.nn.log_sigmoid(logits)
+    """Elementwise ``BCEWithLogitsLoss(reduction='none')``: (1 - y) x - log sigmoid(x), in
+    torch's stable form max(x, 0) - x y + log(1 + exp(-|x|)) (XLA:CPU compiles it to ~5x
+    faster code than ``jax.nn.log_sigmoid``'s)."""
+    return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,15 @@ class DetectionLoss:
         for f in feats:
             if f.ndim != 4 or f.shape[-1] != no:
                 raise ValueError(f"each level must be (B, h, w, {no}), got {f.shape}")
-        b = feats[0].shape[0]
-        flat = jnp.concatenate([f.reshape(b, -1, no).astype(compute_dtype(f.dtype)) for f in feats], 1)
+        b, nb = feats[0].shape[0], 4 * self.reg_max
+        # Split each level before joining the levels: XLA folds the split into the head's own
+        # box/class concatenation, while a split of the joined (B, A, no) array costs a copy.
+        flat = lambda parts: jnp.concatenate([p.reshape(b, -1, p.shape[-1]) for p in parts], 1)  # noqa: E731
+        dtype = compute_dtype(*(f.dtype for f in feats))
+        pred_dist = flat([f[..., :nb].astype(dtype) for f in feats])
+        pred_scores = flat([f[..., nb:].astype(dtype) for f in feats])
         points, stride = make_anchors([f.shape[1:3] for f in feats], self.strides)
-        return flat[..., : 4 * self.reg_max], flat[..., 4 * self.reg_max :], points, stride
+        return pred_dist, pred_scores, points, stride
 
     def decode(self, pred_dist: jax.Array, anchor_points: jax.Array) -> jax.Array:
         """(B, A, 4 * reg_max) logits -> (B, A, 4) xyxy boxes in grid units of each anchor."""

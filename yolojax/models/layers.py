@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from yolojax.ops.anchors import dist2bbox, make_anchors
+from yolojax.ops.conv import conv2d
 from yolojax.precision import compute_dtype
 
 # torch.nn.Conv2d's default init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
@@ -72,6 +73,29 @@ class BatchNorm(nn.Module):
         return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
 
 
+class Conv2d(nn.Module):
+    """torch.nn.Conv2d with padding k // 2 (NHWC): params ``kernel`` (k, k, Cin, Cout) and,
+    with ``use_bias``, ``bias`` (Cout,), initialised as torch does. Computed by
+    :func:`yolojax.ops.conv.conv2d` (XLA's convolution, with a faster backward on CPU)."""
+
+    features: int
+    kernel_size: int = 1
+    stride: int = 1
+    use_bias: bool = False
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", torch_conv_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
 class Conv(nn.Module):
     """Conv2d (no bias, 'same' padding k // 2) + BatchNorm + SiLU; ultralytics ``Conv``."""
 
@@ -84,18 +108,8 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        k, p = self.kernel_size, self.kernel_size // 2
-        x = nn.Conv(
-            self.features,
-            (k, k),
-            strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            use_bias=False,
-            kernel_init=torch_conv_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="conv",
-        )(x)
+        x = Conv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="conv")(x)
         x = BatchNorm(
             axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
         )(x, train)
@@ -228,18 +242,16 @@ class Detect(nn.Module):
         for i, (x, s) in enumerate(zip(feats, self.strides)):
             box = Conv(c2, 3, name=f"cv2_{i}_0", **kw)(x, train)
             box = Conv(c2, 3, name=f"cv2_{i}_1", **kw)(box, train)
-            box = nn.Conv(
-                4 * self.reg_max, (1, 1), kernel_init=torch_conv_init,
-                bias_init=nn.initializers.constant(2.0),
+            box = Conv2d(
+                4 * self.reg_max, use_bias=True, bias_init=nn.initializers.constant(2.0),
                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"cv2_{i}_2",
             )(box)
             cls = Conv(c3, 3, name=f"cv3_{i}_0", **kw)(x, train)
             cls = Conv(c3, 3, name=f"cv3_{i}_1", **kw)(cls, train)
             # ultralytics' bias_init: box bias 2.0; class prior of 5 objects per 640x640 image.
             cls_prior = jnp.log(5.0 / self.num_classes / (640.0 / s) ** 2)
-            cls = nn.Conv(
-                self.num_classes, (1, 1), kernel_init=torch_conv_init,
-                bias_init=nn.initializers.constant(cls_prior),
+            cls = Conv2d(
+                self.num_classes, use_bias=True, bias_init=nn.initializers.constant(cls_prior),
                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"cv3_{i}_2",
             )(cls)
             outs.append(jnp.concatenate([box, cls], axis=-1))

@@ -1,0 +1,94 @@
+"""yolojax.ops.conv: the CPU backward equals autodiff of XLA's convolution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from yolojax.ops.conv import conv2d, input_grad, kernel_grad
+
+
+def xla_conv(x, kernel, stride):
+    p = kernel.shape[0] // 2
+    return lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def random_case(shape_x, k, c_out, stride, dtype=jnp.float32, seed=0):
+    kx, kw, kd = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, shape_x, dtype)
+    kernel = jax.random.normal(kw, (k, k, shape_x[-1], c_out), dtype) / np.sqrt(k * k * shape_x[-1])
+    dy = jax.random.normal(kd, xla_conv(x, kernel, stride).shape, dtype)
+    return x, kernel, dy
+
+
+def relative_error(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+CASES = [  # (B, H, W, Cin), k, Cout, stride
+    ((2, 16, 16, 24), 3, 32, 1),
+    ((2, 16, 16, 24), 3, 32, 2),
+    ((2, 12, 20, 40), 1, 24, 1),
+    ((1, 8, 8, 3), 3, 16, 2),  # Cin * Cout <= NATIVE_KERNEL_GRAD_MAX_CHANNELS: XLA's kernel gradient
+    ((2, 9, 11, 24), 3, 32, 2),  # odd sizes: XLA's own input gradient
+    ((2, 16, 16, 24), 5, 32, 1),
+]
+
+
+@pytest.mark.parametrize("shape_x,k,c_out,stride", CASES)
+def test_gradients_equal_autodiff_in_float32(shape_x, k, c_out, stride):
+    x, kernel, dy = random_case(shape_x, k, c_out, stride)
+    want = jax.jit(lambda x, w, dy: jax.vjp(lambda a, b: xla_conv(a, b, stride), x, w)[1](dy))(x, kernel, dy)
+    got = jax.jit(lambda x, w, dy: jax.vjp(lambda a, b: conv2d(a, b, stride), x, w)[1](dy))(x, kernel, dy)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert relative_error(g, w) < 1e-5
+    y = jax.jit(lambda x, w: conv2d(x, w, stride))(x, kernel)
+    np.testing.assert_array_equal(y, xla_conv(x, kernel, stride))
+
+
+@pytest.mark.parametrize("shape_x,k,c_out,stride", [CASES[0], CASES[1], CASES[2], CASES[5]])
+def test_formulas_are_exact_in_float64(shape_x, k, c_out, stride):
+    with jax.enable_x64(True):
+        x, kernel, dy = random_case(shape_x, k, c_out, stride, jnp.float64)
+        dx_want, dw_want = jax.vjp(lambda a, b: xla_conv(a, b, stride), x, kernel)[1](dy)
+        assert relative_error(kernel_grad(x, dy, k, stride), dw_want) < 1e-12
+        assert relative_error(input_grad(x.shape, kernel, dy, stride), dx_want) < 1e-12
+
+
+def test_layers_use_it_and_match_autodiff():
+    import yolojax.models.layers as layers
+
+    class Block(layers.nn.Module):
+        @layers.nn.compact
+        def __call__(self, x):
+            x = layers.Conv(32, 3, 2)(x, train=True)
+            return layers.C2f(32, 1, shortcut=True)(x, train=True)
+
+    block = Block()
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    variables = block.init(jax.random.key(0), images)
+
+    def loss(params, conv):
+        original, layers.conv2d = layers.conv2d, conv
+        try:
+            out, _ = block.apply({**variables, "params": params}, images, mutable=["batch_stats"])
+        finally:
+            layers.conv2d = original
+        return jnp.sum(jnp.sin(out))
+
+    got = jax.jit(jax.grad(lambda p: loss(p, conv2d)))(variables["params"])
+    want = jax.jit(jax.grad(lambda p: loss(p, xla_conv)))(variables["params"])
+    assert len(jax.tree.leaves(got)) == 15  # 5 Convs: kernel, BN scale, BN bias
+    errors = jax.tree.map(relative_error, got, want)
+    assert max(jax.tree.leaves(errors)) < 1e-5
+
+
+def test_refuses_even_or_mismatched_kernels():
+    x = jnp.zeros((1, 8, 8, 4))
+    with pytest.raises(ValueError, match="odd square"):
+        conv2d(x, jnp.zeros((2, 2, 4, 8)))
+    with pytest.raises(ValueError, match="odd square"):
+        conv2d(x, jnp.zeros((3, 3, 5, 8)))
