@@ -123,17 +123,24 @@ class Predictor:
       imgsz: letterbox size (multiple of 32).
       conf, iou, max_det, agnostic: NMS settings (ultralytics predict defaults).
       rect: minimum padding to a stride multiple instead of a square imgsz canvas.
+      model_fn: replaces the Flax model and its weights (give ``info`` with it): float32
+        (B, H, W, 3) images in [0, 1] -> (B, N, 4 + nc), e.g. a
+        :class:`yolojax.onnx_runtime.OnnxDetector`.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, variables: Any = None,
                  info: Mapping[str, Any] | None = None, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                 max_det: int = 300, agnostic: bool = False, rect: bool = False):
+                 max_det: int = 300, agnostic: bool = False, rect: bool = False, model_fn: Any = None):
         import jax
 
         from yolojax.models import YOLOv8
         from yolojax.ops import non_max_suppression
 
-        if variables is None or info is None:
+        if model_fn is not None:
+            if info is None:
+                raise ValueError("model_fn needs info (names, num_classes)")
+            variables = {}
+        elif variables is None or info is None:
             if weights is None:
                 raise ValueError("give weights or variables and info")
             from yolojax.convert import load_weights
@@ -155,6 +162,11 @@ class Predictor:
             return non_max_suppression(out, conf, iou, agnostic=agnostic, max_det=max_det)
 
         self._run = run
+        if model_fn is not None:
+            from yolojax.val import make_predict_fn
+
+            self._run = make_predict_fn(info, conf, iou, max_det, multi_label=False, agnostic=agnostic,
+                                        model_fn=model_fn)
 
     def preprocess(self, image_rgb: np.ndarray):
         from yolojax.data.letterbox import apply_letterbox
