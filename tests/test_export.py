@@ -101,6 +101,7 @@ def test_torch_pickle_round_trips_through_torch_and_our_reader(tmp_path):
         torch_pickle.save({"x": object()}, tmp_path / "bad.pt")
 
 
+@pytest.mark.slow
 def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
     """A model yolojax made (3 classes, random weights) becomes an ultralytics
     checkpoint whose raw outputs equal yolojax's."""
@@ -115,6 +116,9 @@ def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
     path = save_ultralytics_checkpoint(variables, info, tmp_path / "fresh.pt")
     yolo = ultralytics.YOLO(str(path))
     assert yolo.names == {0: "cat", 1: "dog", 2: "bird"} and yolo.task == "detect"
+    from ultralytics.nn.tasks import torch_safe_load  # ultralytics' weights_only (allow-list) loader
+
+    assert type(torch_safe_load(str(path), safe_only=True)[0]["model"]).__name__ == "DetectionModel"
     with torch.no_grad():
         theirs = yolo.model.eval()(torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2)))[0].numpy()
     ours = np.asarray(jax.jit(model.apply, static_argnames="train")(variables, images, train=False)).transpose(0, 2, 1)
@@ -127,6 +131,7 @@ def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
 
 
 @needs_shared
+@pytest.mark.slow
 def test_pt_export_round_trips_through_ultralytics(tmp_path):
     ultralytics = pytest.importorskip("ultralytics")
     from yolojax.val import validate
@@ -137,7 +142,8 @@ def test_pt_export_round_trips_through_ultralytics(tmp_path):
     ours = Predictor(WEIGHTS)(images)
     yolo = ultralytics.YOLO(str(out))
     theirs = [{"classes": r.boxes.cls.int().tolist(), "boxes_xyxy": r.boxes.xyxy.numpy(),
-               "scores": r.boxes.conf.numpy()} for r in yolo.predict([str(p) for p in images], verbose=False)]
+               "scores": r.boxes.conf.numpy()}
+              for r in yolo.predict([str(p) for p in images], rect=False, verbose=False)]
     _assert_same_detections(theirs, ours)
     coco8 = shutil.copytree(COCO8, tmp_path / "coco8")
     ref = yolo.val(data=str(coco8 / "coco8.yaml"), imgsz=640, batch=16, rect=False, plots=False, device="cpu",
@@ -203,6 +209,18 @@ def test_onnx_boxes_after_nms_equal_yolojax_and_ultralytics(onnx_model):
 
 
 @needs_shared
+def test_yolojax_predict_command_runs_onnx_models(onnx_model, tmp_path):
+    import json
+
+    from yolojax import cli
+
+    bus = _assets()[0]
+    assert cli.main(["predict", f"model={onnx_model}", f"source={bus}", f"project={tmp_path}", "name=p"]) == 0
+    written = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    _assert_same_detections(written, Predictor(WEIGHTS)([bus]))
+
+
+@needs_shared
 def test_onnx_val_map_equals_yolojax_val(onnx_model, tmp_path):
     from yolojax.onnx_runtime import OnnxDetector
     from yolojax.val import validate
@@ -215,6 +233,7 @@ def test_onnx_val_map_equals_yolojax_val(onnx_model, tmp_path):
     assert via_onnx["mAP50-95"] == pytest.approx(via_jax["mAP50-95"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_fixed_batch_onnx_runs_any_batch_in_chunks(tmp_path):
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")

@@ -258,10 +258,10 @@ def run_val(args: Sequence[str]) -> int:
 def run_predict(args: Sequence[str]) -> int:
     from yolojax.predict import predict
 
-    kwargs = _call_args(args, PREDICT_KEYS, ("model", "source"))
+    kwargs = _onnx_or_weights(_call_args(args, PREDICT_KEYS, ("model", "source")))
     out = run_dir(kwargs, "predict")
     kwargs.pop("project", None), kwargs.pop("name", None)
-    results = predict(kwargs.pop("weights"), kwargs.pop("source"), out, **kwargs)
+    results = predict(kwargs.pop("weights", None), kwargs.pop("source"), out, **kwargs)
     print(f"{len(results)} images, {sum(len(r['classes']) for r in results)} detections -> {out}")
     return 0
 

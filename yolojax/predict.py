@@ -202,14 +202,19 @@ class Predictor:
         return results
 
 
-def predict(weights: str | os.PathLike, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
+def predict(weights: str | os.PathLike | None, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
             conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-            rect: bool = False, save_images: bool = True) -> list[dict[str, Any]]:
-    """Predict every image of ``source``; with ``out``, write annotated copies and predictions.json."""
+            rect: bool = False, save_images: bool = True, model_fn: Any = None,
+            info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Predict every image of ``source``; with ``out``, write annotated copies and predictions.json.
+
+    ``model_fn`` and ``info`` replace the weights as in :class:`Predictor`.
+    """
     from yolojax.data.image_io import read_image_rgb
 
     files = list_sources(source)
-    predictor = Predictor(weights, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, rect=rect)
+    predictor = Predictor(weights, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, rect=rect,
+                          model_fn=model_fn, info=info)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

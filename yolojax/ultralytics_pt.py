@@ -237,10 +237,10 @@ def save_ultralytics_checkpoint(variables: Mapping[str, Any], info: Mapping[str,
     as ultralytics' released checkpoints do. Returns ``out``. Raises ``ValueError`` for
     variables that are not a YOLOv8 detector's.
     """
+    from flax import traverse_util
+
     from yolojax import __version__
     from yolojax.convert import check_variables
-
-    from flax import traverse_util
 
     flat = {(c, *p): v for c in ("params", "batch_stats")
             for p, v in traverse_util.flatten_dict(dict(variables.get(c, {}))).items()}
