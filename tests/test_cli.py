@@ -7,9 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from yolojax import cli
@@ -53,6 +54,15 @@ def test_yolojax_train_writes_the_config_of_the_python_m_form(tmp_path):
         "--config.checkpoint.keep=1"])
     assert written == python_m
     assert written["model"]["scale"] == "s" and written["batch_size"] == 2 and written["cos_lr"] is True
+    # The trained run exports to an ultralytics .pt beside it, which reads back to the run's EMA weights.
+    from yolojax.convert import load_weights
+
+    assert cli.main(["export", f"model={tmp_path / 'runs' / 'cli'}", "format=pt"]) == 0
+    trained, info = load_weights(tmp_path / "runs" / "cli")
+    exported, exported_info = load_weights(tmp_path / "runs" / "cli.pt")
+    assert exported_info == info and info["scale"] == "s" and len(info["names"]) == 6
+    for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(trained), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_model_key_picks_scale_and_weights(tmp_path):
@@ -123,6 +133,7 @@ def test_parse_value_follows_ultralytics():
 
 
 def test_console_script_is_declared():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["yolojax"].split(":")
     assert module == "yolojax.cli" and callable(getattr(cli, func))
@@ -150,3 +161,16 @@ def test_export_then_predict_and_val_through_the_command(tmp_path, capsys):
                      f"project={tmp_path}", "name=v"]) == 0
     results = json.loads((tmp_path / "v" / "results.json").read_text())
     assert results["mAP50-95"] == pytest.approx(validate(weights, data, imgsz=320, verbose=False)["mAP50-95"])
+
+
+@needs_weights
+def test_convert_command_writes_a_checkpoint_directory(tmp_path):
+    from yolojax.convert import load_weights
+
+    assert cli.main(["convert", f"model={WEIGHTS}", f"out={tmp_path / 'n'}"]) == 0
+    converted, info = load_weights(tmp_path / "n")
+    original, original_info = load_weights(WEIGHTS)
+    assert info == original_info
+    for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(original), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert cli.main(["convert", f"model={tmp_path}"]) == 2  # not a .pt file

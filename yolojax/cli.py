@@ -270,6 +270,7 @@ def run_export(args: Sequence[str]) -> int:
     from yolojax.export import export
 
     kwargs = _call_args(args, EXPORT_KEYS, ("model",))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = export(str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx")), **kwargs)
     print(f"wrote {out}")
     return 0

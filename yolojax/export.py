@@ -39,6 +39,8 @@ import numpy as np
 
 from yolojax.cli import OneLineErrorParser, error_line
 
+logger = logging.getLogger(__name__)
+
 FORMATS = ("onnx", "pt")
 INSTALL_HINT = "pip install 'yolojax[export]'"
 # ultralytics 8.4.190 utils/export/engine.py best_onnx_opset: 18 for torch >= 2.4 (ONNX Runtime
@@ -124,6 +126,7 @@ def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str 
     serde_log = logging.getLogger("onnx_ir.serde")
     level = serde_log.level
     serde_log.setLevel(logging.ERROR)
+    logger.info("converting YOLOv8%s to ONNX with jax2onnx (about a minute on a CPU) ...", info["scale"])
     with contextlib.redirect_stdout(io.StringIO()):
         proto = to_onnx(onnx_graph_fn(variables, info), spec, model_name=f"yolov8{info['scale']}", opset=opset,
                         input_names=["images"], output_names=["output0"])
@@ -148,6 +151,21 @@ def default_out(weights: str | os.PathLike, fmt: str) -> Path:
     return p.absolute().parent / name
 
 
+def check_export_args(weights: str | os.PathLike, fmt: str, out: str | os.PathLike | None,
+                      imgsz: int | Sequence[int]) -> Path:
+    """Refuse a bad format, output suffix or (ONNX) image size before any work; returns the
+    output path (``out`` or :func:`default_out`). Raises ``ValueError``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r} (other targets: export to "
+                         f"pt, then `yolo export model=model.pt format={fmt}`)")
+    out_path = Path(out) if out is not None else default_out(weights, fmt)
+    if out_path.suffix.lower() != f".{fmt}":
+        raise ValueError(f"--out {out_path} must end in .{fmt}")
+    if fmt == "onnx":
+        image_size_hw(imgsz)
+    return out_path
+
+
 def export(weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None, *,
            imgsz: int | Sequence[int] = 640, batch: int = 1, dynamic: bool = False,
            opset: int = DEFAULT_OPSET) -> Path:
@@ -156,14 +174,7 @@ def export(weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
     ONNX only. Returns the written path; raises ``ValueError`` for bad input."""
     from yolojax.convert import load_weights
 
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r} (other targets: export to "
-                         f"pt, then `yolo export model=model.pt format={fmt}`)")
-    out_path = Path(out) if out is not None else default_out(weights, fmt)
-    if out_path.suffix.lower() != f".{fmt}":
-        raise ValueError(f"--out {out_path} must end in .{fmt}")
-    if fmt == "onnx":
-        image_size_hw(imgsz)  # refuse a bad size before the weights load
+    out_path = check_export_args(weights, fmt, out, imgsz)
     variables, info = load_weights(weights)
     if fmt == "onnx":
         return export_onnx(variables, info, out_path, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset)
@@ -188,6 +199,7 @@ def build_parser() -> OneLineErrorParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m yolojax.export``; returns the exit status (1 with a one-line error)."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")
