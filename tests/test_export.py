@@ -281,3 +281,40 @@ def test_default_out_is_beside_the_weights(tmp_path):
     assert yj_export.default_out(tmp_path / "yolov8n.pt", "onnx") == tmp_path / "yolov8n.onnx"
     assert yj_export.default_out(tmp_path / "yolov8n.pt", "pt") == tmp_path / "yolov8n_yolojax.pt"
     assert yj_export.default_out(tmp_path / "run", "pt") == tmp_path / "run.pt"
+
+
+def test_model_yaml_builds_the_same_architecture_in_ultralytics():
+    """The yaml stored in the .pt is what ``yolo train model=model.pt`` rebuilds from: at scale m
+    (max_channels 768) ultralytics builds exactly yolojax's variables."""
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolojax.convert import expected_shapes
+    from yolojax.ultralytics_pt import model_yaml, variables_to_state_dict
+
+    theirs = {k: tuple(v.shape) for k, v in DetectionModel(model_yaml("m", 3), verbose=False).state_dict().items()
+              if not k.endswith("num_batches_tracked")}
+    shapes = expected_shapes("m", 3, 16)
+    flat = {}
+    for path, shape in shapes.items():
+        node = flat.setdefault(path[0], {})
+        for part in path[1:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = np.zeros(shape, np.float32)
+    ours = {k: v.shape for k, v in variables_to_state_dict(flat).items()}
+    assert ours == theirs
+
+
+def test_image_size_and_onnx_detector_refusals(tmp_path):
+    assert yj_export.image_size_hw(640) == (640, 640) and yj_export.image_size_hw([480, 640]) == (480, 640)
+    for bad in (0, 100, [640, 641], [1, 2, 3], "640"):
+        with pytest.raises(ValueError, match="imgsz"):
+            yj_export.image_size_hw(bad)
+    pytest.importorskip("onnxruntime")
+    from yolojax.onnx_runtime import OnnxDetector
+
+    with pytest.raises(ValueError, match="does not exist"):
+        OnnxDetector(tmp_path / "missing.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="onnxruntime cannot load it"):
+        OnnxDetector(tmp_path / "bad.onnx")
