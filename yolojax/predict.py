@@ -154,6 +154,12 @@ class Predictor:
         self.names = list(info["names"])
         self.imgsz, self.rect = int(imgsz), bool(rect)
         self.variables = jax.device_put(variables)
+        if model_fn is not None:
+            from yolojax.val import make_predict_fn
+
+            self._run = make_predict_fn(info, conf, iou, max_det, multi_label=False, agnostic=agnostic,
+                                        model_fn=model_fn)
+            return
         model = YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)))
 
         @jax.jit
@@ -162,11 +168,6 @@ class Predictor:
             return non_max_suppression(out, conf, iou, agnostic=agnostic, max_det=max_det)
 
         self._run = run
-        if model_fn is not None:
-            from yolojax.val import make_predict_fn
-
-            self._run = make_predict_fn(info, conf, iou, max_det, multi_label=False, agnostic=agnostic,
-                                        model_fn=model_fn)
 
     def preprocess(self, image_rgb: np.ndarray):
         from yolojax.data.letterbox import apply_letterbox
