@@ -218,12 +218,15 @@ def _call_args(args: Sequence[str], keys: Mapping[str, str], required: Sequence[
 
 
 def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``weights=model.onnx`` -> an onnxruntime ``model_fn`` and its ``info`` instead."""
+    """``weights=model.onnx`` -> an onnxruntime ``model_fn`` and its ``info`` instead; imgsz
+    defaults to the model's fixed (square) input size, as ultralytics reads it from the file."""
     if str(kwargs.get("weights", "")).lower().endswith(".onnx"):
         from yolojax.onnx_runtime import OnnxDetector
 
         detector = OnnxDetector(kwargs.pop("weights"))
         kwargs.update(model_fn=detector, info=detector.info)
+        if "imgsz" not in kwargs and detector.input_hw and detector.input_hw[0] == detector.input_hw[1]:
+            kwargs["imgsz"] = detector.input_hw[0]
     return kwargs
 
 
@@ -232,6 +235,7 @@ def run_train(args: Sequence[str]) -> int:
 
     config, workdir = train_config(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # as python -m yolojax.train: no orbax internals
     try:
         summary = train(config, workdir)
     except NonFiniteLossError as e:
@@ -267,10 +271,10 @@ def run_predict(args: Sequence[str]) -> int:
 
 
 def run_export(args: Sequence[str]) -> int:
-    from yolojax.export import export
+    from yolojax.export import export, show_progress
 
     kwargs = _call_args(args, EXPORT_KEYS, ("model",))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    show_progress()
     out = export(str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx")), **kwargs)
     print(f"wrote {out}")
     return 0

@@ -100,6 +100,24 @@ def onnx_metadata(info: Mapping[str, Any], imgsz_hw: tuple[int, int], batch: int
     return {k: str(v) for k, v in values.items()}
 
 
+@contextlib.contextmanager
+def _quiet_converter():
+    """Keep the converter's chatter off the user's terminal: jax2onnx 0.13 prints debugging lines
+    from its flax.linen Conv plugin, warns with tracebacks about plugins of other libraries
+    (dm_pix) that it cannot import under this jax, and onnx_ir warns about shape-only helper
+    values it skips. Errors still show."""
+    loggers = [logging.getLogger(name) for name in ("jax2onnx", "onnx_ir")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
 def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str | os.PathLike, *,
                 imgsz: int | Sequence[int] = 640, batch: int = 1, dynamic: bool = False,
                 opset: int = DEFAULT_OPSET) -> Path:
@@ -121,16 +139,13 @@ def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str 
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be within 11..{onnx.defs.onnx_opset_version()} (installed onnx), got {opset}")
     spec = [("batch" if dynamic else batch, 3, h, w)]
-    # jax2onnx 0.13 prints debugging lines from its flax.linen Conv plugin and onnx_ir warns about
-    # shape-only helper values it skips: keep both off the user's terminal.
-    serde_log = logging.getLogger("onnx_ir.serde")
-    level = serde_log.level
-    serde_log.setLevel(logging.ERROR)
     logger.info("converting YOLOv8%s to ONNX with jax2onnx (about a minute on a CPU) ...", info["scale"])
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_converter():
         proto = to_onnx(onnx_graph_fn(variables, info), spec, model_name=f"yolov8{info['scale']}", opset=opset,
                         input_names=["images"], output_names=["output0"])
-    serde_log.setLevel(level)
+    # jax2onnx annotates some broadcast intermediates of a batch > 1 graph with batch 1, which
+    # onnxruntime warns about; the annotations are optional, so the runtime infers them instead.
+    del proto.graph.value_info[:]
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     for key, value in onnx_metadata(info, (h, w), batch, dynamic, opset).items():
         entry = proto.metadata_props.add()
@@ -183,6 +198,13 @@ def export(weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
     return save_ultralytics_checkpoint(variables, info, out_path)
 
 
+def show_progress() -> None:
+    """Print this module's progress lines (INFO) on stderr, and only warnings from other libraries
+    (jax2onnx and orbax log their internals at INFO)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+
+
 def build_parser() -> OneLineErrorParser:
     p = OneLineErrorParser(prog="python -m yolojax.export",
                            description="Export weights to ONNX (ultralytics' layout) or an ultralytics .pt checkpoint.")
@@ -199,7 +221,7 @@ def build_parser() -> OneLineErrorParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m yolojax.export``; returns the exit status (1 with a one-line error)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    show_progress()
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")
