@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from yolojax.cli import OneLineErrorParser, error_line
+from yolojax.onnx_runtime import INSTALL_HINT
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "pt")
-INSTALL_HINT = "pip install 'yolojax[export]'"
 # ultralytics 8.4.190 utils/export/engine.py best_onnx_opset: 18 for torch >= 2.4 (ONNX Runtime
 # CUDA lacks Resize-19 / ReduceMax-20 kernels); ultralytics also caps the IR version at 10.
 DEFAULT_OPSET = 18
