@@ -1,6 +1,35 @@
-"""Shared command-line helpers."""
+"""The ``yolojax`` command in ultralytics' syntax, and shared command-line helpers.
+
+    yolojax train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=640 batch=16
+    yolojax val model=runs/detect/train data=coco8.yaml
+    yolojax predict model=yolov8n.pt source=bus.jpg conf=0.25
+    yolojax export model=runs/detect/train format=onnx
+    yolojax convert model=yolov8n.pt out=runs/yolov8n
+    yolojax help
+
+``KEY=VALUE`` arguments use ultralytics 8.4.190's names (cfg/default.yaml). For train they
+map onto the fields of ``configs/base.py`` through :data:`TRAIN_KEYS`; any config field may
+also be named directly (``max_steps=100``, ``mesh.data=4``, ``checkpoint.keep=5``). An
+unknown key is refused, naming the nearest valid one. ``model=yolov8s.yaml`` picks the
+scale and trains from scratch; ``model=yolov8s.pt`` also starts from those weights (a
+.pt, converted directory or train workdir whose name gives no scale: the scale it holds).
+As in ultralytics, runs go to ``project/name`` (runs/detect/train, train2, ... unless
+``exist_ok=True``; ``resume=True`` reuses the directory, which yolojax resumes from).
+"""
+
+from __future__ import annotations
 
 import argparse
+import ast
+import difflib
+import importlib.util
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -8,3 +37,309 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def error_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ultralytics train argument -> yolojax config field (configs/base.py). Every other config
+# field is accepted under its own dotted name; model, cfg, project, name, exist_ok and
+# resume are handled by train_config().
+TRAIN_KEYS: dict[str, str] = {
+    "data": "data.yaml", "epochs": "epochs", "imgsz": "imgsz", "batch": "batch_size", "workers": "data.workers",
+    "seed": "seed", "optimizer": "optimizer", "lr0": "lr0", "lrf": "lrf", "momentum": "momentum",
+    "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "warmup_momentum": "warmup_momentum",
+    "warmup_bias_lr": "warmup_bias_lr", "cos_lr": "cos_lr", "nbs": "nbs", "box": "box", "cls": "cls", "dfl": "dfl",
+    "hsv_h": "hsv_h", "hsv_s": "hsv_s", "hsv_v": "hsv_v", "degrees": "degrees", "translate": "translate",
+    "scale": "scale", "shear": "shear", "perspective": "perspective", "flipud": "flipud", "fliplr": "fliplr",
+    "mosaic": "mosaic", "mixup": "mixup", "close_mosaic": "close_mosaic", "val": "val.enabled", "conf": "val.conf",
+    "iou": "val.iou", "max_det": "val.max_det",
+}
+RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
+
+# ultralytics argument -> keyword of the yolojax function each other mode calls.
+VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batch", "conf": "conf", "iou": "iou",
+            "max_det": "max_det", "rect": "rect", "split": "split", "workers": "workers", "plots": "plots",
+            "project": "project", "name": "name"}
+PREDICT_KEYS = {"model": "weights", "source": "source", "imgsz": "imgsz", "conf": "conf", "iou": "iou",
+                "max_det": "max_det", "agnostic_nms": "agnostic", "rect": "rect", "save": "save_images",
+                "project": "project", "name": "name"}
+EXPORT_KEYS = {"model": "weights", "format": "fmt", "imgsz": "imgsz", "batch": "batch", "dynamic": "dynamic",
+               "opset": "opset"}
+CONVERT_KEYS = {"model": "weights", "out": "out"}
+
+DEFAULT_PROJECT = "runs/detect"
+SCALE_IN_NAME = re.compile(r"yolov8([nsmlx])", re.IGNORECASE)
+
+
+class UsageError(ValueError):
+    """A command line that cannot run: reported in one line, exit status 2."""
+
+
+def parse_value(raw: str) -> Any:
+    """An ultralytics command-line value: true/false/none, a number or list literal, else the string."""
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+    return value if isinstance(value, (int, float, list, tuple)) else raw
+
+
+def parse_pairs(args: Sequence[str], valid: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` (or a bare key, meaning True) arguments -> {key: raw value}; a key not in
+    ``valid`` raises :class:`UsageError` naming the nearest valid key."""
+    pairs: dict[str, str] = {}
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{near[0]}'?" if near else "; `yolojax help` lists the keys"
+            raise UsageError(f"unknown argument '{key}'{hint}")
+        if sep and not raw:
+            raise UsageError(f"'{key}=' has no value")
+        pairs[key] = raw if sep else "True"
+    return pairs
+
+
+def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(_flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _typed(field: str, current: Any, raw: str) -> Any:
+    """``raw`` converted to the type of the config field's current value (as config_flags does)."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if isinstance(current, (int, float)):
+            return type(current)(ast.literal_eval(raw))
+    except (ValueError, SyntaxError, TypeError):
+        expected = {"bool": "true or false", "int": "an integer", "float": "a number"}[type(current).__name__]
+        raise UsageError(f"{field}={raw}: expected {expected}") from None
+    return raw
+
+
+def _configs_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config_file(path: str | Path) -> Any:
+    """``get_config()`` of a Python config file, as ``--config`` of yolojax.train loads it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} not found")
+    spec = importlib.util.spec_from_file_location(f"yolojax_cli_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def model_scale(model: str) -> tuple[str, str]:
+    """ultralytics ``model=`` -> (scale, weights): ``yolov8s.yaml`` -> ("s", ""); ``yolov8s.pt``
+    -> ("s", "yolov8s.pt"); other weights (a .pt, converted dir, train workdir) -> their scale."""
+    name = Path(model).name
+    match = SCALE_IN_NAME.search(name)
+    if name.lower().endswith((".yaml", ".yml")):
+        if match is None:
+            raise UsageError(f"model={model}: only yolov8{{n,s,m,l,x}}.yaml architectures are supported")
+        return match.group(1).lower(), ""
+    if not Path(model).exists():
+        raise UsageError(f"model={model} not found (no weights are downloaded: give a local .pt or directory)")
+    if match is not None:
+        return match.group(1).lower(), model
+    from yolojax.convert import load_weights
+
+    try:
+        return load_weights(model)[1]["scale"], model
+    except ValueError as e:
+        raise UsageError(f"model={model}: {error_line(e)}") from None
+
+
+def run_dir(pairs: Mapping[str, Any], default_name: str, reuse: bool = False) -> Path:
+    """ultralytics' save_dir: project/name, or name2, name3 ... when it exists and is not empty
+    (unless ``exist_ok`` or ``reuse``)."""
+    base = Path(str(pairs.get("project", DEFAULT_PROJECT))) / str(pairs.get("name", default_name))
+    if reuse or parse_value(str(pairs.get("exist_ok", "False"))) is True:
+        return base
+    path, n = base, 2
+    while path.exists() and any(path.iterdir()):
+        path, n = base.with_name(f"{base.name}{n}"), n + 1
+    return path
+
+
+def train_config(args: Sequence[str]) -> tuple[Any, Path]:
+    """``yolojax train`` arguments -> (ml_collections config, workdir), nothing run yet.
+
+    The config starts from ``cfg=`` (a config file) or configs/yolov8{scale}.py, the scale from
+    ``model=`` (default yolov8n.yaml, as ultralytics); then every key is set through
+    :data:`TRAIN_KEYS` or by its own field name. Raises :class:`UsageError`.
+    """
+    fields = _flat_fields(load_config_file(_configs_dir() / "base.py"))
+    pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *RUN_KEYS, *fields}))
+    scale, weights = model_scale(pairs.get("model", "yolov8n.yaml"))
+    config = load_config_file(pairs.get("cfg", _configs_dir() / f"yolov8{scale}.py"))
+    if "model" in pairs or "cfg" not in pairs:
+        config.model.scale, config.weights = scale, weights
+    current = _flat_fields(config)
+    for key, raw in pairs.items():
+        if key in RUN_KEYS:
+            continue
+        field = TRAIN_KEYS.get(key, key)
+        parent = config
+        for part in field.split(".")[:-1]:
+            parent = parent[part]
+        parent[field.split(".")[-1]] = _typed(key, current[field], raw)
+    resume = parse_value(pairs.get("resume", "False")) is True
+    return config, run_dir(pairs, "train", reuse=resume)
+
+
+def _call_args(args: Sequence[str], keys: Mapping[str, str], required: Sequence[str]) -> dict[str, Any]:
+    pairs = parse_pairs(args, sorted(keys))
+    missing = [k for k in required if k not in pairs]
+    if missing:
+        raise UsageError(f"missing {', '.join(f'{k}=...' for k in missing)}")
+    return {keys[k]: parse_value(v) for k, v in pairs.items()}
+
+
+def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``weights=model.onnx`` -> an onnxruntime ``model_fn`` and its ``info`` instead; imgsz
+    defaults to the model's fixed (square) input size, as ultralytics reads it from the file."""
+    if str(kwargs.get("weights", "")).lower().endswith(".onnx"):
+        from yolojax.onnx_runtime import OnnxDetector
+
+        detector = OnnxDetector(kwargs.pop("weights"))
+        kwargs.update(model_fn=detector, info=detector.info)
+        if "imgsz" not in kwargs and detector.input_hw and detector.input_hw[0] == detector.input_hw[1]:
+            kwargs["imgsz"] = detector.input_hw[0]
+    return kwargs
+
+
+def run_train(args: Sequence[str]) -> int:
+    from yolojax.train.run import NonFiniteLossError, train
+
+    config, workdir = train_config(args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # as python -m yolojax.train: no orbax internals
+    try:
+        summary = train(config, workdir)
+    except NonFiniteLossError as e:
+        raise ValueError(str(e)) from None
+    print(f"done: {summary['step']} steps; results in {summary['workdir']}", file=sys.stderr)
+    return 0
+
+
+def run_val(args: Sequence[str]) -> int:
+    from yolojax.val import json_results, validate
+
+    kwargs = _onnx_or_weights(_call_args(args, VAL_KEYS, ("model", "data")))
+    out = run_dir(kwargs, "val")
+    kwargs.pop("project", None), kwargs.pop("name", None)
+    if kwargs.pop("plots", True):
+        kwargs["plots_dir"] = out
+    results = validate(**kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(json_results(results), indent=2))
+    print(f"results in {out}")
+    return 0
+
+
+def run_predict(args: Sequence[str]) -> int:
+    from yolojax.predict import predict
+
+    kwargs = _onnx_or_weights(_call_args(args, PREDICT_KEYS, ("model", "source")))
+    out = run_dir(kwargs, "predict")
+    kwargs.pop("project", None), kwargs.pop("name", None)
+    results = predict(kwargs.pop("weights", None), kwargs.pop("source"), out, **kwargs)
+    print(f"{len(results)} images, {sum(len(r['classes']) for r in results)} detections -> {out}")
+    return 0
+
+
+def run_export(args: Sequence[str]) -> int:
+    from yolojax.export import export, show_progress
+
+    kwargs = _call_args(args, EXPORT_KEYS, ("model",))
+    show_progress()
+    out = export(str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx")), **kwargs)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_convert(args: Sequence[str]) -> int:
+    from yolojax.convert import load_ultralytics, save_converted
+
+    kwargs = _call_args(args, CONVERT_KEYS, ("model",))
+    weights = Path(str(kwargs["weights"]))
+    if not weights.is_file():
+        raise UsageError(f"model={weights} is not a .pt file")
+    out = save_converted(*load_ultralytics(weights), kwargs.get("out", weights.with_suffix("")))
+    print(f"wrote {out}")
+    return 0
+
+
+MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "train": (run_train, "train a model (configs/base.py fields)"),
+    "val": (run_val, "mAP50 / mAP50-95 on a data.yaml or COCO JSON (model=*.onnx runs onnxruntime)"),
+    "predict": (run_predict, "annotated images and predictions.json (model=*.onnx runs onnxruntime)"),
+    "export": (run_export, "format=onnx (default) or format=pt (an ultralytics checkpoint)"),
+    "convert": (run_convert, "an ultralytics .pt -> a yolojax checkpoint directory (out=DIR)"),
+}
+
+
+def help_text() -> str:
+    """What ``yolojax help`` prints: the modes and every key each accepts."""
+    fields = sorted(set(_flat_fields(load_config_file(_configs_dir() / "base.py"))) - set(TRAIN_KEYS.values()))
+    lines = ["usage: yolojax MODE KEY=VALUE ...   (ultralytics' syntax and argument names)", "", "modes:"]
+    lines += [f"  {mode:8s} {text}" for mode, (_, text) in MODES.items()] + ["  help     this text", ""]
+    lines.append("train keys (ultralytics' names):")
+    lines.append("  " + ", ".join(RUN_KEYS))
+    lines.append("  " + ", ".join(f"{k} -> {v}" for k, v in TRAIN_KEYS.items() if k != v))
+    lines.append("  same name as the config field: " + ", ".join(k for k, v in TRAIN_KEYS.items() if k == v))
+    lines.append("  and every other config field by name: " + ", ".join(fields))
+    for mode, keys in (("val", VAL_KEYS), ("predict", PREDICT_KEYS), ("export", EXPORT_KEYS),
+                       ("convert", CONVERT_KEYS)):
+        lines.append(f"{mode} keys: {', '.join(keys)}")
+    lines.append("example: yolojax train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=640 batch=16")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``yolojax`` console command; returns the exit status (2: bad command line, 1: bad input)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["detect"]:  # ultralytics' optional task word
+        args = args[1:]
+    if not args or args[0] in ("help", "-h", "--help"):
+        print(help_text())
+        return 0
+    mode, rest = args[0], args[1:]
+    try:
+        if mode not in MODES:
+            near = difflib.get_close_matches(mode, [*MODES, "help"], n=1)
+            raise UsageError(f"unknown mode '{mode}'{f'; did you mean {near[0]!r}?' if near else ''} "
+                             f"(modes: {', '.join(MODES)}, help)")
+        return MODES[mode][0](rest)
+    except UsageError as e:
+        print(f"yolojax {mode}: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError, OSError) as e:
+        print(f"yolojax {mode}: error: {error_line(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -123,17 +123,24 @@ class Predictor:
       imgsz: letterbox size (multiple of 32).
       conf, iou, max_det, agnostic: NMS settings (ultralytics predict defaults).
       rect: minimum padding to a stride multiple instead of a square imgsz canvas.
+      model_fn: replaces the Flax model and its weights (give ``info`` with it): float32
+        (B, H, W, 3) images in [0, 1] -> (B, N, 4 + nc), e.g. a
+        :class:`yolojax.onnx_runtime.OnnxDetector`.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, variables: Any = None,
                  info: Mapping[str, Any] | None = None, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                 max_det: int = 300, agnostic: bool = False, rect: bool = False):
+                 max_det: int = 300, agnostic: bool = False, rect: bool = False, model_fn: Any = None):
         import jax
 
         from yolojax.models import YOLOv8
         from yolojax.ops import non_max_suppression
 
-        if variables is None or info is None:
+        if model_fn is not None:
+            if info is None:
+                raise ValueError("model_fn needs info (names, num_classes)")
+            variables = {}
+        elif variables is None or info is None:
             if weights is None:
                 raise ValueError("give weights or variables and info")
             from yolojax.convert import load_weights
@@ -147,6 +154,12 @@ class Predictor:
         self.names = list(info["names"])
         self.imgsz, self.rect = int(imgsz), bool(rect)
         self.variables = jax.device_put(variables)
+        if model_fn is not None:
+            from yolojax.val import make_predict_fn
+
+            self._run = make_predict_fn(info, conf, iou, max_det, multi_label=False, agnostic=agnostic,
+                                        model_fn=model_fn)
+            return
         model = YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)))
 
         @jax.jit
@@ -190,14 +203,19 @@ class Predictor:
         return results
 
 
-def predict(weights: str | os.PathLike, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
+def predict(weights: str | os.PathLike | None, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
             conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-            rect: bool = False, save_images: bool = True) -> list[dict[str, Any]]:
-    """Predict every image of ``source``; with ``out``, write annotated copies and predictions.json."""
+            rect: bool = False, save_images: bool = True, model_fn: Any = None,
+            info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Predict every image of ``source``; with ``out``, write annotated copies and predictions.json.
+
+    ``model_fn`` and ``info`` replace the weights as in :class:`Predictor`.
+    """
     from yolojax.data.image_io import read_image_rgb
 
     files = list_sources(source)
-    predictor = Predictor(weights, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, rect=rect)
+    predictor = Predictor(weights, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, rect=rect,
+                          model_fn=model_fn, info=info)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,18 @@ _ROW_VALUES = "%22s" + "%11i" * 2 + "%11.3g" * 4
 
 
 def make_predict_fn(info: Mapping[str, Any], conf: float, iou: float, max_det: int, max_nms: int = 30000,
-                    multi_label: bool = True, agnostic: bool = False):
+                    multi_label: bool = True, agnostic: bool = False, model_fn: Callable | None = None):
     """jit-compiled ``(variables, uint8 images (B, H, W, 3)) -> Detections`` (model + NMS).
 
     The same model and settings give the same function object, so its compiled executables
     (one per input shape) serve every later validation, e.g. one per training epoch.
+    ``model_fn`` replaces the Flax model (variables are then ignored): float32 (B, H, W, 3)
+    images in [0, 1] -> (B, N, 4 + nc) predictions, e.g. a
+    :class:`yolojax.onnx_runtime.OnnxDetector`; it runs outside jit, NMS inside.
     """
+    if model_fn is not None:
+        return _external_predict_fn(model_fn, float(conf), float(iou), int(max_det), int(max_nms),
+                                    bool(multi_label), bool(agnostic))
     return _predict_fn(str(info["scale"]), int(info["num_classes"]), int(info.get("reg_max", 16)), float(conf),
                        float(iou), int(max_det), int(max_nms), bool(multi_label), bool(agnostic))
 
@@ -72,6 +78,21 @@ def _predict_fn(scale: str, num_classes: int, reg_max: int, conf: float, iou: fl
         out = model.apply(variables, images.astype(jax.numpy.float32) / 255.0, train=False)
         return non_max_suppression(out, conf, iou, agnostic=agnostic, multi_label=multi_label, max_det=max_det,
                                    max_nms=max_nms)
+
+    return predict
+
+
+def _external_predict_fn(model_fn: Callable, conf: float, iou: float, max_det: int, max_nms: int,
+                         multi_label: bool, agnostic: bool):
+    import jax
+
+    from yolojax.ops import non_max_suppression
+
+    nms = jax.jit(lambda out: non_max_suppression(out, conf, iou, agnostic=agnostic, multi_label=multi_label,
+                                                  max_det=max_det, max_nms=max_nms))
+
+    def predict(variables, images):
+        return nms(model_fn(np.asarray(images).astype(np.float32) / 255.0))
 
     return predict
 
@@ -146,6 +167,7 @@ def validate(
     predictions_json: str | os.PathLike | None = None,
     categories_by_order: bool = False,
     verbose: bool = True,
+    model_fn: Callable | None = None,
 ) -> dict[str, Any]:
     """Validate weights (a .pt, a converted dir) or given ``variables``/``info`` on a dataset.
 
@@ -156,6 +178,9 @@ def validate(
       categories_by_order: COCO JSON data only: map the file's categories in increasing id order
         to the model's classes 0..K-1 whatever their names (by default they are matched by
         name, and names that differ from the model's class names are refused).
+      model_fn: replaces the Flax model and its weights (give ``info`` with it): float32
+        (B, H, W, 3) images in [0, 1] -> (B, N, 4 + nc), e.g. an exported model run by
+        :class:`yolojax.onnx_runtime.OnnxDetector`.
 
     Returns:
       dict with precision, recall, mAP50, mAP50-95, mAP75, fitness, images, instances,
@@ -178,7 +203,11 @@ def validate(
         raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
     coco_file = _check_coco_json(data, images) if is_coco_json(data) else None  # a bad file fails before the model
     source = _open_source(data, split) if coco_file is None else None
-    if variables is None or info is None:
+    if model_fn is not None:
+        if info is None:
+            raise ValueError("model_fn needs info (names, num_classes)")
+        variables = {}
+    elif variables is None or info is None:
         if weights is None:
             raise ValueError("give weights or variables and info")
         from yolojax.convert import load_weights
@@ -191,7 +220,7 @@ def validate(
     run_batch = _batch_to_run(batch, len(source))
     place = _placement(run_batch)
     variables = place(variables, replicated=True)
-    predict = make_predict_fn(info, conf, iou, max_det, max_nms)
+    predict = make_predict_fn(info, conf, iou, max_det, max_nms, model_fn=model_fn)
     batches = make_val_iterator(source, imgsz=imgsz, batch_size=run_batch, rect=rect, split=split,
                                 workers=workers, max_boxes=max(max_det, 300), process_index=0, process_count=1)
     source_names = list(getattr(batches.source, "names", []) or [])

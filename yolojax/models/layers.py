@@ -174,7 +174,10 @@ class SPPF(nn.Module):
         k, p = self.pool_size, self.pool_size // 2
         ys = [Conv(x.shape[-1] // 2, 1, name="cv1", **kw)(x, train)]
         for _ in range(3):
-            ys.append(nn.max_pool(ys[-1], (k, k), strides=(1, 1), padding=((p, p), (p, p))))
+            # An explicit -inf border and a VALID pool: the same numbers as padding=((p, p), (p, p))
+            # (max_pool pads with -inf), in the form jax2onnx converts to ONNX Pad + MaxPool.
+            padded = jnp.pad(ys[-1], ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-jnp.inf)
+            ys.append(nn.max_pool(padded, window_shape=(k, k), strides=(1, 1), padding="VALID"))
         return Conv(self.features, 1, name="cv2", **kw)(jnp.concatenate(ys, axis=-1), train)
 
 
