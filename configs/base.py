@@ -110,4 +110,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.progress = True              # tqdm progress bar
     c.max_nonfinite = 10           # stop after this many non-finite losses in a row
+    # Persistent XLA compilation cache: 'auto' (~/.cache/yolojax/jax), a directory, or 'off'.
+    c.compile_cache = "auto"
     return c

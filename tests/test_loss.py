@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolojax.loss import DetectionLoss, assign
+from yolojax.loss import DetectionLoss, assign, assign_bucketed, box_buckets
 from yolojax.ops import make_anchors
 
 STRIDES = (8, 16, 32)
@@ -356,3 +356,37 @@ def test_axis_name_splits_the_global_loss():
     for g, sg in zip(grads, s_grads):
         np.testing.assert_allclose(np.asarray(sg).reshape(g.shape), np.asarray(g), rtol=1e-4, atol=1e-8)
     assert small_step._cache_size() == 1
+
+
+def test_box_buckets():
+    assert box_buckets(100) == (8, 16, 32, 64, 100)
+    assert box_buckets(64) == (8, 16, 32, 64)
+    assert box_buckets(5) == (5,)
+
+
+@pytest.mark.parametrize("real_counts", [(3, 0), (9, 14), (40, 2)])
+def test_bucketed_assigner_equals_the_full_one(real_counts):
+    """Real rows anywhere among 48 padded ones (with junk in the padding): same assignment,
+    with target_gt_idx pointing at the original rows."""
+    rng = np.random.default_rng(sum(real_counts))
+    b, m, nc, h, w = 2, 48, 4, 64, 64
+    points, strides = make_anchors([(h // s, w // s) for s in STRIDES], STRIDES)
+    anc = np.array(points * strides)
+    scores = rng.uniform(0, 1, (b, anc.shape[0], nc)).astype(np.float32)
+    half = rng.uniform(2, 30, (b, anc.shape[0], 4)) * np.asarray(strides)[None] / 8
+    pd = np.concatenate([anc - half[..., :2], anc + half[..., 2:]], -1).astype(np.float32)
+    xy = rng.uniform(0, [w, h], (b, m, 2))
+    gt = np.concatenate([xy, xy + rng.uniform(2, 40, (b, m, 2))], -1).astype(np.float32)
+    labels = rng.integers(0, nc, (b, m)).astype(np.int32)
+    mask = np.zeros((b, m), bool)
+    for i, n in enumerate(real_counts):
+        mask[i, rng.choice(m, n, replace=False)] = True
+    args = (jnp.asarray(scores), jnp.asarray(pd), jnp.asarray(anc), labels, jnp.asarray(gt), mask)
+    full = jax.jit(assign)(*args)
+    bucketed = jax.jit(assign_bucketed)(*args)
+    assert int(full.fg_mask.sum()) > 0
+    for name, a, c in zip(full._fields, full, bucketed):
+        if name == "target_scores":  # the same arithmetic, compiled separately: float32 noise
+            np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-5, atol=1e-7, err_msg=name)
+        else:
+            np.testing.assert_array_equal(np.asarray(c), np.asarray(a), err_msg=name)

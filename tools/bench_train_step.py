@@ -1,6 +1,6 @@
 """Train-step speed of yolojax beside ultralytics, same model, batch and targets.
 
-    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640
+    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640 [--boxes 8 --max-boxes 100]
 
 yolojax: one jit-compiled ``train_step`` (forward, v8 loss, backward, SGD-Nesterov update,
 EMA) with an update on every batch. ultralytics: ``model(batch)`` (forward + v8DetectionLoss),
@@ -21,17 +21,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolojax.runtime import reexec_with_hugepage_malloc
 
-def random_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int = 8) -> dict:
-    """uint8 noise images and random boxes in DESIGN.md's batch format."""
+
+def random_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int = 8,
+                 max_boxes: int | None = None) -> dict:
+    """uint8 noise images and ``boxes_per_image`` random boxes each, in DESIGN.md's batch
+    format, padded to ``max_boxes`` rows (default: no padding)."""
     rng = np.random.default_rng(0)
-    wh = rng.uniform(0.05, 0.5, (batch, boxes_per_image, 2)) * imgsz
-    xy = rng.uniform(0, 1, (batch, boxes_per_image, 2)) * (imgsz - wh)
+    m = max_boxes or boxes_per_image
+    wh = rng.uniform(0.05, 0.5, (batch, m, 2)) * imgsz
+    xy = rng.uniform(0, 1, (batch, m, 2)) * (imgsz - wh)
+    mask = np.arange(m)[None, :] < boxes_per_image
     return {
         "image": rng.integers(0, 256, (batch, imgsz, imgsz, 3), dtype=np.uint8),
-        "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
-        "classes": rng.integers(0, num_classes, (batch, boxes_per_image)).astype(np.int32),
-        "mask": np.ones((batch, boxes_per_image), bool),
+        "boxes": np.where(mask[..., None], np.concatenate([xy, xy + wh], -1), 0.0).astype(np.float32),
+        "classes": np.where(mask, rng.integers(0, num_classes, (batch, m)), 0).astype(np.int32),
+        "mask": np.broadcast_to(mask, (batch, m)).copy(),
     }
 
 
@@ -54,12 +60,13 @@ def ultralytics_step_fn(scale: str, batch: dict, imgsz: int):
     )
     ema = ModelEMA(model)
     b, m = batch["classes"].shape
-    boxes = batch["boxes"].reshape(-1, 4) / imgsz
+    real = batch["mask"].reshape(-1)  # ultralytics' batch lists real boxes only
+    boxes = batch["boxes"].reshape(-1, 4)[real] / imgsz
     xywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
     torch_batch = {
         "img": torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).float() / 255,
-        "batch_idx": torch.arange(b).repeat_interleave(m).float(),
-        "cls": torch.from_numpy(batch["classes"].reshape(-1, 1)).float(),
+        "batch_idx": torch.arange(b).repeat_interleave(m)[torch.from_numpy(real)].float(),
+        "cls": torch.from_numpy(batch["classes"].reshape(-1, 1)[real]).float(),
         "bboxes": torch.from_numpy(xywh).float(),
     }
 
@@ -75,12 +82,15 @@ def ultralytics_step_fn(scale: str, batch: dict, imgsz: int):
 
 
 def main() -> None:
+    reexec_with_hugepage_malloc()  # as yolojax's commands do (the torch side gets it too)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--boxes", type=int, default=8, help="real boxes per image")
+    parser.add_argument("--max-boxes", type=int, default=0, help="box rows per image (padding; 0: --boxes)")
     args = parser.parse_args()
 
     import torch
@@ -91,11 +101,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
-          f"with {torch.get_num_threads()} threads; batch {args.batch} at {args.imgsz}")
+          f"with {torch.get_num_threads()} threads; batch {args.batch} at {args.imgsz}, {args.boxes} boxes per "
+          f"image in {args.max_boxes or args.boxes} rows; load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':8} {'compile s':>9} {'yolojax s':>9} {'ultralytics s':>13} {'ratio':>6}")
     ratios = []
     for scale in args.scales:
-        batch = random_batch(args.batch, args.imgsz, 80)
+        batch = random_batch(args.batch, args.imgsz, 80, args.boxes, args.max_boxes or None)
         model = YOLOv8(scale=scale, num_classes=80)
         variables = jax.jit(model.init, static_argnames="train")(
             jax.random.key(0), jnp.zeros((1, args.imgsz, args.imgsz, 3)), train=False

@@ -63,12 +63,12 @@ RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
 # ultralytics argument -> keyword of the yolojax function each other mode calls.
 VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batch", "conf": "conf", "iou": "iou",
             "max_det": "max_det", "rect": "rect", "split": "split", "workers": "workers", "plots": "plots",
-            "project": "project", "name": "name"}
+            "project": "project", "name": "name", "compile_cache": "compile_cache"}
 PREDICT_KEYS = {"model": "weights", "source": "source", "imgsz": "imgsz", "conf": "conf", "iou": "iou",
                 "max_det": "max_det", "agnostic_nms": "agnostic", "rect": "rect", "save": "save_images",
-                "project": "project", "name": "name"}
+                "project": "project", "name": "name", "compile_cache": "compile_cache"}
 EXPORT_KEYS = {"model": "weights", "format": "fmt", "imgsz": "imgsz", "batch": "batch", "dynamic": "dynamic",
-               "opset": "opset"}
+               "opset": "opset", "compile_cache": "compile_cache"}
 CONVERT_KEYS = {"model": "weights", "out": "out"}
 
 DEFAULT_PROJECT = "runs/detect"
@@ -210,10 +210,15 @@ def train_config(args: Sequence[str]) -> tuple[Any, Path]:
 
 
 def _call_args(args: Sequence[str], keys: Mapping[str, str], required: Sequence[str]) -> dict[str, Any]:
+    """Keyword arguments of a mode's function; ``compile_cache`` (default "auto") is taken out
+    and applied (:func:`yolojax.runtime.enable_compilation_cache`)."""
+    from yolojax.runtime import enable_compilation_cache
+
     pairs = parse_pairs(args, sorted(keys))
     missing = [k for k in required if k not in pairs]
     if missing:
         raise UsageError(f"missing {', '.join(f'{k}=...' for k in missing)}")
+    enable_compilation_cache(str(pairs.pop("compile_cache", "auto")))
     return {keys[k]: parse_value(v) for k, v in pairs.items()}
 
 
@@ -320,6 +325,10 @@ def help_text() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``yolojax`` console command; returns the exit status (2: bad command line, 1: bad input)."""
+    if argv is None:
+        from yolojax.runtime import reexec_with_hugepage_malloc
+
+        reexec_with_hugepage_malloc()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["detect"]:  # ultralytics' optional task word
         args = args[1:]

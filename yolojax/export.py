@@ -39,6 +39,7 @@ import numpy as np
 
 from yolojax.cli import OneLineErrorParser, error_line
 from yolojax.onnx_runtime import INSTALL_HINT
+from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
 
 logger = logging.getLogger(__name__)
 
@@ -215,12 +216,17 @@ def build_parser() -> OneLineErrorParser:
     p.add_argument("--batch", type=int, default=1, help="ONNX batch size")
     p.add_argument("--dynamic", action="store_true", help="ONNX with a dynamic batch dimension")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
+                   help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m yolojax.export``; returns the exit status (1 with a one-line error)."""
+    if argv is None:
+        reexec_with_hugepage_malloc()
     args = build_parser().parse_args(argv)
+    enable_compilation_cache(args.compile_cache)
     show_progress()
     try:
         if not Path(args.weights).exists():

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from yolojax.cli import OneLineErrorParser
+from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
 
 IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 STRIDE = 32
@@ -250,11 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-det", type=int, default=300, help="detections per image")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     p.add_argument("--rect", action="store_true", help="minimum padding to a stride multiple")
+    p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
+                   help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        reexec_with_hugepage_malloc()
     args = build_parser().parse_args(argv)
+    enable_compilation_cache(args.compile_cache)
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from yolojax.cli import OneLineErrorParser
+from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
 
 logger = logging.getLogger(__name__)
 
@@ -354,11 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories-by-order", action="store_true",
                    help="COCO JSON data: map categories in increasing id order to the model's classes even when "
                         "their names differ (default: match by name, refuse different names)")
+    p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
+                   help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        reexec_with_hugepage_malloc()
     args = build_parser().parse_args(argv)
+    enable_compilation_cache(args.compile_cache)
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")

@@ -177,3 +177,55 @@ def assign(
     norm = (align_metric * pos_overlaps / (pos_align + eps)).max(axis=1)  # (B, A)
     target_scores = target_scores * norm[..., None]
     return Assignment(target_labels, target_bboxes, target_scores, fg_mask, target_gt_idx)
+
+
+def box_buckets(max_boxes: int, smallest: int = 8) -> tuple[int, ...]:
+    """The box counts :func:`assign_bucketed` compiles the assigner for when batches are padded
+    to ``max_boxes`` rows: the powers of two from ``smallest`` below ``max_boxes``, then
+    ``max_boxes`` itself (e.g. 100 -> (8, 16, 32, 64, 100))."""
+    sizes, n = [], smallest
+    while n < max_boxes:
+        sizes.append(n)
+        n *= 2
+    return (*sizes, max_boxes)
+
+
+def assign_bucketed(
+    pd_scores: jax.Array,
+    pd_bboxes: jax.Array,
+    anc_points: jax.Array,
+    gt_labels: jax.Array,
+    gt_bboxes: jax.Array,
+    mask_gt: jax.Array,
+    **kwargs,
+) -> Assignment:
+    """:func:`assign` at a cost that follows the batch's real box count, not its padding.
+
+    The assigner's work is O(B * M * A) for M box rows. Here the real rows of each image are
+    moved to the front (in their order), and :func:`assign` runs, through ``lax.switch``, on
+    only the first n rows, n the smallest of :func:`box_buckets` (M) that holds the batch's
+    largest real count. Padded rows never change an assignment, so the result equals
+    :func:`assign` on all M rows; ``target_gt_idx`` still indexes the original rows. Same
+    arguments and result as :func:`assign`; one executable holds every bucket.
+    """
+    m = gt_bboxes.shape[1]
+    buckets = box_buckets(m)
+    if len(buckets) == 1:
+        return assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **kwargs)
+    mask_gt = mask_gt.astype(bool)
+    gt_bboxes = jax.lax.stop_gradient(gt_bboxes)
+    order = jnp.argsort(~mask_gt, axis=1, stable=True)  # (B, M): real rows first, in order
+    front = (jnp.take_along_axis(gt_labels, order, axis=1), jnp.take_along_axis(gt_bboxes, order[..., None], axis=1),
+             jnp.take_along_axis(mask_gt, order, axis=1))
+    predictions = jax.lax.stop_gradient((pd_scores, pd_bboxes, anc_points))
+    index = jnp.searchsorted(jnp.asarray(buckets), front[2].sum(axis=1).max())
+
+    def branch(n: int):
+        return lambda labels, boxes, mask: assign(*predictions, labels[:, :n], boxes[:, :n], mask[:, :n], **kwargs)
+
+    t = jax.lax.switch(index, [branch(n) for n in buckets], *front)
+    # Back to the original rows; background anchors point at row 0, as in assign().
+    gt_idx = jnp.where(t.fg_mask, jnp.take_along_axis(order, t.target_gt_idx, axis=1), 0).astype(jnp.int32)
+    target_labels = jnp.maximum(jnp.take_along_axis(gt_labels.astype(jnp.int32), gt_idx, axis=1), 0)
+    target_bboxes = jnp.take_along_axis(gt_bboxes.astype(t.target_bboxes.dtype), gt_idx[..., None], axis=1)
+    return t._replace(target_labels=target_labels, target_bboxes=target_bboxes, target_gt_idx=gt_idx)

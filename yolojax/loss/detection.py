@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from yolojax.loss.assigner import Assignment, assign
+from yolojax.loss.assigner import Assignment, assign_bucketed
 from yolojax.ops.anchors import bbox2dist, dist2bbox, make_anchors
 from yolojax.ops.boxes import bbox_iou
 from yolojax.precision import compute_dtype
@@ -123,7 +123,7 @@ class DetectionLoss:
         pred_bboxes = self.decode(pred_dist, points)
         gt_bboxes = jnp.asarray(batch["boxes"], pred_dist.dtype)
         mask_gt = jnp.asarray(batch["mask"], bool) & (gt_bboxes.sum(-1) > 0)
-        return assign(
+        return assign_bucketed(
             jax.nn.sigmoid(pred_scores),
             pred_bboxes * stride,
             points * stride,

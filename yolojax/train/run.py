@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
+
 logger = logging.getLogger("yolojax.train")
 
 DTYPES = ("float32", "bfloat16")
@@ -362,6 +364,24 @@ def _make_step(config, loss_fn, state):
     return step_fn, state, shardings, (lambda b: place_batch(b, mesh))
 
 
+def compile_first_step(step_fn, state, batch, bar) -> tuple[Any, Any, float]:
+    """The first ``step_fn(state, batch)`` of this process, which compiles the step (or loads
+    it from the compilation cache): the progress bar says "compiling" meanwhile, then its
+    clock restarts so that its rate and ETA leave the compile out. Returns (state, metrics,
+    seconds until the step was compiled and dispatched)."""
+    t0 = time.perf_counter()
+    if bar is not None:
+        description = bar.desc
+        bar.set_description("compiling the train step", refresh=True)
+    state, metrics = step_fn(state, batch)
+    seconds = time.perf_counter() - t0
+    logger.info("train step compiled in %.1f s", seconds)
+    if bar is not None:
+        bar.set_description(description, refresh=False)
+        bar.unpause()
+    return state, metrics, seconds
+
+
 def _validate(config, data_yaml, variables, info, batch_size):
     from yolojax.val import validate
 
@@ -388,6 +408,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     from yolojax.train import TrainState, make_recipe
 
     check_config(config)
+    enable_compilation_cache(config.compile_cache)
     start_distributed(config)
     workdir = Path(workdir).absolute()
     config_dict = config.to_dict()
@@ -555,7 +576,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     try:
         while step < total_steps:
             batch = place(next(batches.iterator))
-            state, metrics = step_fn(state, batch)
+            if step == start_step:
+                state, metrics, _ = compile_first_step(step_fn, state, batch, bar)
+                t_window = time.perf_counter()
+            else:
+                state, metrics = step_fn(state, batch)
             step += 1
             if pending is not None:
                 consume(*pending)
@@ -608,6 +633,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
 
 def main() -> None:
+    reexec_with_hugepage_malloc()
     from absl import app, flags
     from ml_collections import config_flags
 
