@@ -1,9 +1,9 @@
-"""2-D convolution with a backward pass that is fast on XLA:CPU.
+"""2-D convolution that is fast on XLA:CPU, forward and backward.
 
 YOLOv8's convolutions are NHWC / HWIO with 'same' padding ``k // 2`` and stride 1 or 2.
-:func:`conv2d` computes them with ``lax.conv_general_dilated``; its gradient differs from
-autodiff's only in how it is computed on the CPU backend (other backends keep XLA's own
-transpose rules, chosen at lowering time by ``lax.platform_dependent``):
+:func:`conv2d` computes ``lax.conv_general_dilated``'s result and autodiff's gradients; only
+how it computes them differs on the CPU backend (other backends keep XLA's own convolution
+and transpose rules, chosen at lowering time by ``lax.platform_dependent``):
 
 * kernel gradient: XLA:CPU lowers it to a convolution whose window is the whole output
   (e.g. 80x80), which ran at 2-3 GFLOP/s here. Instead, for every tap (i, j) of the kernel,
@@ -14,6 +14,8 @@ transpose rules, chosen at lowering time by ``lax.platform_dependent``):
   convolves it (s*s times the necessary work). Instead, each of the s*s output phases
   (positions r = s*m + a) is a small stride-1 convolution of the output gradient with the
   kernel taps that reach that phase, and the phases are interleaved.
+* 1x1 stride-1 convolutions (forward and input gradient) are matrix products over the
+  channel axis on CPU, which XLA:CPU runs ~2x faster than the same convolution.
 
 Both equal plain autodiff's gradients up to float rounding (tests/test_conv.py).
 """
@@ -39,6 +41,17 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS)
 
 
+def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A 1x1 stride-1 convolution as a matrix product over the channel axis."""
+    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    if kernel.shape[0] == 1 and stride == 1:
+        return lax.platform_dependent(x, kernel, cpu=_pointwise, default=lambda x, k: _xla_conv(x, k, 1))
+    return _xla_conv(x, kernel, stride)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """``y = conv(x, kernel)`` with zero padding ``k // 2`` on each side (torch's Conv2d with
     ``padding=k // 2``).
@@ -62,11 +75,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    return _xla_conv(x, kernel, stride)
+    return _forward(x, kernel, stride)
 
 
 def _conv2d_fwd(x, kernel, stride):
-    return _xla_conv(x, kernel, stride), (x, kernel)
+    return _forward(x, kernel, stride), (x, kernel)
 
 
 def _conv2d_bwd(stride, residuals, dy):
@@ -139,6 +152,8 @@ def input_grad(x_shape: tuple[int, ...], kernel: jax.Array, dy: jax.Array, strid
       (B, H, W, Cin) in ``dy``'s dtype.
     """
     b, h, w, c_in = x_shape
+    if kernel.shape[0] == 1 and stride == 1:
+        return lax.dot_general(dy, kernel[0, 0], (((3,), (1,)), ((), ())))
     if stride == 1 or h % stride or w % stride:
         x = jnp.zeros(x_shape, dy.dtype)
         return jax.vjp(lambda a: _xla_conv(a, kernel, stride), x)[1](dy)[0]
