@@ -257,6 +257,20 @@ def test_no_intact_checkpoint_is_one_line_error(tmp_path):
     ckpt.close()
 
 
+def test_a_step_that_reads_but_does_not_fit_is_not_called_damaged(tmp_path, caplog):
+    root = tmp_path / "checkpoints"
+    save_steps(root, [1, 2])
+    other = fake_state(0.0, 0)
+    other = other.replace(params={"conv": {"kernel": jnp.zeros((3, 3, 2, 8)), "bias": jnp.zeros((8,))}})
+    ckpt = RunCheckpointer(root, keep=5)
+    with pytest.raises(CheckpointError, match=f"{root}/2 reads but cannot be restored into this run") as err:
+        ckpt.restore_newest_intact(other, make_iterator())
+    ckpt.close()
+    assert "\n" not in str(err.value)
+    assert complete_steps(root) == [1, 2] and not (tmp_path / "checkpoints_damaged").exists()
+    assert not [r for r in caplog.records if "damaged" in r.getMessage()]
+
+
 def test_damaged_best_checkpoint_is_replaced(tmp_path, caplog):
     best = BestCheckpointer(tmp_path / "checkpoints_best", "mAP50-95", resume_step=0, async_save=False)
     offer_all(best, {1: 0.5})

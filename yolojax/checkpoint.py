@@ -161,13 +161,17 @@ def read_newest_intact(directory: str | os.PathLike, read: Callable[[int], T]) -
 
     Returns ``(step, read(step), damaged)`` with ``damaged`` the newer steps that failed, as
     ``(step, first line of the error)``, newest first. Raises :class:`CheckpointError` (one
-    line naming the directory and each step's error) when no step reads or there is none.
+    line naming the directory and each step's error) when no step reads or there is none; a
+    :class:`CheckpointError` that ``read`` raises (a step that reads but cannot serve) passes
+    through.
     """
     damaged: list[tuple[int, str]] = []
     for step in reversed(complete_steps(directory)):
         try:
             return step, read(step), damaged
-        except Exception as e:  # noqa: BLE001 - any failure to read means the step is damaged
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any other failure to read means the step is damaged
             _quiet_failed_read_callbacks()
             damaged.append((step, _first_line(e)))
     if not damaged:
@@ -268,14 +272,24 @@ class RunCheckpointer:
     def restore_newest_intact(self, state: Any, iterator: Any, shardings: Any | None = None) -> tuple[Any, dict] | None:
         """:meth:`restore` the newest complete step that reads (None when there is none).
 
-        Newer steps that fail to read are named in one warning and moved to
-        ``<directory>_damaged/`` (process 0), so the resumed run saves those steps anew.
-        Raises :class:`CheckpointError` when no complete step reads.
+        Newer steps whose files fail to read (:func:`read_step`) are named in one warning and
+        moved to ``<directory>_damaged/`` (process 0), so the resumed run saves those steps
+        anew. Raises :class:`CheckpointError` when no complete step reads, or when the newest
+        step that reads cannot be restored into ``state`` / ``iterator`` (the message says why).
         """
         if self.latest_step() is None:
             return None
-        step, (state, meta), damaged = read_newest_intact(
-            self.directory, lambda s: self.restore(s, state, iterator, shardings))
+
+        def restore_or_tell(step: int) -> tuple[Any, dict]:
+            try:
+                return self.restore(step, state, iterator, shardings)
+            except Exception as e:
+                _quiet_failed_read_callbacks()
+                read_step(self.directory / str(step))  # raises when the files are damaged
+                raise CheckpointError(f"{self.directory}/{step} reads but cannot be restored into this run: "
+                                      f"{type(e).__name__}: {_first_line(e)}") from e
+
+        step, (state, meta), damaged = read_newest_intact(self.directory, restore_or_tell)
         if damaged:
             logger.warning("%s; moved to %s_damaged/", damaged_message(self.directory, damaged, step),
                            self.directory.name)
@@ -365,30 +379,44 @@ def is_train_workdir(path: str | os.PathLike) -> bool:
     return p.is_dir() and _checkpoints_dir(p) is not None
 
 
-def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
-    """The EMA weights (float32 numpy) and model info of one checkpoint step directory."""
+def _read_json_item(item_dir: Path) -> dict:
+    """The JSON of an Orbax JsonSave item (its ``metadata`` file)."""
+    return json.loads((item_dir / "metadata").read_text())
+
+
+def _read_arrays(state_dir: Path, keys: tuple[str, ...] | None = None) -> dict:
+    """The state arrays of a step (only ``keys`` at the top level, when given) as numpy, read
+    without a template."""
     import orbax.checkpoint as ocp
 
-    meta = None
-    for f in sorted((step_dir / "meta").glob("*")):
-        if f.is_file():
-            try:
-                meta = json.loads(f.read_text())
-                break
-            except (OSError, json.JSONDecodeError):
-                continue
-    if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
-        raise ValueError(f"{step_dir}/meta: missing or unreadable model info")
-    info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
-    state_dir = step_dir / "state"
     # The handler's metadata: the checkpointer's also looks for a step-level metadata file in
     # state/ (it is one level up) and logs a warning that it is missing.
-    ema_meta = {"ema": ocp.PyTreeCheckpointHandler().metadata(state_dir)["ema"]}
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), ema_meta)
+    tree = ocp.PyTreeCheckpointHandler().metadata(state_dir)
+    item = {k: tree[k] for k in keys} if keys else dict(tree)
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(
-            state_dir, args=ocp.args.PyTreeRestore(item=ema_meta, restore_args=as_numpy, partial_restore=True))
-    ema = jax.tree.map(lambda x: np.asarray(x, np.float32), restored["ema"])
+        return checkpointer.restore(
+            state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=bool(keys)))
+
+
+def read_step(step_dir: str | os.PathLike) -> None:
+    """Read every item of a checkpoint step without a template (the JSON items parse, every
+    state array loads); raises what the reading raises, e.g. for a truncated or deleted file."""
+    step_dir = Path(step_dir)
+    for item in ("meta", "config"):
+        _read_json_item(step_dir / item)
+    for data_json in sorted((step_dir / "data").glob("process_*.json")):
+        json.loads(data_json.read_text())
+    _read_arrays(step_dir / "state")
+
+
+def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
+    """The EMA weights (float32 numpy) and model info of one checkpoint step directory."""
+    meta = _read_json_item(step_dir / "meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
+        raise ValueError(f"{step_dir}/meta: missing model info")
+    info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    ema = jax.tree.map(lambda x: np.asarray(x, np.float32), _read_arrays(step_dir / "state", ("ema",))["ema"])
     return {"params": ema["params"], "batch_stats": ema["batch_stats"]}, info
 
 
