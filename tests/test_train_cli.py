@@ -288,12 +288,12 @@ def test_unwritable_workdir_and_plot_output_refused(tmp_path, monkeypatch):
     assert list((tmp_path / "new" / "w").iterdir()) == []
     check_plot_output(tmp_path)
     assert list(tmp_path.glob(".yolojax-plot-check*")) == []
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     def broken(*a, **k):
         raise RuntimeError("no usable font")
 
-    monkeypatch.setattr(plt, "subplots", broken)
+    monkeypatch.setattr(Figure, "savefig", broken)
     with pytest.raises(ConfigError, match=f"results.png cannot be drawn in {tmp_path}: RuntimeError: no usable font"):
         check_plot_output(tmp_path)
 

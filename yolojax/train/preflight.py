@@ -56,18 +56,14 @@ def check_writable(workdir: Path) -> None:
 
 def check_plot_output(workdir: Path) -> None:
     """matplotlib draws a figure and saves it as PNG in ``workdir`` (as results.png will be):
-    its import, the non-interactive Agg backend and the PNG writer work."""
+    its import and the Agg PNG writer work (pyplot's global backend is left as it is)."""
     probe = workdir / f".yolojax-plot-check-{os.getpid()}.png"
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(1, 1))
-        ax.plot([0, 1], [0, 1])
+        fig = Figure(figsize=(1, 1))
+        fig.add_subplot().plot([0, 1], [0, 1])
         fig.savefig(probe, dpi=10)
-        plt.close(fig)
         probe.unlink()
     except Exception as e:  # noqa: BLE001 - any failure means results.png cannot be drawn
         raise ConfigError(f"results.png cannot be drawn in {workdir}: {type(e).__name__}: {e}") from None
