@@ -123,8 +123,8 @@ def test_predict_nothing_readable_is_one_line_error(tmp_path, weights, capsys):
     code = yj_predict.main(["--weights", str(weights), "--source", str(tmp_path / "a.jpg"), "--out",
                             str(tmp_path / "o"), "--imgsz", str(IMGSZ)])
     err = stderr_lines(capsys.readouterr())
-    assert code == 1 and err[-1] == f"python -m yolojax.predict: error: no image or video frame of {tmp_path / 'a.jpg'} " \
-                                     "could be read"
+    expected = f"python -m yolojax.predict: error: no image or video frame of {tmp_path / 'a.jpg'} could be read"
+    assert code == 1 and err[-1] == expected
 
 
 def test_predictor_array_dtypes(predictor):

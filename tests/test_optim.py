@@ -272,9 +272,9 @@ def test_resolved_settings_are_what_the_trainer_used(case):
     lines = describe_recipe(recipe, optimizer=cfg["optimizer"], **configured)
     assert len(lines) == (2 if cfg["optimizer"] == "auto" else 1)
     if cfg["optimizer"] == "auto":
-        assert lines[0] == (f"optimizer=auto chose {s['optimizer']} with lr0={s['lr0']:g} and momentum={s['momentum']:g} "
-                            "for this run, in place of the configured lr0=0.01 and momentum=0.937 (set optimizer=SGD, "
-                            "Adam or AdamW to use those)")
+        assert lines[0] == (f"optimizer=auto chose {s['optimizer']} with lr0={s['lr0']:g} and momentum="
+                            f"{s['momentum']:g} for this run, in place of the configured lr0=0.01 and momentum=0.937 "
+                            "(set optimizer=SGD, Adam or AdamW to use those)")
     assert (f"optimizer {s['optimizer']}: lr0 {s['lr0']:g}, momentum {s['momentum']:g}, weight_decay "
             f"{s['groups']['weight'][2]:g} (0.0005 scaled") in lines[-1]
     assert f"gradients of {s['accumulate']} batch(es) per update, warmup {s['warmup_iters']} iterations" in lines[-1]

@@ -27,6 +27,7 @@ with one warning naming the damaged steps; a resumed run moves them to
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -130,16 +131,20 @@ def _first_line(error: BaseException) -> str:
 
 
 def _drop_closed_loop_callbacks(unraisable: Any) -> None:
-    """``sys.unraisablehook`` that drops tensorstore's "Event loop is closed" callbacks.
+    """``sys.unraisablehook`` that drops what a failed Orbax read leaves behind.
 
     Orbax reads a step's arrays with tensorstore inside an asyncio loop of its own. When one
-    read fails, the loop is closed while the other reads are still in flight, and each of
-    their completion callbacks reports ``RuntimeError: Event loop is closed`` as an
-    unraisable exception (a traceback each, after the real error was handled). Those are
-    dropped; every other unraisable exception goes to the previous hook.
+    read fails, the loop is closed while the other reads are still in flight: each of their
+    completion callbacks then reports ``RuntimeError: Event loop is closed``, and each read
+    coroutine, closed unfinished (``GeneratorExit``), raises again when it is collected (a
+    traceback each, after the real error was handled). Those are dropped; every other
+    unraisable exception goes to the previous hook.
     """
     error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    closed_read = inspect.iscoroutine(unraisable.object) and isinstance(
+        error.__cause__ or error.__context__, GeneratorExit)
+    if closed_loop or closed_read:
         return
     _previous_unraisablehook(unraisable)
 

@@ -18,8 +18,9 @@ fresh initialisation) and the jit train step, then trains with a progress bar. I
   that epoch's validation, and the end of the run; SIGTERM / SIGINT save and exit 0);
   re-running with the same DIR resumes from the newest intact checkpoint at the exact data
   position (a damaged newer one is named in a warning and moved to ``checkpoints_damaged/``;
-  settings that define the run, :data:`RUN_DEFINING`, must be unchanged). A state holding non-finite values is never
-  checkpointed, and ``max_nonfinite`` non-finite losses in a row stop the run (exit 1);
+  settings that define the run, :data:`RUN_DEFINING`, must be unchanged). A state holding
+  non-finite values is never checkpointed, and ``max_nonfinite`` non-finite losses in a row
+  stop the run (exit 1);
 * ``checkpoints_best/``: the checkpoint (same items) of the validation with the highest
   mAP50-95 so far (``checkpoint.keep_best``); ``DIR/checkpoints_best`` serves as weights
   (``load_weights``, ``yolojax.val --weights``) like DIR itself, which gives the latest;
