@@ -2,6 +2,9 @@
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -259,3 +262,37 @@ def test_fast_scale_translate_matches_the_warp():
         fast, fast_boxes = scale_translate_layers(images, sizes, tiles, boxes, np.arange(4), s, offset, (128, 128))
         assert np.abs(exact.astype(int) - fast).mean() < 5
         np.testing.assert_allclose(fast_boxes.clip(0, 128), warp_boxes(boxes, m, False).clip(0, 128), atol=1.0)
+
+
+_SHARED_MEMORY_SCRIPT = """
+import sys
+import jax
+from yolojax.data import make_train_iterator
+
+def run(data_yaml, consumed):
+    batches = make_train_iterator(data_yaml, imgsz=64, batch_size=4, epochs=2, max_boxes=8, workers=2,
+                                  process_index=0, process_count=1)
+    for _ in range(consumed):
+        placed = jax.device_put(next(batches.iterator))  # JAX keeps the buffers it placed until exit
+    batches.close()
+
+if __name__ == "__main__":
+    run(sys.argv[1], int(sys.argv[2]))
+    print("done")
+"""
+
+
+@pytest.mark.parametrize("consumed", [3, 12])  # stopped early (batches still prefetched), all of them
+def test_worker_shared_memory_is_not_reported_leaked(broken_yaml, tmp_path, consumed):
+    """Batches from worker processes come in shared memory: neither the ones the run used (still
+    referenced by JAX at exit) nor the ones prefetched but never used leak ("resource_tracker:
+    There appear to be N leaked shared_memory objects")."""
+    script = tmp_path / "run.py"  # worker processes are spawned: the script must be importable
+    script.write_text(_SHARED_MEMORY_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get(
+        "PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(broken_yaml), str(consumed)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+    assert "leaked shared_memory" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -226,3 +226,78 @@ def test_rectangles_batch():
     np.testing.assert_array_equal(noisy["boxes"], batch["boxes"])
     with pytest.raises(ValueError):
         rectangles_batch(1, 64, num_classes=4)
+
+
+def warning_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_split_paths_refused_in_one_line_naming_field_and_path(tmp_path):
+    from yolojax.data.data_yaml import split_paths
+
+    yaml_path = write_synthetic_dataset(tmp_path / "ds", num_train=2, num_val=1, size_range=(32, 48))
+    for text, split, message in [
+        ("val: images/vall", "val", f"{yaml_path}: 'val:' path {tmp_path / 'ds' / 'images' / 'vall'} does not exist"),
+        ("val:", "val", f"{yaml_path}: 'val:' names no images"),
+        ("val: images/val", "test", f"{yaml_path}: 'test:' names no images"),
+    ]:
+        raw = yaml.safe_load(Path(yaml_path).read_text())
+        raw.update(yaml.safe_load(text))
+        Path(yaml_path).write_text(yaml.safe_dump(raw))
+        with pytest.raises(ValueError) as err:
+            yolo_source(yaml_path, split)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+    assert split_paths(load_data_yaml(yaml_path), "train") == (str((tmp_path / "ds" / "images" / "train").resolve()),)
+
+
+def test_skipped_files_and_list_lines_are_named(tmp_path, caplog):
+    yaml_path = write_synthetic_dataset(tmp_path / "ds", num_train=3, num_val=2, size_range=(32, 48))
+    train_dir = tmp_path / "ds" / "images" / "train"
+    (train_dir / "clip.mp4").write_bytes(b"\0")
+    (train_dir / "notes.txt").write_text("x")
+    (train_dir / "README").write_text("x")
+    listing = tmp_path / "ds" / "val.txt"
+    listing.write_text("./images/val/00000.jpg\n./images/val/clip.mov\n\n./images/val/missing.jpg\n")
+    caplog.set_level(logging.INFO)
+    assert len(list_image_files(str(train_dir))) == 3
+    warnings = warning_lines(caplog)
+    assert len(warnings) == 1 and f"{train_dir}: 3 files skipped, not images" in warnings[0]
+    for name in ("clip.mp4", "notes.txt", "README"):
+        assert str(train_dir / name) in warnings[0]
+    caplog.clear()
+    assert [Path(p).name for p in list_image_files(str(listing))] == ["00000.jpg", "missing.jpg"]
+    warnings = warning_lines(caplog)
+    assert len(warnings) == 1 and f"{listing}: 1 lines skipped" in warnings[0]
+    assert f"{listing}:2: ./images/val/clip.mov" in warnings[0]
+    # a listed image that is not there is named by the label scan with its reason
+    raw = yaml.safe_load(Path(yaml_path).read_text())
+    Path(yaml_path).write_text(yaml.safe_dump({**raw, "val": "val.txt"}))
+    caplog.clear()
+    source = yolo_source(yaml_path, "val", use_cache=False)
+    assert len(source) == 1
+    assert any(f"{tmp_path / 'ds' / 'images' / 'val' / 'missing.jpg'}: ignoring corrupt image/label: image file does "
+               "not exist" in w for w in warning_lines(caplog))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_split_without_labels_warns_why_its_metrics_are_zero(tmp_path, caplog, split):
+    yaml_path = write_synthetic_dataset(tmp_path / "ds", num_train=3, num_val=2, size_range=(32, 48))
+    labels = tmp_path / "ds" / "labels" / split
+    for f in sorted(labels.glob("*.txt")):
+        f.rename(f.with_suffix(".TXT"))  # as some labelling tools name them
+    caplog.set_level(logging.INFO)
+    source = yolo_source(yaml_path, split)
+    assert len(source) == (3 if split == "train" else 2) and len(source.labels.classes) == 0
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert sum("label scan" in m for m in infos) == 1
+    warnings = warning_lines(caplog)
+    assert len(warnings) == 1, warnings
+    first = sorted((tmp_path / "ds" / "images" / split).glob("*.jpg"))[0]
+    assert warnings[0].startswith(f"no labels found in the {split} split of ")
+    assert f"e.g. {first} has no label file {labels / first.with_suffix('.txt').name}" in warnings[0]
+    effect = "training learns no objects" if split == "train" else "precision, recall and mAP are 0"
+    assert effect in warnings[0]
+    caplog.clear()
+    other = "val" if split == "train" else "train"
+    yolo_source(yaml_path, other)  # a labelled split: no warning
+    assert warning_lines(caplog) == []

@@ -37,7 +37,9 @@ from ultralytics.engine.trainer import BaseTrainer  # noqa: E402
 from ultralytics.utils import callbacks as ul_callbacks  # noqa: E402
 
 from yolojax.models import YOLOv8  # noqa: E402
-from yolojax.train.optim import hyperparams, make_recipe, param_groups  # noqa: E402
+from yolojax.train.optim import (  # noqa: E402
+    describe_recipe, hyperparams, make_recipe, param_groups, resolved_settings,
+)
 
 MAX_ITERS = 300
 # hyperparams() returns float32 (it feeds optax's float32 hyperparameters); ultralytics keeps
@@ -254,6 +256,28 @@ def test_recipe_matches_trainer_setup(case):
         assert wd == (recipe.weight_decay if name == "weight" else 0.0), name
     if cfg["optimizer"] == "auto":
         assert (s["optimizer"], s["lr0"], s["warmup_bias_lr"]) == ("AdamW", round(0.01 / (4 + cfg["nc"]), 6), 0.0)
+
+
+def test_resolved_settings_are_what_the_trainer_used(case):
+    """What train prints and records in config.json ("resolved") equals what ultralytics' _setup_train
+    used; optimizer=auto first says which configured values it replaced."""
+    _, cfg, log, recipe = case
+    s = log.setup
+    resolved = resolved_settings(recipe)
+    assert {k: resolved[k] for k in ("optimizer", "lr0", "momentum", "accumulate", "warmup_iters", "warmup_bias_lr",
+                                     "iters_per_epoch")} == {k: s[k] for k in (
+        "optimizer", "lr0", "momentum", "accumulate", "warmup_iters", "warmup_bias_lr", "iters_per_epoch")}
+    assert resolved["weight_decay"] == s["groups"]["weight"][2]
+    configured = {"lr0": cfg.get("lr0", 0.01), "momentum": cfg.get("momentum", 0.937), "weight_decay": 5e-4}
+    lines = describe_recipe(recipe, optimizer=cfg["optimizer"], **configured)
+    assert len(lines) == (2 if cfg["optimizer"] == "auto" else 1)
+    if cfg["optimizer"] == "auto":
+        assert lines[0] == (f"optimizer=auto chose {s['optimizer']} with lr0={s['lr0']:g} and momentum="
+                            f"{s['momentum']:g} for this run, in place of the configured lr0=0.01 and momentum=0.937 "
+                            "(set optimizer=SGD, Adam or AdamW to use those)")
+    assert (f"optimizer {s['optimizer']}: lr0 {s['lr0']:g}, momentum {s['momentum']:g}, weight_decay "
+            f"{s['groups']['weight'][2]:g} (0.0005 scaled") in lines[-1]
+    assert f"gradients of {s['accumulate']} batch(es) per update, warmup {s['warmup_iters']} iterations" in lines[-1]
 
 
 def test_steps_used_recorded_values(case):

@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import yaml
 
 from yolojax.checkpoint import complete_steps, is_train_workdir, latest_complete_step
 
@@ -80,12 +81,20 @@ def final_state(workdir, step):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, data_yaml, env):
+    """The 3-epoch run the other tests compare with, run as a user runs it: 2 worker processes,
+    JAX free to probe for accelerators; its stderr is kept in stderr.txt beside the workdir."""
     workdir = tmp_path_factory.mktemp("reference")
     t0 = time.time()
-    proc = run(workdir, data_yaml, env)
+    user_env = {k: v for k, v in env.items() if k != "JAX_PLATFORMS"}
+    proc = run(workdir, data_yaml, user_env, "--config.data.workers=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    reference_stderr(workdir).write_text(proc.stderr)
     print(f"reference run: {time.time() - t0:.1f}s")
     return workdir
+
+
+def reference_stderr(workdir: Path) -> Path:
+    return workdir.with_name(workdir.name + ".stderr.txt")
 
 
 def read_tfrecords(path):
@@ -227,6 +236,130 @@ def test_end_to_end_three_epochs(reference_run):
     assert info["num_classes"] == 6 and info["scale"] == "n"
 
 
+def test_run_output_says_each_thing_once_and_no_noise(reference_run):
+    """A normal run shows the label-scan summary once per split (not at every validation), what
+    optimizer=auto resolved once, no warning, no library noise (JAX's TPU probe, Grain's shared
+    memory at exit); config.json records the resolved values."""
+    # Orbax's note when a save waits for the previous one: this run checkpoints every 2 steps.
+    err = "".join(line + "\n" for line in reference_stderr(reference_run).read_text().splitlines()
+                  if not line.startswith("WARNING absl: Waiting for previous save to complete"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert sum("label scan" in line for line in lines) == 2, err  # train and val; 3 validations ran
+    assert sum("optimizer=auto chose AdamW with lr0=0.001 and momentum=0.9" in line for line in lines) == 1, err
+    for noise in ("WARNING", "Traceback", "leaked shared_memory", "Unable to initialize backend", "absl"):
+        assert noise not in err, (noise, err)
+    assert lines[-1].startswith("done: 9 steps")
+    resolved = json.loads((reference_run / "config.json").read_text())["resolved"]
+    # 24 images, batch 8, 6 classes, 3 epochs: AdamW at round(0.002 * 5 / (4 + 6), 6), accumulate
+    # round(64 / 8) = 8 batches, decay 5e-4 * 8 * 8 / 64, warmup round(min(3, 3 - 1) * 3) iterations.
+    assert resolved == {"optimizer": "AdamW", "lr0": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
+                        "accumulate": 8, "warmup_iters": 6, "warmup_bias_lr": 0.0, "iters_per_epoch": 3,
+                        "num_classes": 6, "val_batch_size": 8}
+
+
+@pytest.mark.parametrize("split, value, message", [
+    ("val", "images/vall", "'val:' path {root}/images/vall does not exist"),
+    ("val", None, "'val:' names no images; give a folder, a .txt list of image paths, or a list of those"),
+    ("train", "images/trian", "'train:' path {root}/images/trian does not exist"),
+])
+def test_bad_split_refused_within_seconds(tmp_path, data_yaml, env, split, value, message):
+    raw = yaml.safe_load(Path(data_yaml).read_text())
+    bad_yaml = Path(data_yaml).with_name(f"bad_{split}_{value}.yaml".replace("/", "_"))
+    bad_yaml.write_text(yaml.safe_dump({**raw, split: value}))
+    t0 = time.time()
+    proc = run(tmp_path / "w", bad_yaml, env, timeout=120)
+    elapsed = time.time() - t0
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    expected = f"yolojax.train: error: {bad_yaml}: " + message.format(root=Path(data_yaml).parent)
+    assert errors == [expected], proc.stderr[-2000:]
+    assert elapsed < 30, elapsed  # before the label scan, the model and the compile (~5 s on 2 cores)
+    assert not (tmp_path / "w").exists()
+
+
+def test_unwritable_workdir_and_plot_output_refused(tmp_path, monkeypatch):
+    from yolojax.train.preflight import ConfigError, check_plot_output, check_writable
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=f"workdir {blocker / 'w'} is not writable"):
+        check_writable(blocker / "w")
+    check_writable(tmp_path / "new" / "w")
+    assert list((tmp_path / "new" / "w").iterdir()) == []
+    check_plot_output(tmp_path)
+    assert list(tmp_path.glob(".yolojax-plot-check*")) == []
+    from matplotlib.figure import Figure
+
+    def broken(*a, **k):
+        raise RuntimeError("no usable font")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(ConfigError, match=f"results.png cannot be drawn in {tmp_path}: RuntimeError: no usable font"):
+        check_plot_output(tmp_path)
+
+
+_BROKEN_VALIDATION = """
+import sys
+import yolojax.train.run as run
+
+def broken(*args, **kwargs):
+    raise RuntimeError("validation broke")
+
+run._validate = broken
+sys.argv = ["yolojax.train", *sys.argv[1:]]
+run.main()
+"""
+
+
+def test_failing_validation_keeps_the_epoch_checkpoint(reference_run, tmp_path, data_yaml, env):
+    workdir = tmp_path / "broken_val"
+    cmd = [sys.executable, "-c", _BROKEN_VALIDATION, *args(workdir, data_yaml, "--config.checkpoint.every_steps=0")[3:]]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert f"validation at step {STEPS_PER_EPOCH} failed; the checkpoint of step {STEPS_PER_EPOCH} is kept" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert "RuntimeError: validation broke" in proc.stderr
+    assert complete_steps(workdir / "checkpoints") == [STEPS_PER_EPOCH]
+    np.testing.assert_array_equal(final_state(workdir, STEPS_PER_EPOCH)["step"], STEPS_PER_EPOCH)
+
+
+def test_resume_and_weights_fall_back_from_a_damaged_checkpoint(reference_run, tmp_path, data_yaml, env, caplog):
+    from yolojax.convert import load_weights
+
+    total = STEPS_PER_EPOCH * EPOCHS
+    workdir = tmp_path / "damaged"
+    shutil.copytree(reference_run, workdir)
+    steps = complete_steps(workdir / "checkpoints")
+    assert steps[-1] == total
+    data_files = sorted((workdir / "checkpoints" / str(total) / "state" / "d").iterdir())
+    assert data_files
+    for f in data_files:  # truncated after it was written
+        with f.open("r+b") as handle:
+            handle.truncate(f.stat().st_size // 2)
+    previous = steps[-2]
+    variables, _ = load_weights(workdir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= 30]
+    assert len(warnings) == 1 and f"checkpoints/{total} is damaged" in warnings[0], warnings
+    assert f"using step {previous}" in warnings[0]
+    ema = final_state(reference_run, previous)["ema"]
+    for a, b in zip(jax.tree.leaves(ema["params"]), jax.tree.leaves(variables["params"])):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+
+    proc = run(workdir, data_yaml, env, "--config.data.workers=2")  # as the reference run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and f"checkpoints/{total} is damaged" in warnings[0], proc.stderr[-3000:]
+    assert f"resumed from {workdir}/checkpoints/{previous}" in proc.stderr
+    for noise in ("Traceback", "Event loop is closed", "never awaited", "Exception ignored"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert [p.name.split(".")[0] for p in (workdir / "checkpoints_damaged").iterdir()] == [str(total)]
+    assert complete_steps(workdir / "checkpoints")[-1] == total
+    ref, got = final_state(reference_run, total), final_state(workdir, total)
+    for key in ("params", "batch_stats", "ema", "opt_state"):
+        for a, b in zip(jax.tree.leaves(ref[key]), jax.tree.leaves(got[key])):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
+
+
 def test_best_checkpoint_is_the_best_validation(reference_run):
     from yolojax.checkpoint import RunCheckpointer
     from yolojax.convert import load_weights
@@ -321,6 +454,7 @@ def test_resume_with_other_settings_refused(reference_run, tmp_path, data_yaml, 
     assert len(errors) == 1, proc.stderr[-2000:]
     assert "holds a run with other settings" in errors[0]
     assert "imgsz: 128 -> 160" in errors[0] and "batch_size: 8 -> 4" in errors[0]
+    assert "data.workers: 2 -> 0" in errors[0]  # the reference run's data position is the 2 workers'
     assert "Traceback" not in proc.stderr
     assert {name: (workdir / name).read_bytes() for name in before} == before
     assert complete_steps(workdir / "checkpoints") == complete_steps(reference_run / "checkpoints")

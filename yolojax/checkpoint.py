@@ -16,16 +16,27 @@ when complete (then ``_CHECKPOINT_METADATA`` and ``commit_success.txt`` exist). 
 complete steps are ever taken as the latest (:func:`complete_steps`): a step directory
 left by an interrupted write (a ``*.orbax-checkpoint-tmp-*`` directory, or a step
 directory without its commit files) is ignored, and moved out of the way before new saves.
+
+A complete step whose files were damaged afterwards (a data file truncated or deleted, a
+JSON item unreadable) fails to read: resuming (:meth:`RunCheckpointer.restore_newest_intact`)
+and loading weights (:func:`load_workdir_weights`) then take the newest step that reads,
+with one warning naming the damaged steps; a resumed run moves them to
+``<directory>_damaged/`` so that it can save those steps again. When no step reads,
+:class:`CheckpointError` says so in one line.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -39,6 +50,13 @@ STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "grad_accum", "las
                 "ema_updates")
 _COMMIT_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
 _TMP_MARK = ".orbax-checkpoint-tmp"
+_MAX_REASON = 300  # characters of a read error quoted in a message
+
+T = TypeVar("T")
+
+
+class CheckpointError(ValueError):
+    """No complete checkpoint under a directory can be read; the message is one line."""
 
 
 def state_arrays(state: Any) -> dict[str, Any]:
@@ -86,19 +104,92 @@ def incomplete_entries(directory: str | os.PathLike) -> list[Path]:
     return sorted(out)
 
 
+def _move_aside(entry: Path, kind: str) -> Path:
+    """Move ``entry`` (a step directory) to ``<its directory>_<kind>/<name>.<time>-<pid>``."""
+    dest_root = entry.parent.parent / f"{entry.parent.name}_{kind}"
+    dest_root.mkdir(parents=True, exist_ok=True)
+    dest = dest_root / f"{entry.name}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    shutil.move(str(entry), str(dest))
+    return dest
+
+
 def quarantine_incomplete(directory: str | os.PathLike) -> list[Path]:
     """Move :func:`incomplete_entries` to ``<directory>_incomplete/`` (never deleted, never
     read again); returns their new paths."""
-    root = Path(directory)
     moved = []
-    for entry in incomplete_entries(root):
-        dest_root = root.parent / f"{root.name}_incomplete"
-        dest_root.mkdir(parents=True, exist_ok=True)
-        dest = dest_root / f"{entry.name}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for entry in incomplete_entries(directory):
+        dest = _move_aside(entry, "incomplete")
         logger.warning("checkpoint %s is incomplete (interrupted write); moved to %s", entry, dest)
-        shutil.move(str(entry), str(dest))
         moved.append(dest)
     return moved
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= _MAX_REASON else line[:_MAX_REASON] + "..."
+
+
+def _drop_closed_loop_callbacks(unraisable: Any) -> None:
+    """``sys.unraisablehook`` that drops what a failed Orbax read leaves behind.
+
+    Orbax reads a step's arrays with tensorstore inside an asyncio loop of its own. When one
+    read fails, the loop is closed while the other reads are still in flight: each of their
+    completion callbacks then reports ``RuntimeError: Event loop is closed``, and each read
+    coroutine, closed unfinished (``GeneratorExit``), raises again when it is collected (a
+    traceback each, after the real error was handled). Those are dropped; every other
+    unraisable exception goes to the previous hook.
+    """
+    error = unraisable.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    closed_read = inspect.iscoroutine(unraisable.object) and isinstance(
+        error.__cause__ or error.__context__, GeneratorExit)
+    if closed_loop or closed_read:
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _quiet_failed_read_callbacks() -> None:
+    """Install :func:`_drop_closed_loop_callbacks` (once, for the rest of the process: the
+    callbacks arrive after the failed read returned)."""
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _drop_closed_loop_callbacks:
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _drop_closed_loop_callbacks
+
+
+def read_newest_intact(directory: str | os.PathLike, read: Callable[[int], T]) -> tuple[int, T, list[tuple[int, str]]]:
+    """``read(step)`` of the newest complete step under ``directory`` that reads without error.
+
+    Returns ``(step, read(step), damaged)`` with ``damaged`` the newer steps that failed, as
+    ``(step, first line of the error)``, newest first. Raises :class:`CheckpointError` (one
+    line naming the directory and each step's error) when no step reads or there is none; a
+    :class:`CheckpointError` that ``read`` raises (a step that reads but cannot serve) passes
+    through.
+    """
+    damaged: list[tuple[int, str]] = []
+    for step in reversed(complete_steps(directory)):
+        try:
+            return step, read(step), damaged
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any other failure to read means the step is damaged
+            _quiet_failed_read_callbacks()
+            damaged.append((step, _first_line(e)))
+    if not damaged:
+        raise CheckpointError(f"{directory} holds no complete checkpoint")
+    raise CheckpointError(f"no intact checkpoint in {directory}: " + "; ".join(
+        f"step {step} is damaged ({reason})" for step, reason in damaged))
+
+
+def damaged_message(directory: str | os.PathLike, damaged: list[tuple[int, str]], used_step: int) -> str:
+    """One line: which steps of ``directory`` are damaged (with the first error) and the step used."""
+    names = ", ".join(str(Path(directory) / str(step)) for step, _ in damaged)
+    were = "is" if len(damaged) == 1 else "are"
+    return f"checkpoint {names} {were} damaged ({damaged[0][1]}); using step {used_step} instead"
 
 
 class RunCheckpointer:
@@ -183,6 +274,36 @@ class RunCheckpointer:
         self.last_saved_step = step
         return state.replace(**restored["state"]), dict(restored["meta"])
 
+    def restore_newest_intact(self, state: Any, iterator: Any, shardings: Any | None = None) -> tuple[Any, dict] | None:
+        """:meth:`restore` the newest complete step that reads (None when there is none).
+
+        Newer steps whose files fail to read (:func:`read_step`) are named in one warning and
+        moved to ``<directory>_damaged/`` (process 0), so the resumed run saves those steps
+        anew. Raises :class:`CheckpointError` when no complete step reads, or when the newest
+        step that reads cannot be restored into ``state`` / ``iterator`` (the message says why).
+        """
+        if self.latest_step() is None:
+            return None
+
+        def restore_or_tell(step: int) -> tuple[Any, dict]:
+            try:
+                return self.restore(step, state, iterator, shardings)
+            except Exception as e:
+                _quiet_failed_read_callbacks()
+                read_step(self.directory / str(step))  # raises when the files are damaged
+                raise CheckpointError(f"{self.directory}/{step} reads but cannot be restored into this run: "
+                                      f"{type(e).__name__}: {_first_line(e)}") from e
+
+        step, (state, meta), damaged = read_newest_intact(self.directory, restore_or_tell)
+        if damaged:
+            logger.warning("%s; moved to %s_damaged/", damaged_message(self.directory, damaged, step),
+                           self.directory.name)
+            if jax.process_index() == 0:
+                for bad_step, _ in damaged:
+                    _move_aside(self.directory / str(bad_step), "damaged")
+            self.manager.reload()
+        return state, meta
+
     def wait(self) -> None:
         """Block until the save in flight (if any) is complete on disk."""
         self.manager.wait_until_finished()
@@ -213,7 +334,15 @@ class BestCheckpointer:
         self.step = self.checkpointer.latest_step()
         self.value = -float("inf")
         if self.step is not None:
-            value = self.checkpointer.read_meta(self.step).get("val", {}).get(metric)
+            try:
+                value = self.checkpointer.read_meta(self.step).get("val", {}).get(metric)
+            except Exception as e:  # noqa: BLE001 - a damaged best is replaced by the next validation
+                _quiet_failed_read_callbacks()
+                dest = _move_aside(self.directory / str(self.step), "damaged") if jax.process_index() == 0 else None
+                logger.warning("checkpoint %s/%d is damaged (%s); moved to %s: the next validation sets the best",
+                               self.directory, self.step, _first_line(e), dest)
+                self.checkpointer.manager.reload()
+                self.step, value = None, None
             self.value = float(value) if value is not None else -float("inf")
 
     @property
@@ -255,39 +384,62 @@ def is_train_workdir(path: str | os.PathLike) -> bool:
     return p.is_dir() and _checkpoints_dir(p) is not None
 
 
-def load_workdir_weights(path: str | os.PathLike) -> tuple[dict, dict]:
-    """The EMA weights of the latest complete checkpoint of a train workdir (``path`` is the
-    workdir, its ``checkpoints/``, or its ``checkpoints_best/`` for the best validation's
-    weights), as float32 numpy ``{"params", "batch_stats"}`` on the host, and the model info
-    (scale, num_classes, names, reg_max) recorded with it."""
-    import json
+def _read_json_item(item_dir: Path) -> dict:
+    """The JSON of an Orbax JsonSave item (its ``metadata`` file)."""
+    return json.loads((item_dir / "metadata").read_text())
 
+
+def _read_arrays(state_dir: Path, keys: tuple[str, ...] | None = None) -> dict:
+    """The state arrays of a step (only ``keys`` at the top level, when given) as numpy, read
+    without a template."""
     import orbax.checkpoint as ocp
 
+    # The handler's metadata: the checkpointer's also looks for a step-level metadata file in
+    # state/ (it is one level up) and logs a warning that it is missing.
+    tree = ocp.PyTreeCheckpointHandler().metadata(state_dir)
+    item = {k: tree[k] for k in keys} if keys else dict(tree)
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(
+            state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=bool(keys)))
+
+
+def read_step(step_dir: str | os.PathLike) -> None:
+    """Read every item of a checkpoint step without a template (the JSON items parse, every
+    state array loads); raises what the reading raises, e.g. for a truncated or deleted file."""
+    step_dir = Path(step_dir)
+    for item in ("meta", "config"):
+        _read_json_item(step_dir / item)
+    for data_json in sorted((step_dir / "data").glob("process_*.json")):
+        json.loads(data_json.read_text())
+    _read_arrays(step_dir / "state")
+
+
+def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
+    """The EMA weights (float32 numpy) and model info of one checkpoint step directory."""
+    meta = _read_json_item(step_dir / "meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
+        raise ValueError(f"{step_dir}/meta: missing model info")
+    info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    ema = jax.tree.map(lambda x: np.asarray(x, np.float32), _read_arrays(step_dir / "state", ("ema",))["ema"])
+    return {"params": ema["params"], "batch_stats": ema["batch_stats"]}, info
+
+
+def load_workdir_weights(path: str | os.PathLike) -> tuple[dict, dict]:
+    """The EMA weights of the newest intact checkpoint of a train workdir (``path`` is the
+    workdir, its ``checkpoints/``, or its ``checkpoints_best/`` for the best validation's
+    weights), as float32 numpy ``{"params", "batch_stats"}`` on the host, and the model info
+    (scale, num_classes, names, reg_max) recorded with it.
+
+    A newer step that fails to read (damaged after it was written) is named in one warning
+    and skipped; nothing is moved. Raises ``ValueError`` (:class:`CheckpointError` when every
+    complete step is damaged) in one line.
+    """
     root = Path(path).absolute()
     ckpt_dir = _checkpoints_dir(root)
     if ckpt_dir is None:
         raise ValueError(f"{root} holds no complete yolojax training checkpoint")
-    step_dir = ckpt_dir / str(latest_complete_step(ckpt_dir))
-    meta_files = sorted((step_dir / "meta").glob("*"))
-    meta = None
-    for f in meta_files:
-        if f.is_file():
-            try:
-                meta = json.loads(f.read_text())
-                break
-            except (OSError, json.JSONDecodeError):
-                continue
-    if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
-        raise ValueError(f"{step_dir}/meta: missing or unreadable model info")
-    info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(step_dir / "state").item_metadata
-        ema_meta = {"ema": metadata["ema"]}
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), ema_meta)
-        restored = checkpointer.restore(
-            step_dir / "state",
-            args=ocp.args.PyTreeRestore(item=ema_meta, restore_args=as_numpy, partial_restore=True),
-        )
-    ema = jax.tree.map(lambda x: np.asarray(x, np.float32), restored["ema"])
-    return {"params": ema["params"], "batch_stats": ema["batch_stats"]}, info
+    step, (variables, info), damaged = read_newest_intact(ckpt_dir, lambda s: _read_ema_weights(ckpt_dir / str(s)))
+    if damaged:
+        logger.warning("%s", damaged_message(ckpt_dir, damaged, step))
+    return variables, info

@@ -15,6 +15,10 @@ scale and trains from scratch; ``model=yolov8s.pt`` also starts from those weigh
 .pt, converted directory or train workdir whose name gives no scale: the scale it holds).
 As in ultralytics, runs go to ``project/name`` (runs/detect/train, train2, ... unless
 ``exist_ok=True``; ``resume=True`` reuses the directory, which yolojax resumes from).
+
+Also the helpers every command shares: one-line usage errors (:class:`OneLineErrorParser`,
+:func:`error_line`), output checks (:func:`ensure_writable_dir`) and the log lines a command
+shows (:func:`configure_logging`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ import difflib
 import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -43,6 +52,66 @@ def error_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def ensure_writable_dir(directory: str | os.PathLike, what: str) -> None:
+    """Create ``directory`` (with its parents) and write and remove a file in it, so that a
+    command refuses an output location before its work rather than after.
+
+    Raises:
+      ValueError: one line, ``{what} {directory} is not writable: {reason}``.
+    """
+    folder = Path(directory)
+    probe = folder / f".yolojax-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{what} {folder} is not writable: {e.strerror or e}") from None
+
+
+class _ShownRecords(logging.Filter):
+    """yolojax's INFO lines (scan summaries, skipped files, resolved settings) and every
+    library's warnings and errors; other libraries' INFO lines (e.g. JAX's "Unable to
+    initialize backend 'tpu'" probe on machines without a TPU) are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or (
+            record.levelno >= logging.INFO and (record.name == "yolojax" or record.name.startswith("yolojax.")))
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes each line to the current ``sys.stderr``, above any active tqdm progress bar
+    instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise (as logging.StreamHandler)
+            self.handleError(record)
+
+
+def configure_logging() -> logging.Handler:
+    """Route log records to stderr as ``LEVEL logger: message``, one line each, above the
+    progress bar: yolojax's INFO and up, other libraries' WARNING and up.
+
+    Replaces the handler absl.app.run installs on the root logger (it prefixes each line with
+    a timestamp, thread id and source line) and one installed by an earlier call; other
+    handlers stay. Returns the installed handler.
+    """
+    from absl import logging as absl_logging
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, (_TqdmHandler, absl_logging.ABSLHandler)):
+            root.removeHandler(old)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_ShownRecords())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
 
 
 # ultralytics train argument -> yolojax config field (configs/base.py). Every other config
@@ -239,8 +308,7 @@ def run_train(args: Sequence[str]) -> int:
     from yolojax.train.run import NonFiniteLossError, train
 
     config, workdir = train_config(args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # as python -m yolojax.train: no orbax internals
+    configure_logging()
     try:
         summary = train(config, workdir)
     except NonFiniteLossError as e:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from yolojax.cli import OneLineErrorParser, error_line
+from yolojax.cli import OneLineErrorParser, configure_logging, error_line
 from yolojax.onnx_runtime import INSTALL_HINT
 from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
 
@@ -201,9 +201,8 @@ def export(weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
 
 def show_progress() -> None:
     """Print this module's progress lines (INFO) on stderr, and only warnings from other libraries
-    (jax2onnx and orbax log their internals at INFO)."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logger.setLevel(logging.INFO)
+    (jax2onnx and orbax log their internals at INFO): :func:`yolojax.cli.configure_logging`."""
+    configure_logging()
 
 
 def build_parser() -> OneLineErrorParser:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from yolojax.cli import OneLineErrorParser
+from yolojax.cli import OneLineErrorParser, configure_logging, ensure_writable_dir
 from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
 
 logger = logging.getLogger(__name__)
@@ -365,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reexec_with_hugepage_malloc()
     args = build_parser().parse_args(argv)
     enable_compilation_cache(args.compile_cache)
+    configure_logging()
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")
@@ -378,12 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--batch must be >= 1 and --imgsz a positive multiple of 32")
         if not (0 <= args.conf <= 1 and 0 <= args.iou <= 1):
             raise ValueError("--conf and --iou must be within [0, 1]")
+        for flag, folder in (("--json", args.json and Path(args.json).parent), ("--plots", args.plots),
+                             ("--predictions", args.predictions and Path(args.predictions).parent)):
+            if folder:
+                ensure_writable_dir(folder, f"{flag} folder")
         results = validate(args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf,
                            iou=args.iou, max_det=args.max_det, rect=args.rect, split=args.split,
                            workers=args.workers, plots_dir=args.plots, images=args.images,
                            predictions_json=args.predictions, categories_by_order=args.categories_by_order)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(json_results(results), indent=2))
     except Exception as e:  # noqa: BLE001 - one-line reason for any bad input
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

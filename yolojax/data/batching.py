@@ -54,6 +54,21 @@ def pad_labels(
     return {"boxes": out_boxes, "classes": out_classes, "mask": mask, NUM_BOXES_KEY: num_boxes}
 
 
+def unlink_on_arrival(batch: dict[str, Any]) -> dict[str, Any]:
+    """Main-process step: unlink the shared memory of every array a worker handed over.
+
+    The name goes now and the pages stay mapped until the array is freed (POSIX shm). Grain
+    would unlink it when the array is freed, but an array still referenced at exit (JAX on
+    CPU keeps the buffers of arrays placed from it until the backend shuts down) is never
+    unlinked, and Python's resource_tracker then reports "leaked shared_memory objects".
+    """
+    for value in batch.values():
+        if isinstance(value, SharedMemoryArray) and getattr(value, "_unlink_on_del", False):
+            value.shm.unlink()
+            value._unlink_on_del = False  # pylint: disable=protected-access - Grain would unlink it again
+    return batch
+
+
 class TruncationReporter:
     """Main-process step: logs images with more than max_boxes boxes and drops the count key.
 

@@ -43,7 +43,7 @@ from yolojax.data.label_scan import (
     verify_array_labels,
 )
 from yolojax.data.label_table import LabelTable
-from yolojax.data.sources import FileDetectionSource
+from yolojax.data.sources import FileDetectionSource, warn_if_unlabelled
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def open_coco_json(
     kept_paths = [p for _, p, _ in kept]
     report = _report(scan.report, kept_paths, labels, dropped)
     log_report(report, where)
+    warn_if_unlabelled(labels, kept_paths, where, None)
     source = FileDetectionSource(kept_paths, labels, [hw for _, _, hw in kept], names,
                                  image_ids=np.array([im["id"] for im, _, _ in kept], np.int64), report=report)
     category_ids = {cls: cid for cid, cls in id_to_class.items()}

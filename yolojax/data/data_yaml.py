@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
+logger = logging.getLogger(__name__)
+
+_MAX_NAMED = 20  # skipped files named per folder or list
 IMAGE_SUFFIXES = frozenset(
     {"avif", "bmp", "dng", "heic", "heif", "jp2", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp"}
 )
@@ -116,8 +120,66 @@ def load_data_yaml(yaml_path: str | os.PathLike) -> DataSpec:
     return DataSpec(yaml_path=yaml_path, root=root, splits=splits, names=_names_from_yaml(raw, yaml_path))
 
 
+def split_paths(spec: DataSpec, split: str) -> tuple[str, ...]:
+    """The absolute paths of ``split`` ('train', 'val', 'test'), each checked to exist.
+
+    Raises:
+      ValueError: one line naming the yaml, the field and the path: the split names no path
+        (e.g. an empty ``val:``), or a path does not exist (e.g. a mistyped ``images/vall``).
+    """
+    paths = spec.splits.get(split)
+    if not paths:
+        raise ValueError(f"{spec.yaml_path}: '{split}:' names no images; give a folder, a .txt list of image "
+                         "paths, or a list of those")
+    for path in paths:
+        if not os.path.exists(path):
+            raise ValueError(f"{spec.yaml_path}: '{split}:' path {path} does not exist")
+    return paths
+
+
+def _folder_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(image files, other files) under ``folder``, recursively; hidden files are not listed."""
+    images, others = [], []
+    for f in glob.glob(str(Path(glob.escape(str(folder))) / "**" / "*"), recursive=True):
+        if f.rpartition(".")[-1].lower() in IMAGE_SUFFIXES and "." in os.path.basename(f):
+            images.append(f)
+        elif os.path.isfile(f):
+            others.append(f)
+    return images, others
+
+
+def _list_file_entries(list_file: Path) -> tuple[list[str], list[str]]:
+    """(image paths, skipped lines) of a .txt list: lines starting with ``./`` are relative to
+    its folder; a skipped line reads ``FILE:LINE: ENTRY``."""
+    parent = str(list_file.parent) + os.sep
+    images, skipped = [], []
+    with open(list_file, encoding="utf-8-sig") as f:
+        lines = f.read().strip().splitlines()
+    for number, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry:
+            continue
+        path = entry.replace("./", parent, 1) if entry.startswith("./") else entry
+        if path.rpartition(".")[-1].lower() in IMAGE_SUFFIXES and "." in os.path.basename(path):
+            images.append(path)
+        else:
+            skipped.append(f"{list_file}:{number}: {entry}")
+    return images, skipped
+
+
+def _log_skipped(where: Path, skipped: list[str], what: str) -> None:
+    if skipped:
+        shown = ", ".join(skipped[:_MAX_NAMED]) + (f" and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED
+                                                 else "")
+        logger.warning("%s: %d %s skipped, not images (the suffix is not one of %s): %s", where, len(skipped), what,
+                       ", ".join(sorted(IMAGE_SUFFIXES)), shown)
+
+
 def list_image_files(paths: str | Sequence[str]) -> list[str]:
     """All image files under folders (recursively) and in .txt lists, sorted like ultralytics.
+
+    Files and list lines that are not images (by suffix, e.g. videos, notes, label files) are
+    skipped with one warning per folder or list naming them (the first 20).
 
     Args:
       paths: a folder, a .txt file of image paths, or a list of those.
@@ -132,15 +194,15 @@ def list_image_files(paths: str | Sequence[str]) -> list[str]:
     for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         p = Path(p)
         if p.is_dir():
-            found += glob.glob(str(Path(glob.escape(str(p))) / "**" / "*.*"), recursive=True)
+            images, others = _folder_files(p)
+            _log_skipped(p, sorted(others), "files")
         elif p.is_file():
-            parent = str(p.parent) + os.sep
-            with open(p, encoding="utf-8-sig") as f:
-                lines = f.read().strip().splitlines()
-            found += [x.replace("./", parent, 1) if x.startswith("./") else x for x in lines]
+            images, others = _list_file_entries(p)
+            _log_skipped(p, others, "lines")
         else:
             raise FileNotFoundError(f"{p} does not exist")
-    images = sorted(x.replace("/", os.sep) for x in found if x.rpartition(".")[-1].lower() in IMAGE_SUFFIXES)
+        found += images
+    images = sorted(x.replace("/", os.sep) for x in found)
     if not images:
         raise FileNotFoundError(f"no images found in {paths}")
     return images

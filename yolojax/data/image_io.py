@@ -32,8 +32,32 @@ def decode_image_rgb(data: bytes | np.ndarray) -> np.ndarray | None:
         return None
     if image is None:
         return None
+    return as_rgb_uint8(image)
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """An in-memory image as uint8 (H, W, 3) RGB, for the model's [0, 255] input.
+
+    Accepted: dtype uint8 (values 0-255) or uint16 (0-65535, scaled to 8 bits by keeping the
+    high byte, as 16-bit image files are read); shape (H, W, 3) RGB, or (H, W) / (H, W, 1) grey
+    (repeated to 3 channels). A uint8 (H, W, 3) array is returned as it is.
+
+    Raises:
+      ValueError: in one line, for any other dtype (e.g. float: convert first, such as
+        ``(x * 255).round().astype(np.uint8)`` for values in [0, 1]) or shape.
+    """
+    image = np.asarray(image)
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"image array of dtype {image.dtype} is not supported: give uint8 (0-255) or uint16 "
+                         f"(0-65535) RGB; e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"image array of shape {image.shape} is not supported: give (H, W, 3) RGB or (H, W) grey")
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
     return image
 
 

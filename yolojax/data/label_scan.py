@@ -170,6 +170,8 @@ def check_label_rows(
 
 
 def _verify_image(image_path: str) -> tuple[int, int]:
+    if not os.path.isfile(image_path):
+        raise LabelError("image file does not exist")
     image = read_image_rgb(image_path)
     if image is None:
         raise LabelError("image cannot be read or decoded")
@@ -370,10 +372,11 @@ def scan_yolo_split(
     cache = scan_cache_path(label_paths)
     key = files_hash(list(label_paths) + list(image_paths), extra=f"{CACHE_VERSION}:nc={num_classes}")
     result = load_scan_cache(cache, key) if use_cache else None
-    where = f"{cache} (cached)" if result is not None else str(cache.parent)
+    labels_dir = Path(label_paths[0]).parent
+    where = f"{labels_dir} (cached in {cache.name})" if result is not None else str(labels_dir)
     if result is None:
         verdicts = run_scan(list(zip(image_paths, label_paths, [num_classes] * len(image_paths))),
-                            verify_yolo_pair, desc=f"Scanning {cache.parent}")
+                            verify_yolo_pair, desc=f"Scanning {labels_dir}")
         result = collect_verdicts(verdicts)
         if use_cache and result.image_paths:
             save_scan_cache(cache, result, key)

@@ -3,16 +3,18 @@
 Graph: ``MapDataset.range(start_step, num_steps)`` -> ``.map(batch builder)`` (decode,
 augment / letterbox, pad to max_boxes; runs in the worker processes) ->
 ``to_iter_dataset`` (threads, prefetch) -> ``mp_prefetch`` (``workers`` processes) ->
-``.map`` in the main process (logs truncated box counts). Every batch is a pure function of
-(arguments, step), so the iterator state is just the position and restoring it with
-``set_state`` continues exactly, with or without worker processes. A state is relative to
-the iterator's ``start_step``: restore it into an iterator built with the same arguments.
+``.map`` in the main process (unlinks the workers' shared memory on arrival, logs truncated
+box counts). Every batch is a pure function of (arguments, step), so the iterator state is
+just the position and restoring it with ``set_state`` continues exactly, with or without
+worker processes. A state is relative to the iterator's ``start_step``: restore it into an
+iterator built with the same arguments.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import numpy as np
 from absl import flags
 
 from yolojax.data.augment_config import AugmentConfig
-from yolojax.data.batching import TruncationReporter
+from yolojax.data.batching import TruncationReporter, unlink_on_arrival
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources import DetectionSource, yolo_source
@@ -68,8 +70,14 @@ class Batches:
         return step // self.steps_per_epoch
 
     def close(self) -> None:
-        """Stop worker processes."""
+        """Stop worker processes and free the shared memory of the batches they had prefetched.
+
+        Grain's closed iterator keeps those batches in reference cycles; collecting them now
+        unlinks their shared memory, which Python's resource_tracker would otherwise report
+        at exit as "leaked shared_memory objects" (and unlink itself).
+        """
         self.iterator.close()
+        gc.collect()
 
 
 def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -122,6 +130,7 @@ def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: in
             grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
             worker_init_fn=_init_worker,
         )
+        stream = stream.map(unlink_on_arrival)
     return iter(stream.map(TruncationReporter(max_boxes)))
 
 

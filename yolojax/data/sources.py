@@ -15,16 +15,19 @@ them into its worker processes.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from yolojax.data.data_yaml import image_to_label_paths, list_image_files, load_data_yaml
+from yolojax.data.data_yaml import image_to_label_paths, list_image_files, load_data_yaml, split_paths
 from yolojax.data.image_io import read_image_rgb
 from yolojax.data.label_scan import ScanReport, scan_yolo_split
 from yolojax.data.label_table import LabelTable
+
+logger = logging.getLogger(__name__)
 
 
 class DetectionSource(Protocol):
@@ -99,8 +102,26 @@ class FileDetectionSource:
         }
 
 
+def warn_if_unlabelled(labels: LabelTable, image_paths: Sequence[str], where: str, split: str | None,
+                       example: str = "") -> bool:
+    """Warn when not one image of a split has a label: training then learns no objects and
+    validation metrics are all zero (ultralytics: "No labels found ... cannot compute
+    metrics"). ``example`` may point at where a label was looked for. Returns whether it warned."""
+    if len(labels.classes) or not len(image_paths):
+        return False
+    effect = {"train": "training learns no objects",
+              None: "training learns no objects and validation metrics are 0"}.get(
+        split, "precision, recall and mAP are 0, as there is nothing to compare the detections with")
+    logger.warning("no labels found in %s%s (%d images%s): %s", f"the {split} split of " if split else "", where,
+                   len(image_paths), f"; {example}" if example else "", effect)
+    return True
+
+
 def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: bool = True) -> FileDetectionSource:
     """The `split` of an ultralytics data.yaml as a source, after the (cached) label scan.
+
+    The scan's summary and every skipped file are logged, and a split without any label is
+    warned about (:func:`warn_if_unlabelled`).
 
     Args:
       data_yaml: path to the data.yaml.
@@ -109,11 +130,24 @@ def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: b
 
     Returns:
       A :class:`FileDetectionSource` of the images that passed the scan.
+
+    Raises:
+      ValueError: one line naming the yaml and the split: it names no path, a path does not
+        exist (:func:`yolojax.data.data_yaml.split_paths`), no image was found or none passed
+        the scan.
     """
     spec = load_data_yaml(data_yaml)
-    if split not in spec.splits:
-        raise ValueError(f"{data_yaml} has no '{split}' split (has {sorted(spec.splits)})")
-    image_paths = list_image_files(spec.splits[split])
-    scan = scan_yolo_split(image_paths, image_to_label_paths(image_paths), spec.num_classes, use_cache=use_cache)
+    paths = split_paths(spec, split)
+    try:
+        image_paths = list_image_files(paths)
+    except FileNotFoundError as e:
+        raise ValueError(f"{spec.yaml_path}: '{split}:' {e}") from None
+    label_paths = image_to_label_paths(image_paths)
+    scan = scan_yolo_split(image_paths, label_paths, spec.num_classes, use_cache=use_cache)
+    example = ""
+    if scan.report.missing:
+        missing = scan.report.missing_files[0]
+        example = f"e.g. {missing} has no label file {label_paths[image_paths.index(missing)]}"
+    warn_if_unlabelled(scan.labels, scan.image_paths, ", ".join(paths), split, example)
     return FileDetectionSource(scan.image_paths, scan.labels, scan.shapes_hw, spec.names,
                                has_polygons=scan.has_polygons, report=scan.report)

@@ -124,6 +124,31 @@ def make_recipe(
     )
 
 
+def resolved_settings(recipe: Recipe) -> dict[str, Any]:
+    """The optimisation values a run derives from its config (``optimizer='auto'``'s choice,
+    the accumulation, the scaled weight decay, the warmup length), as JSON-able numbers."""
+    return {"optimizer": recipe.optimizer, "lr0": recipe.lr0, "momentum": recipe.momentum,
+            "weight_decay": recipe.weight_decay, "accumulate": recipe.accumulate,
+            "warmup_iters": recipe.warmup_iters, "warmup_bias_lr": recipe.warmup_bias_lr,
+            "iters_per_epoch": recipe.iters_per_epoch}
+
+
+def describe_recipe(recipe: Recipe, *, optimizer: str, lr0: float, momentum: float, weight_decay: float) -> list[str]:
+    """Lines telling the user what :func:`make_recipe` resolved: with ``optimizer='auto'`` first
+    that the configured ``lr0`` and ``momentum`` are replaced (ultralytics prints the same
+    notice), then the optimiser, lr0, momentum, scaled weight decay, accumulation and warmup."""
+    lines = []
+    if optimizer == "auto":
+        lines.append(f"optimizer=auto chose {recipe.optimizer} with lr0={recipe.lr0:g} and momentum="
+                     f"{recipe.momentum:g} for this run, in place of the configured lr0={lr0:g} and "
+                     f"momentum={momentum:g} (set optimizer=SGD, Adam or AdamW to use those)")
+    lines.append(f"optimizer {recipe.optimizer}: lr0 {recipe.lr0:g}, momentum {recipe.momentum:g}, weight_decay "
+                 f"{recipe.weight_decay:g} ({weight_decay:g} scaled by batch_size x accumulate / nbs), gradients of "
+                 f"{recipe.accumulate} batch(es) per update, warmup {recipe.warmup_iters} iterations "
+                 f"(bias lr from {recipe.warmup_bias_lr:g})")
+    return lines
+
+
 def _lf(recipe: Recipe, epoch: int) -> float:
     """ultralytics' ``lf(epoch)`` in Python floats (float64), as its trainer evaluates it."""
     if recipe.cos_lr:

@@ -14,15 +14,22 @@ fresh initialisation) and the jit train step, then trains with a progress bar. I
   images_per_s, nonfinite_total) and ``val/<key>`` for every validation row key (mAP50,
   mAP50-95, precision, recall), at the row's step; view them with
   ``tensorboard --logdir DIR`` (the ``tensorboard`` package, not a yolojax dependency);
-* ``checkpoints/``: Orbax steps (every ``checkpoint.every_steps``, each epoch end and the
-  end of the run; SIGTERM / SIGINT save and exit 0); re-running with the same DIR resumes
-  from the latest complete checkpoint at the exact data position (settings that define the
-  run, :data:`RUN_DEFINING`, must be unchanged). A state holding non-finite values is never
-  checkpointed, and ``max_nonfinite`` non-finite losses in a row stop the run (exit 1);
+* ``checkpoints/``: Orbax steps (every ``checkpoint.every_steps``, each epoch end, before
+  that epoch's validation, and the end of the run; SIGTERM / SIGINT save and exit 0);
+  re-running with the same DIR resumes from the newest intact checkpoint at the exact data
+  position (a damaged newer one is named in a warning and moved to ``checkpoints_damaged/``;
+  settings that define the run, :data:`RUN_DEFINING`, must be unchanged). A state holding
+  non-finite values is never checkpointed, and ``max_nonfinite`` non-finite losses in a row
+  stop the run (exit 1);
 * ``checkpoints_best/``: the checkpoint (same items) of the validation with the highest
   mAP50-95 so far (``checkpoint.keep_best``); ``DIR/checkpoints_best`` serves as weights
   (``load_weights``, ``yolojax.val --weights``) like DIR itself, which gives the latest;
-* ``config.json`` and ``results.png`` (losses, lr and validation curves; needs matplotlib).
+* ``config.json`` (the config, and under ``"resolved"`` the values derived from it, also
+  logged once: :func:`yolojax.train.optim.resolved_settings`, the class count, the val batch)
+  and ``results.png`` (losses, lr and validation curves).
+
+Before the first step everything is checked (:mod:`yolojax.train.preflight`): the config, the
+data.yaml splits, the weights, the workdir and the plot output.
 
 Only process 0 writes metrics.jsonl, tensorboard/, config.json and results.png. On resume,
 metrics and TensorBoard events past the resumed step are dropped (they are redone).
@@ -41,15 +48,12 @@ from pathlib import Path
 from typing import Any
 
 from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
+from yolojax.train.preflight import ConfigError, check_plot_output, check_split_paths, check_writable, open_split
 
 logger = logging.getLogger("yolojax.train")
 
 DTYPES = ("float32", "bfloat16")
 SCALES = ("n", "s", "m", "l", "x")
-
-
-class ConfigError(ValueError):
-    """A config, dataset or weights file that cannot serve; reported as one line."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -143,7 +147,9 @@ RUN_DEFINING = ("model", "weights", "dtype", "imgsz", "batch_size", "epochs", "s
 def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
     """Refuse to resume a workdir whose checkpoint was written with other run settings."""
     diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in RUN_DEFINING if saved.get(k) != current.get(k)]
-    for k in ("yaml", "max_boxes", "mosaic_pool", "synthetic"):
+    # data.workers: the saved data position (Grain's iterator state) has another form with
+    # worker processes, and per worker count.
+    for k in ("yaml", "max_boxes", "mosaic_pool", "synthetic", "workers"):
         if saved.get("data", {}).get(k) != current.get("data", {}).get(k):
             diffs.append(f"data.{k}: {saved.get('data', {}).get(k)!r} -> {current.get('data', {}).get(k)!r}")
     if diffs:
@@ -382,10 +388,10 @@ def compile_first_step(step_fn, state, batch, bar) -> tuple[Any, Any, float]:
     return state, metrics, seconds
 
 
-def _validate(config, data_yaml, variables, info, batch_size):
+def _validate(config, val_source, variables, info, batch_size):
     from yolojax.val import validate
 
-    return validate(data=data_yaml, variables=variables, info=info, imgsz=config.imgsz, batch=batch_size,
+    return validate(data=val_source, variables=variables, info=info, imgsz=config.imgsz, batch=batch_size,
                     conf=config.val.conf, iou=config.val.iou, max_det=config.val.max_det, rect=config.val.rect,
                     workers=0, verbose=False)
 
@@ -395,17 +401,19 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
     Returns a summary: final step, total steps, last metrics, the signal that stopped it
     (or None), the latest and the best complete checkpoint steps (None when there is none).
-    Raises :class:`ConfigError` for settings, datasets or weights that cannot serve
-    (before any training) and :class:`NonFiniteLossError`.
+    Raises :class:`ConfigError` for settings, datasets, weights or a workdir that cannot
+    serve (before any training: :mod:`yolojax.train.preflight`), and
+    :class:`NonFiniteLossError`.
     """
     import jax
     import jax.numpy as jnp
 
-    from yolojax.checkpoint import BEST_DIR, CHECKPOINTS_DIR, BestCheckpointer, RunCheckpointer
+    from yolojax.checkpoint import BEST_DIR, CHECKPOINTS_DIR, BestCheckpointer, CheckpointError, RunCheckpointer
     from yolojax.data import AugmentConfig, make_train_iterator
     from yolojax.loss import DetectionLoss
     from yolojax.models import YOLOv8
     from yolojax.train import TrainState, make_recipe
+    from yolojax.train.optim import describe_recipe, resolved_settings
 
     check_config(config)
     enable_compilation_cache(config.compile_cache)
@@ -418,6 +426,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     num_classes = len(names)
     if config.model.num_classes not in (-1, 0, num_classes):
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {data_yaml} has {num_classes} classes")
+    check_split_paths(data_yaml, ("train", "val") if config.val.enabled else ("train",))
 
     pretrained, scale = None, config.model.scale
     if config.weights:
@@ -434,18 +443,21 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     process_index, process_count = jax.process_index(), jax.process_count()
     if config.batch_size % process_count:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
+    is_main = process_index == 0
+    check_writable(workdir)
+    if is_main:
+        check_plot_output(workdir)
+    train_source = open_split(data_yaml, "train")
+    val_source = open_split(data_yaml, "val") if config.val.enabled else None
     try:
         batches = make_train_iterator(
-            str(data_yaml), imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
+            train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
             aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes, workers=config.data.workers,
             threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
             process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool)
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"dataset {data_yaml}: {e}") from None
     dataset_size = len(batches.source)
-    if dataset_size == 0:
-        batches.close()
-        raise ConfigError(f"dataset {data_yaml}: no usable training images")
     steps_per_epoch = batches.steps_per_epoch
     total_steps = batches.num_steps if not config.max_steps else min(config.max_steps, batches.num_steps)
 
@@ -455,6 +467,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         momentum=config.momentum, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
         warmup_momentum=config.warmup_momentum, warmup_bias_lr=config.warmup_bias_lr, cos_lr=config.cos_lr,
         nbs=config.nbs)
+    for line in describe_recipe(recipe, optimizer=config.optimizer, lr0=config.lr0, momentum=config.momentum,
+                                weight_decay=config.weight_decay):
+        logger.info("%s", line)
+    val_batch = config.val.batch_size or 2 * config.batch_size
+    config_dict["resolved"] = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": val_batch}
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=config.model.reg_max, dtype=dtype)
     info = {"scale": scale, "num_classes": num_classes, "names": names, "reg_max": config.model.reg_max}
@@ -473,24 +490,26 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
                             dfl=config.dfl)
     step_fn, state, shardings, place = _make_step(config, loss_fn, state)
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    is_main = process_index == 0
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=1) + "\n")
     ckpt = RunCheckpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep,
                            async_save=config.checkpoint.async_save)
     start_step, nonfinite_total = 0, 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, meta = ckpt.restore(latest, state, batches.iterator, shardings)
+    try:
+        resumed = ckpt.restore_newest_intact(state, batches.iterator, shardings)
+    except CheckpointError as e:
+        ckpt.close()
+        batches.close()
+        raise ConfigError(f"cannot resume: {e}") from None
+    if resumed is not None:
+        state, meta = resumed
         start_step = int(meta["step"])
         nonfinite_total = int(meta.get("nonfinite_total", 0))
-        logger.info("resumed from %s/%s/%d", workdir, CHECKPOINTS_DIR, latest)
+        logger.info("resumed from %s/%s/%d", workdir, CHECKPOINTS_DIR, start_step)
     assert int(jax.device_get(state.step)) == start_step, "checkpoint step mismatch"
     log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
     tensorboard = TensorBoardLog(workdir / "tensorboard", start_step, enabled=is_main)
 
-    val_batch = config.val.batch_size or 2 * config.batch_size
     best_ckpt = None
     if config.checkpoint.keep_best and config.val.enabled:
         best_ckpt = BestCheckpointer(workdir / BEST_DIR, BEST_METRIC, start_step,
@@ -502,23 +521,31 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         return {"step": step, "epoch": step // steps_per_epoch, "nonfinite_total": nonfinite_total,
                 "info": info, "total_steps": total_steps, "time": time.time()}
 
-    def save(step: int, val_row: dict | None) -> None:
-        """Checkpoint ``step`` (and into checkpoints_best/ when ``val_row`` improves on
-        BEST_METRIC), unless the weights hold non-finite values."""
+    def save(step: int) -> bool:
+        """Checkpoint ``step`` unless the weights hold non-finite values; returns whether it saved."""
         tensorboard.flush()
         if not bool(state_is_finite((state.params, state.batch_stats, state.ema))):
             logger.warning("step %d: the weights hold non-finite values: not checkpointed (latest stays step %s)",
                            step, ckpt.latest_step())
-            return
+            return False
         ckpt.save(step, state, batches.iterator, meta_for(step), config_dict)
-        if best_ckpt is not None and val_row is not None and best_ckpt.offer(
-                step, val_row, state, batches.iterator, meta_for(step), config_dict):
+        return True
+
+    def offer_best(step: int, val_row: dict) -> None:
+        """Save ``step`` into checkpoints_best/ when ``val_row`` improves on BEST_METRIC."""
+        if best_ckpt is not None and best_ckpt.offer(step, val_row, state, batches.iterator, meta_for(step),
+                                                     config_dict):
             logger.info("step %d: best %s so far (%.4g): saved in %s", step, BEST_METRIC, best_ckpt.value,
                         best_ckpt.directory)
 
     def run_validation(step: int, epoch: int) -> dict:
         row = {"epoch": epoch, "step": step}
-        results = _validate(config, str(data_yaml), jax.device_get(state.ema), info, val_batch)
+        try:
+            results = _validate(config, val_source, jax.device_get(state.ema), info, val_batch)
+        except Exception:
+            logger.error("validation at step %d failed; the checkpoint of step %d is kept: re-running resumes "
+                         "after it", step, step)
+            raise
         for k in ("mAP50", "mAP50-95", "precision", "recall"):
             row[k] = _finite_or_none(float(results[k]))
         return row
@@ -590,19 +617,21 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             if epoch_end or periodic or step == total_steps or stop.signum is not None:
                 consume(*pending)
                 pending = None
-            val_row = None
+            saved = False
+            if epoch_end or periodic or step == total_steps or stop.signum is not None:
+                saved = save(step)  # before validation: a failing validation never loses it
             if epoch_end or step == total_steps:
                 epoch = (step - 1) // steps_per_epoch
                 if config.val.enabled and ((epoch + 1) % config.val.every_epochs == 0 or step == total_steps):
-                    row = val_row = run_validation(step, epoch)
+                    row = run_validation(step, epoch)
                     log.write(row)
                     tensorboard.write(row, "val")
                     if bar is not None:
                         bar.write("epoch %d step %d: %s" % (epoch + 1, step, ", ".join(
                             f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step") and v is not None)))
                     last_row = {**last_row, **row}
-            if epoch_end or periodic or step == total_steps or stop.signum is not None:
-                save(step, val_row)
+                    if saved:
+                        offer_best(step, row)
             if stop.signum is not None:
                 stopped_by = stop.signum
                 break
@@ -637,6 +666,8 @@ def main() -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
+    from yolojax.cli import configure_logging
+
     config_flag = config_flags.DEFINE_config_file(
         "config", None, "Python config file with get_config() (e.g. configs/yolov8s.py); override fields with "
         "--config.FIELD=VALUE", lock_config=True)
@@ -646,8 +677,7 @@ def main() -> None:
     def run(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        logging.getLogger("absl").setLevel(logging.WARNING)
+        configure_logging()
         try:
             summary = train(config_flag.value, flags.FLAGS.workdir)
         except (ConfigError, NonFiniteLossError) as e:

@@ -1,0 +1,69 @@
+"""What a train run checks before its first step.
+
+Each refusal is a :class:`ConfigError` whose message is one line naming the field, file or
+directory, raised before the model is built and compiled: a data.yaml split that names no
+path or a path that does not exist (checked in well under a second, before any image is
+read), a workdir that cannot be written, results.png that cannot be drawn, a split in which
+no image passes the label scan. The splits are opened once per run (the label-scan summary
+and every skipped file are logged once each), and validation reuses the opened val split.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config, dataset or weights file that cannot serve; reported as one line."""
+
+
+def check_split_paths(data_yaml: str | os.PathLike, splits: tuple[str, ...]) -> None:
+    """Every path of each of ``splits`` exists (:func:`yolojax.data.data_yaml.split_paths`);
+    reads only the yaml and the file system's entries for those paths."""
+    from yolojax.data.data_yaml import load_data_yaml, split_paths
+
+    try:
+        spec = load_data_yaml(data_yaml)
+        for split in splits:
+            split_paths(spec, split)
+    except (OSError, TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def open_split(data_yaml: str | os.PathLike, split: str) -> Any:
+    """The ``split`` of ``data_yaml`` as a source (:func:`yolojax.data.yolo_source`): the label
+    scan runs (or its cache loads), its summary and skipped files are logged, a split without
+    labels is warned about."""
+    from yolojax.data import yolo_source
+
+    try:
+        return yolo_source(data_yaml, split)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+
+
+def check_writable(workdir: Path) -> None:
+    """``workdir`` exists (it is created) and a file can be written in it."""
+    from yolojax.cli import ensure_writable_dir
+
+    try:
+        ensure_writable_dir(workdir, "workdir")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_plot_output(workdir: Path) -> None:
+    """matplotlib draws a figure and saves it as PNG in ``workdir`` (as results.png will be):
+    its import and the Agg PNG writer work (pyplot's global backend is left as it is)."""
+    probe = workdir / f".yolojax-plot-check-{os.getpid()}.png"
+    try:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(1, 1))
+        fig.add_subplot().plot([0, 1], [0, 1])
+        fig.savefig(probe, dpi=10)
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - any failure means results.png cannot be drawn
+        raise ConfigError(f"results.png cannot be drawn in {workdir}: {type(e).__name__}: {e}") from None
