@@ -47,6 +47,7 @@ def test_yolojax_train_writes_the_config_of_the_python_m_form(tmp_path):
                        timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     written = json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())
+    assert written.pop("resolved")["iters_per_epoch"] == 2  # what the run resolved (4 images, batch 2)
     python_m = _python_m_train_config([
         "--config", str(ROOT / "configs" / "yolov8s.py"), f"--config.data.yaml={data}", "--config.epochs=2",
         "--config.imgsz=64", "--config.batch_size=2", "--config.max_steps=1", "--config.val.enabled=False",
