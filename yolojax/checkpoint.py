@@ -153,8 +153,9 @@ _previous_unraisablehook = sys.unraisablehook
 
 
 def _quiet_failed_read_callbacks() -> None:
-    """Install :func:`_drop_closed_loop_callbacks` (once, for the rest of the process: the
-    callbacks arrive after the failed read returned)."""
+    """Install :func:`_drop_closed_loop_callbacks` before a read that may fail (once, for the
+    rest of the process: tensorstore's threads can report the callbacks before the failed read
+    has even raised, or long after it returned)."""
     global _previous_unraisablehook
     if sys.unraisablehook is not _drop_closed_loop_callbacks:
         _previous_unraisablehook = sys.unraisablehook
@@ -171,13 +172,13 @@ def read_newest_intact(directory: str | os.PathLike, read: Callable[[int], T]) -
     through.
     """
     damaged: list[tuple[int, str]] = []
+    _quiet_failed_read_callbacks()
     for step in reversed(complete_steps(directory)):
         try:
             return step, read(step), damaged
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - any other failure to read means the step is damaged
-            _quiet_failed_read_callbacks()
             damaged.append((step, _first_line(e)))
     if not damaged:
         raise CheckpointError(f"{directory} holds no complete checkpoint")
@@ -289,7 +290,6 @@ class RunCheckpointer:
             try:
                 return self.restore(step, state, iterator, shardings)
             except Exception as e:
-                _quiet_failed_read_callbacks()
                 read_step(self.directory / str(step))  # raises when the files are damaged
                 raise CheckpointError(f"{self.directory}/{step} reads but cannot be restored into this run: "
                                       f"{type(e).__name__}: {_first_line(e)}") from e
@@ -334,10 +334,10 @@ class BestCheckpointer:
         self.step = self.checkpointer.latest_step()
         self.value = -float("inf")
         if self.step is not None:
+            _quiet_failed_read_callbacks()
             try:
                 value = self.checkpointer.read_meta(self.step).get("val", {}).get(metric)
             except Exception as e:  # noqa: BLE001 - a damaged best is replaced by the next validation
-                _quiet_failed_read_callbacks()
                 dest = _move_aside(self.directory / str(self.step), "damaged") if jax.process_index() == 0 else None
                 logger.warning("checkpoint %s/%d is damaged (%s); moved to %s: the next validation sets the best",
                                self.directory, self.step, _first_line(e), dest)
