@@ -5,8 +5,9 @@
 yolojax: one jit-compiled ``train_step`` (forward, v8 loss, backward, SGD-Nesterov update,
 EMA) with an update on every batch. ultralytics: ``model(batch)`` (forward + v8DetectionLoss),
 ``loss.sum().backward()``, gradient clipping, ``SGD.step()``, ``zero_grad()`` and its ModelEMA
-update, in fp32 on the same CPU threads. Runs alternate; the table shows median seconds per
-step and the ratio ultralytics / yolojax (> 1: yolojax is faster). Needs the [dev] extra.
+update, in fp32 on the same CPU. Each runs in its own process (tools/side_by_side.py) and the
+two alternate step by step; the table shows median seconds per step and the ratio
+ultralytics / yolojax (> 1: yolojax is faster). Needs the [dev] extra.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
-import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from side_by_side import Worker, alternate
 from yolojax.runtime import reexec_with_hugepage_malloc
 
 
@@ -81,8 +82,39 @@ def ultralytics_step_fn(scale: str, batch: dict, imgsz: int):
     return step
 
 
+def yolojax_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int) -> Callable[[], None]:
+    """A closure running one yolojax ``train_step`` (state kept between calls), fp32."""
+    from yolojax.loss import DetectionLoss
+    from yolojax.models import YOLOv8
+    from yolojax.train import TrainState, make_recipe, make_train_step
+
+    model = YOLOv8(scale=scale, num_classes=80)
+    variables = jax.jit(model.init, static_argnames="train")(
+        jax.random.key(0), jnp.zeros((1, imgsz, imgsz, 3)), train=False)
+    recipe = make_recipe(epochs=100, batch_size=batch, dataset_size=10_000, num_classes=80, optimizer="SGD",
+                         warmup_epochs=0)
+    state = [TrainState.create(model.apply, variables, dataclasses.replace(recipe, accumulate=1))]
+    step = make_train_step(DetectionLoss(80))
+    device_batch = jax.device_put(random_batch(batch, imgsz, 80, boxes, max_boxes or None))
+
+    def run() -> None:
+        state[0], metrics = step(state[0], device_batch)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def ultralytics_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int,
+                     threads: int) -> Callable[[], None]:
+    """:func:`ultralytics_step_fn` on the same batch, with ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return ultralytics_step_fn(scale, random_batch(batch, imgsz, 80, boxes, max_boxes or None), imgsz)
+
+
 def main() -> None:
-    reexec_with_hugepage_malloc()  # as yolojax's commands do (the torch side gets it too)
+    reexec_with_hugepage_malloc()  # as yolojax's commands do; both workers inherit it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
     parser.add_argument("--batch", type=int, default=8)
@@ -95,47 +127,25 @@ def main() -> None:
 
     import torch
 
-    from yolojax.loss import DetectionLoss
-    from yolojax.models import YOLOv8
-    from yolojax.train import TrainState, make_recipe, make_train_step
-
-    torch.set_num_threads(args.threads)
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
-          f"with {torch.get_num_threads()} threads; batch {args.batch} at {args.imgsz}, {args.boxes} boxes per "
-          f"image in {args.max_boxes or args.boxes} rows; load average {os.getloadavg()[0]:.2f}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} with "
+          f"{args.threads} threads; batch {args.batch} at {args.imgsz}, {args.boxes} boxes per image in "
+          f"{args.max_boxes or args.boxes} rows; each in its own process; load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':8} {'compile s':>9} {'yolojax s':>9} {'ultralytics s':>13} {'ratio':>6}")
     ratios = []
+    shape = (args.batch, args.imgsz, args.boxes, args.max_boxes)
     for scale in args.scales:
-        batch = random_batch(args.batch, args.imgsz, 80, args.boxes, args.max_boxes or None)
-        model = YOLOv8(scale=scale, num_classes=80)
-        variables = jax.jit(model.init, static_argnames="train")(
-            jax.random.key(0), jnp.zeros((1, args.imgsz, args.imgsz, 3)), train=False
-        )
-        recipe = make_recipe(epochs=100, batch_size=args.batch, dataset_size=10_000,
-                             num_classes=80, optimizer="SGD", warmup_epochs=0)
-        state = TrainState.create(model.apply, variables, dataclasses.replace(recipe, accumulate=1))
-        step = make_train_step(DetectionLoss(80))
-        device_batch = jax.device_put(batch)
-        t0 = time.perf_counter()
-        state, metrics = step(state, device_batch)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - t0
-        torch_step = ultralytics_step_fn(scale, batch, args.imgsz)
-        torch_step()  # warm-up
-        jax_times, torch_times = [], []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            state, metrics = step(state, device_batch)
-            jax.block_until_ready(metrics)
-            jax_times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            torch_step()
-            torch_times.append(time.perf_counter() - t0)
-        jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
+        ours = Worker(yolojax_step, scale, *shape)
+        theirs = Worker(ultralytics_step, scale, *shape, args.threads)
+        compile_s = ours.first_run_seconds()
+        theirs.first_run_seconds()
+        jax_s, torch_s = alternate(ours, theirs, args.rounds)
+        ours.close()
+        theirs.close()
         ratios.append(torch_s / jax_s)
         print(f"yolov8{scale:2} {compile_s:>9.1f} {jax_s:>9.2f} {torch_s:>13.2f} {torch_s / jax_s:>6.2f}",
               flush=True)
-    print(f"geometric-mean ratio (ultralytics / yolojax): {float(np.exp(np.mean(np.log(ratios)))):.2f}")
+    print(f"geometric-mean ratio (ultralytics / yolojax): {float(np.exp(np.mean(np.log(ratios)))):.2f}; "
+          f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
