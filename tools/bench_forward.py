@@ -56,7 +56,7 @@ def main() -> None:
     import torch
 
     from yolojax.convert import load_ultralytics
-    from yolojax.models import YOLOv8
+    from yolojax.models import yolov8_from_info
 
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
@@ -69,7 +69,7 @@ def main() -> None:
             torch_model, ckpt = _ultralytics_checkpoint(scale, Path(tmp))
             torch_model.fuse(verbose=False)
             variables, info = load_ultralytics(ckpt)
-            model = YOLOv8(scale=info["scale"], num_classes=info["num_classes"])
+            model = yolov8_from_info(info)
             forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
             variables = jax.device_put(variables)
             for batch in args.batches:

@@ -6,7 +6,7 @@ validation's step is kept the same way in ``WORKDIR/checkpoints_best/<step>/``):
     state/   the TrainState arrays (params, batch_stats, opt_state, grad_accum, step,
              last_opt_step, ema, ema_updates), Orbax StandardSave (OCDBT)
     data/    the Grain iterator state (grain.checkpoint.CheckpointSave), one JSON per process
-    meta/    JSON: step, epoch, counters, model info (scale, num_classes, names, reg_max);
+    meta/    JSON: step, epoch, counters, model info (scale, num_classes, names, reg_max, cls_width);
              in checkpoints_best/ also ``val``, the validation row that made it the best
     config/  JSON: the run's ConfigDict
 
@@ -281,6 +281,8 @@ def load_workdir_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
         raise ValueError(f"{step_dir}/meta: missing or unreadable model info")
     info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    if isinstance(meta["info"].get("cls_width"), int):
+        info["cls_width"] = meta["info"]["cls_width"]
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(step_dir / "state").item_metadata
         ema_meta = {"ema": metadata["ema"]}

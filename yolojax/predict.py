@@ -1,11 +1,12 @@
 """Prediction on images, folders or globs: boxes in original pixels, annotated copies, JSON.
 
     python -m yolojax.predict --weights yolov8n.pt --source bus.jpg --out runs/predict
-        [--conf 0.25 --iou 0.7 --imgsz 640 --max-det 300 --rect --agnostic]
+        [--conf 0.25 --iou 0.7 --imgsz 640 --max-det 300 --no-rect --agnostic]
 
-As ultralytics predict (8.4): the image is letterboxed to imgsz x imgsz (scaled up or down,
-centred, pad 114; ``--rect``: only the minimum padding to a multiple of the stride, like
-ultralytics' ``rect=True``), the model runs in fp32 on [0, 1] RGB, NMS keeps each box's
+As ultralytics predict (8.4, ``YOLO(...).predict()`` and ``yolo predict``): the image is
+letterboxed to the minimum rectangle (scaled up or down so its long side is imgsz, centred,
+pad 114, padded only to a multiple of the stride: ultralytics' default ``rect=True``;
+``--no-rect``: to imgsz x imgsz), the model runs in fp32 on [0, 1] RGB, NMS keeps each box's
 best class (conf 0.25, iou 0.7, max_det 300), and boxes are mapped back to original pixels
 with ultralytics' ``scale_boxes`` rounding and clipped to the image.
 
@@ -122,15 +123,15 @@ class Predictor:
       weights: ultralytics .pt or yolojax checkpoint directory (or give ``variables`` and ``info``).
       imgsz: letterbox size (multiple of 32).
       conf, iou, max_det, agnostic: NMS settings (ultralytics predict defaults).
-      rect: minimum padding to a stride multiple instead of a square imgsz canvas.
+      rect: minimum padding to a stride multiple (ultralytics' default); False: a square imgsz canvas.
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, variables: Any = None,
                  info: Mapping[str, Any] | None = None, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                 max_det: int = 300, agnostic: bool = False, rect: bool = False):
+                 max_det: int = 300, agnostic: bool = False, rect: bool = True):
         import jax
 
-        from yolojax.models import YOLOv8
+        from yolojax.models import yolov8_from_info
         from yolojax.ops import non_max_suppression
 
         if variables is None or info is None:
@@ -147,7 +148,7 @@ class Predictor:
         self.names = list(info["names"])
         self.imgsz, self.rect = int(imgsz), bool(rect)
         self.variables = jax.device_put(variables)
-        model = YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)))
+        model = yolov8_from_info(info)
 
         @jax.jit
         def run(variables, images):
@@ -192,7 +193,7 @@ class Predictor:
 
 def predict(weights: str | os.PathLike, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
             conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-            rect: bool = False, save_images: bool = True) -> list[dict[str, Any]]:
+            rect: bool = True, save_images: bool = True) -> list[dict[str, Any]]:
     """Predict every image of ``source``; with ``out``, write annotated copies and predictions.json."""
     from yolojax.data.image_io import read_image_rgb
 
@@ -231,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640, help="letterbox size (multiple of 32)")
     p.add_argument("--max-det", type=int, default=300, help="detections per image")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
-    p.add_argument("--rect", action="store_true", help="minimum padding to a stride multiple")
+    p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
+                   help="minimum padding to a stride multiple, ultralytics' default (--no-rect: square imgsz canvas)")
     return p
 
 
