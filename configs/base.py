@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_classes = -1       # -1: from the dataset's names (must match when set)
     c.model.reg_max = 16
     c.weights = ""                 # '' (from scratch), an ultralytics .pt, a converted dir or a train workdir
+    c.cls_remap = True             # fine-tuning: copy pretrained class rows by class name (ultralytics' cls_remap)
     c.dtype = "float32"            # float32 | bfloat16 (compute dtype; params stay float32)
 
     # Data.
@@ -24,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.workers = 8             # Grain worker processes (0: in the main process)
     c.data.threads = 1             # batch-building threads per worker
     c.data.prefetch = 2            # batches buffered per worker
-    c.data.max_boxes = 100         # M, box rows per image
+    c.data.max_boxes = 0           # M, box rows per image; 0: from the label scan (no box dropped); N: a cap
     c.data.mosaic_pool = "batch"   # mosaic partners from the same 'batch' or the whole 'dataset'
     # Built-in synthetic shapes dataset: when root is set and data.yaml is empty, the dataset
     # is written there in YOLO format (once) and used as data.yaml.
@@ -83,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.val.batch_size = 0           # 0: 2 x batch_size (as ultralytics)
     c.val.conf = 0.001
     c.val.iou = 0.7
-    c.val.max_det = 300
+    c.val.max_det = 0              # 0: ultralytics' 300, raised to the most labels of one image
     c.val.rect = True              # ultralytics validates with rect batches during training
 
     # Parallelism.

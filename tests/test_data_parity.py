@@ -1,8 +1,11 @@
 """Agreement with ultralytics (the oracle, imported only here): validation letterbox and rect
-batches pixel for pixel, the COCO 91 -> 80 table, and mosaic + perspective statistics."""
+batches pixel for pixel, training samples for the same random draws (ultralytics' own
+transforms run with their draws recorded, then replayed into yolojax's), the COCO 91 -> 80
+table, and mosaic + perspective statistics."""
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +13,15 @@ import pytest
 from yolojax.data import AugmentConfig, make_train_iterator, make_val_iterator, yolo_source
 from yolojax.data.coco_json import COCO80_CATEGORY_IDS, coco91_to_coco80
 from yolojax.data.synthetic import SHAPE_NAMES, write_synthetic_dataset
+from yolojax.data.train_batches import load_image
+from yolojax.data.train_sample import draw_sample, render_sample, sample_boxes
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 _REASON = "ultralytics (the test oracle) not installed"
 get_cfg = pytest.importorskip("ultralytics.cfg", reason=_REASON).get_cfg
 coco91_to_coco80_class = pytest.importorskip("ultralytics.data.converter", reason=_REASON).coco91_to_coco80_class
 YOLODataset = pytest.importorskip("ultralytics.data.dataset", reason=_REASON).YOLODataset
+augment = pytest.importorskip("ultralytics.data.augment", reason=_REASON)
 
 LOCAL = {"process_index": 0, "process_count": 1}
 
@@ -27,11 +33,11 @@ def shapes_yaml(tmp_path_factory):
     return write_synthetic_dataset(root, num_train=48, num_val=11, size_range=(40, 260), max_shapes=6, seed=11)
 
 
-def ultralytics_dataset(yaml_path, split, imgsz, augment, rect=False, batch_size=4):
-    cfg = get_cfg(overrides={"imgsz": imgsz})
+def ultralytics_dataset(yaml_path, split, imgsz, augment, rect=False, batch_size=4, hyp=None, names=SHAPE_NAMES):
+    cfg = get_cfg(overrides={"imgsz": imgsz, **(hyp or {})})
     return YOLODataset(img_path=str(yaml_path.parent / "images" / split), imgsz=imgsz, augment=augment, hyp=cfg,
                        rect=rect, batch_size=batch_size, stride=32, pad=0.5 if rect else 0.0,
-                       data={"names": dict(enumerate(SHAPE_NAMES)), "channels": 3})
+                       data={"names": dict(enumerate(names)), "channels": 3})
 
 
 @pytest.mark.parametrize("rect", [True, False])
@@ -96,3 +102,200 @@ def test_mosaic_perspective_statistics_match_ultralytics(shapes_yaml):
     (n_theirs, a_theirs), (n_ours, a_ours) = box_statistics(their_boxes, imgsz), box_statistics(our_boxes, imgsz)
     assert n_ours == pytest.approx(n_theirs, rel=0.10), (n_ours, n_theirs)
     assert a_ours == pytest.approx(a_theirs, rel=0.10), (a_ours, a_theirs)
+
+
+# ----------------------------------------------------------------------------------------
+# Training samples for the same random draws.
+# ----------------------------------------------------------------------------------------
+
+
+class _RecordingRandom:
+    """Python's ``random`` as ultralytics.data.augment uses it, logging each draw as (kind, value)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def uniform(self, a, b):
+        value = random.uniform(a, b)
+        self.log.append(("uniform", value))
+        return value
+
+    def random(self):
+        value = random.random()
+        self.log.append(("random", value))
+        return value
+
+    def choices(self, population, k=1):  # Mosaic's partners from the buffer
+        value = random.choices(population, k=k)
+        self.log.append(("pick", list(value)))
+        return value
+
+    def randint(self, a, b):  # MixUp's partner
+        value = random.randint(a, b)
+        self.log.append(("pick", [value]))
+        return value
+
+    def __getattr__(self, name):
+        return getattr(random, name)
+
+
+class _RecordingNumpy:
+    """numpy for ultralytics.data.augment, with ``np.random.uniform`` / ``beta`` logged."""
+
+    def __init__(self, log):
+        outer = self
+
+        class _Random:
+            def uniform(self, low=0.0, high=1.0, size=None):
+                value = np.random.uniform(low, high, size)
+                outer.log.append(("uniform" if size is None else "uniform_n", value))
+                return value
+
+            def beta(self, a, b):
+                value = np.random.beta(a, b)
+                outer.log.append(("beta", value))
+                return value
+
+            def __getattr__(self, name):
+                return getattr(np.random, name)
+
+        self.log = log
+        self.random = _Random()
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+class ReplayRng:
+    """A stand-in for yolojax's record generator that hands out ultralytics' recorded draws in
+    order, failing on any draw of another kind (so the order of draws is checked too)."""
+
+    def __init__(self, log):
+        self.log, self.position = log, 0
+
+    def take(self, kind):
+        assert self.position < len(self.log), f"yolojax draws more than ultralytics ({kind})"
+        got, value = self.log[self.position]
+        assert got == kind, f"draw {self.position}: yolojax wants {kind}, ultralytics drew {got}"
+        self.position += 1
+        return value
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self.take("uniform" if size is None else "uniform_n")
+
+    def random(self):
+        return self.take("random")
+
+    def beta(self, a, b):
+        return self.take("beta")
+
+
+def ultralytics_sample(dataset, index, monkeypatch):
+    """dataset[index] through ultralytics' transforms, and the draws they made."""
+    log = []
+    with monkeypatch.context() as m:
+        m.setattr(augment, "random", _RecordingRandom(log))
+        m.setattr(augment, "np", _RecordingNumpy(log))
+        item = dataset[index]
+    return item, log
+
+
+def item_boxes_xyxy(item, imgsz):
+    cx, cy, w, h = item["bboxes"].numpy().T * imgsz
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).reshape(-1, 4)
+
+
+PIXEL_SHARE = 0.999  # pixels within +-1 level (per pixel, over its 3 channels)
+BOX_TOL_PX = 1e-3
+
+SAMPLE_CASES = {
+    "no mosaic": {"mosaic": 0.0},
+    "no mosaic, rotate + shear": {"mosaic": 0.0, "degrees": 15.0, "shear": 3.0, "flipud": 0.5},
+    "no mosaic, centred (every augmentation off)": {"mosaic": 0.0, "translate": 0.0, "scale": 0.0, "hsv_h": 0.0,
+                                                    "hsv_s": 0.0, "hsv_v": 0.0, "fliplr": 0.0},
+    "mosaic": {},
+    "mosaic + perspective": {"degrees": 10.0, "shear": 5.0, "perspective": 0.0005, "flipud": 0.5},
+    "mosaic + mixup": {"mixup": 1.0, "flipud": 0.5, "scale": 0.9},
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLE_CASES))
+def test_training_samples_equal_ultralytics_for_the_same_draws(shapes_yaml, case, monkeypatch):
+    """ultralytics' v8_transforms (its YOLODataset, draws recorded) and yolojax's draw -> boxes -> pixels
+    (the draws replayed): the same draw sequence, boxes within 1e-3 px, pixels within +-1 on >= 99.9%."""
+    imgsz, hyp = 160, SAMPLE_CASES[case]
+    theirs = ultralytics_dataset(shapes_yaml, "train", imgsz, augment=True, batch_size=16, hyp=hyp)
+    source = yolo_source(shapes_yaml, "train")
+    ours_of = {path: i for i, path in enumerate(source.image_paths)}
+    to_ours = lambda k: ours_of[theirs.im_files[k]]  # noqa: E731
+    loaded = {}
+
+    def load(i):
+        if i not in loaded:
+            loaded[i] = load_image(source, i, imgsz)
+        return loaded[i]
+
+    aug = AugmentConfig(**hyp)
+    random.seed(0)
+    np.random.seed(0)
+    shares, box_errors, boxes_seen = [], [], 0
+    for k in range(12):
+        index = (7 * k) % len(theirs)
+        item, log = ultralytics_sample(theirs, index, monkeypatch)
+        rng = ReplayRng(log)
+        pick = lambda r, n: [to_ours(j) for j in r.take("pick")]  # noqa: E731
+        params = draw_sample(to_ours(index), lambda i: load(i).size_hw, pick, rng, aug, imgsz, mixing=True)
+        # ultralytics' Format draws once more (its bgr swap), after the transforms yolojax mirrors
+        assert [kind for kind, _ in log[rng.position:]] == ["uniform"], log[rng.position:]
+        boxes, classes = sample_boxes(params, lambda i: (load(i).boxes, load(i).classes))
+        image = render_sample(params, lambda i: load(i).image)
+        their_image = item["img"].numpy().transpose(1, 2, 0)  # Format turned BGR into RGB
+        assert image.shape == their_image.shape
+        shares.append(float((np.abs(image.astype(int) - their_image).max(-1) <= 1).mean()))
+        their_boxes = item_boxes_xyxy(item, imgsz)
+        assert len(boxes) == len(their_boxes), (k, boxes, their_boxes)
+        np.testing.assert_array_equal(classes, item["cls"].numpy().reshape(-1).astype(np.int32))
+        box_errors.append(float(np.abs(boxes - their_boxes).max()) if len(boxes) else 0.0)
+        boxes_seen += len(boxes)
+        if case.startswith("mosaic"):
+            assert len(params.views[0].indices) == 4
+    print(f"{case}: pixels within +-1: min {min(shares):.6f}; box error max {max(box_errors):.2e} px over "
+          f"{boxes_seen} boxes")
+    assert min(shares) >= PIXEL_SHARE
+    assert max(box_errors) <= BOX_TOL_PX
+    assert boxes_seen > 12
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "coco8" / "coco8-trainval.yaml").is_file(), reason=f"needs {SHARED}/coco8")
+def test_unaugmented_training_batch_equals_ultralytics_on_coco8(tmp_path):
+    """The trajectory test's batch (tests/test_trajectory.py): mosaic and every augmentation off, all 8 coco8
+    images at 320: yolojax's training batch is ultralytics' pixel for pixel, its boxes to 1e-3 px."""
+    import shutil
+
+    import yaml
+
+    root = shutil.copytree(SHARED / "coco8", tmp_path / "coco8")
+    imgsz, hyp = 320, {"mosaic": 0.0, "translate": 0.0, "scale": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0,
+                       "fliplr": 0.0}
+    batches = make_train_iterator(root / "coco8-trainval.yaml", imgsz=imgsz, batch_size=8, epochs=1, seed=0,
+                                  aug=AugmentConfig(**hyp), **LOCAL)
+    batch = next(batches.iterator)
+    names = yaml.safe_load((root / "coco8.yaml").read_text())["names"]
+    cfg = get_cfg(overrides={"imgsz": imgsz, **hyp})
+    theirs = YOLODataset(img_path=[str(root / "images" / "train"), str(root / "images" / "val")], imgsz=imgsz,
+                         augment=True, hyp=cfg, batch_size=8, stride=32, data={"names": names, "channels": 3})
+    items = [theirs[k] for k in range(len(theirs))]  # no random draw changes anything with these settings
+    their_images = [item["img"].numpy().transpose(1, 2, 0) for item in items]
+    seen = set()
+    for slot in range(8):
+        # the slot's image (the epoch's permutation is yolojax's own): the one with the same pixels
+        matches = [k for k, image in enumerate(their_images) if np.array_equal(image, batch["image"][slot])]
+        assert len(matches) == 1, slot
+        item, mask = items[matches[0]], batch["mask"][slot]
+        np.testing.assert_array_equal(batch["classes"][slot][mask], item["cls"].numpy().reshape(-1).astype(np.int32))
+        np.testing.assert_allclose(batch["boxes"][slot][mask], item_boxes_xyxy(item, imgsz), atol=BOX_TOL_PX)
+        seen.add(matches[0])
+    assert len(seen) == 8

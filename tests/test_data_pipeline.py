@@ -207,6 +207,52 @@ def test_truncated_boxes_are_counted_in_the_log(broken_yaml, caplog):
     assert "max_boxes=1" in caplog.text and "dropped" in caplog.text
 
 
+@pytest.fixture(scope="module")
+def dense_yaml(tmp_path_factory):
+    """8 images of 2 boxes, and in each split one image with a 7 x 6 grid of 42 boxes."""
+    root = tmp_path_factory.mktemp("dense")
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(8):
+            cv2.imwrite(str(root / "images" / split / f"{i}.jpg"), np.full((120, 160, 3), 90, np.uint8))
+            rows = [f"{i % 3} {(c + 0.5) / 7:.5f} {(r + 0.5) / 6:.5f} 0.1 0.12" for r in range(6) for c in range(7)]
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(rows if i == 0 else rows[:2]) + "\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": "images/val",
+                                                    "names": ["a", "b", "c"]}))
+    return root / "data.yaml"
+
+
+def test_box_padding_comes_from_the_label_scan_and_drops_nothing(dense_yaml, caplog):
+    from yolojax.data.batching import bucket_boxes
+
+    assert [bucket_boxes(n) for n in (0, 1, 16, 17, 42, 168, 300)] == [16, 16, 16, 32, 64, 256, 512]
+    mosaic = make_train_iterator(dense_yaml, imgsz=IMGSZ, batch_size=8, epochs=2, seed=0,
+                                 aug=AugmentConfig(close_mosaic=1), **LOCAL)
+    assert mosaic.max_boxes == 256  # 42 labels x 4 (mosaic), bucketed
+    with_mixup = make_train_iterator(dense_yaml, imgsz=IMGSZ, batch_size=8, epochs=1,
+                                     aug=AugmentConfig(mixup=0.5, close_mosaic=0), **LOCAL)
+    assert with_mixup.max_boxes == 512
+    plain = AugmentConfig(mosaic=0.0, translate=0.0, scale=0.0, fliplr=0.0)
+    batches = make_train_iterator(dense_yaml, imgsz=IMGSZ, batch_size=8, epochs=1, seed=0, aug=plain, **LOCAL)
+    assert batches.max_boxes == 64
+    batch = next(batches.iterator)
+    assert sorted(batch["mask"].sum(1).tolist()) == [2] * 7 + [42]  # every box of the dense image is there
+    assert batches.truncation.boxes_dropped == 0
+
+    val = make_val_iterator(dense_yaml, imgsz=IMGSZ, batch_size=4, **LOCAL)
+    counts = [int(n) for b in val.iterator for n in b["mask"].sum(1)]
+    assert sorted(counts) == [2] * 7 + [42]
+
+    with caplog.at_level(logging.WARNING, logger="yolojax.data"):
+        capped = make_train_iterator(dense_yaml, imgsz=IMGSZ, batch_size=8, epochs=1, seed=0, aug=plain,
+                                     max_boxes=10, **LOCAL)
+        assert "max_boxes=10: 1 training images have more labels (up to 42, 32 boxes over)" in caplog.text
+        batch = next(capped.iterator)
+    assert batch["mask"].shape == (8, 10) and capped.truncation.boxes_dropped == 32
+    assert "32 boxes dropped so far" in caplog.text
+
+
 def test_fewer_images_than_a_batch_still_trains(tmp_path):
     yaml_path = write_synthetic_dataset(tmp_path, num_train=3, num_val=1, size_range=(48, 64))
     batches = make_train_iterator(yaml_path, imgsz=64, batch_size=8, epochs=2, max_boxes=8, **LOCAL)
@@ -242,26 +288,21 @@ def test_mixup_blends_two_mosaics(identity_source):
     assert len(sample.source_indices) == 8 and len(set(sample.classes.tolist())) > 4
 
 
-def test_fast_scale_translate_matches_the_warp():
-    """One crop + resize per tile from the decoded image ~ long-side resize, canvas and warpAffine."""
-    from yolojax.data.affine import scale_translate_layers, warp_boxes, warp_image
-    from yolojax.data.image_io import resize_to
-    from yolojax.data.mosaic import mosaic_tiles, paste_layers
+def test_partial_canvas_warp_equals_the_whole_canvas_warp():
+    """The mosaic warp fills only the part of the canvas it reads: bit for bit ultralytics' warp of the whole canvas."""
+    from yolojax.data.affine import random_affine_matrix, warp_image, warp_layers
+    from yolojax.data.mosaic import mosaic_centre, mosaic_tiles, paste_layers
 
     rng = np.random.default_rng(0)
-    sizes = [(100, 128), (128, 90), (70, 128), (128, 128)]  # on the canvas (after the long-side resize)
-    decoded = [(150, 192), (128, 90), (35, 64), (200, 200)]  # as decoded: larger, same, smaller
-    images = [cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
-              for h, w in decoded]
-    tiles = mosaic_tiles(sizes, (120, 140), 128)
-    boxes = np.array([[t.xa1 + 2, t.ya1 + 2, t.xa2 - 2, t.ya2 - 2] for t in tiles], np.float32)
-    canvas = paste_layers([resize_to(im, hw) for im, hw in zip(images, sizes)], tiles, (256, 256))
-    for s, offset in ((0.6, (-20.0, -10.0)), (1.3, (-150.0, -120.0))):
-        m = np.array([[s, 0, offset[0]], [0, s, offset[1]], [0, 0, 1]], np.float32)
-        exact = warp_image(canvas, m, (128, 128), False)
-        fast, fast_boxes = scale_translate_layers(images, sizes, tiles, boxes, np.arange(4), s, offset, (128, 128))
-        assert np.abs(exact.astype(int) - fast).mean() < 5
-        np.testing.assert_allclose(fast_boxes.clip(0, 128), warp_boxes(boxes, m, False).clip(0, 128), atol=1.0)
+    for degrees, scale in ((0.0, 0.5), (0.0, 0.9), (20.0, 0.5)):
+        for _ in range(20):
+            sizes = [tuple(int(x) for x in rng.integers(20, IMGSZ + 1, 2)) for _ in range(4)]
+            images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+            tiles = mosaic_tiles(sizes, mosaic_centre(rng, IMGSZ), IMGSZ)
+            canvas_hw = (2 * IMGSZ, 2 * IMGSZ)
+            m, _ = random_affine_matrix(rng, canvas_hw, (IMGSZ, IMGSZ), degrees=degrees, scale=scale, translate=0.3)
+            whole = warp_image(paste_layers(images, tiles, canvas_hw), m, (IMGSZ, IMGSZ), False)
+            np.testing.assert_array_equal(warp_layers(images, tiles, canvas_hw, m, (IMGSZ, IMGSZ), False), whole)
 
 
 _SHARED_MEMORY_SCRIPT = """

@@ -51,43 +51,76 @@ def coco8_copies(tmp_path_factory):
     return shutil.copytree(COCO8, root / "ours"), shutil.copytree(COCO8, root / "theirs")
 
 
+# ultralytics' defaults: ``YOLO(...).val()`` / ``.predict()`` (and ``yolo val`` / ``yolo predict``) use
+# rectangular batches / the minimum-rectangle letterbox; "square" is their rect=False.
+DEFAULTS = {"default": ([], {}), "square": (["--no-rect"], {"rect": False})}
+
+
 @needs_shared
-@pytest.mark.parametrize("rect", [False, True])
-def test_val_matches_ultralytics(coco8_copies, tmp_path, rect):
+@pytest.mark.parametrize("mode", list(DEFAULTS))
+def test_val_matches_ultralytics(coco8_copies, tmp_path, mode):
     ultralytics = pytest.importorskip("ultralytics")
     ours_dir, theirs_dir = coco8_copies
+    flags, kwargs = DEFAULTS[mode]
     out_json = tmp_path / "val.json"
-    argv = ["--weights", str(WEIGHTS), "--data", str(ours_dir / "coco8.yaml"), "--imgsz", "640", "--batch", "16",
-            "--conf", "0.001", "--iou", "0.7", "--json", str(out_json)]
-    argv += ["--rect"] if rect else ["--plots", str(tmp_path)]
+    argv = ["--weights", str(WEIGHTS), "--data", str(ours_dir / "coco8.yaml"), "--json", str(out_json), *flags]
+    argv += ["--plots", str(tmp_path)] if mode == "square" else []
     assert yj_val.main(argv) == 0
     ours = json.loads(out_json.read_text())
-    ref = ultralytics.YOLO(str(WEIGHTS)).val(data=str(theirs_dir / "coco8.yaml"), imgsz=640, batch=16, conf=0.001,
-                                             iou=0.7, plots=False, device="cpu", rect=rect, verbose=False,
-                                             project=str(tmp_path / "ultra"))
-    print(f"rect={rect} yolojax mAP50 {ours['mAP50']:.6f} mAP50-95 {ours['mAP50-95']:.6f} | "
+    ref = ultralytics.YOLO(str(WEIGHTS)).val(data=str(theirs_dir / "coco8.yaml"), plots=False, device="cpu",
+                                             verbose=False, project=str(tmp_path / "ultra"), **kwargs)
+    print(f"{mode}: yolojax mAP50 {ours['mAP50']:.6f} mAP50-95 {ours['mAP50-95']:.6f} | "
           f"ultralytics mAP50 {ref.box.map50:.6f} mAP50-95 {ref.box.map:.6f}")
-    assert abs(ours["mAP50"] - ref.box.map50) < 0.005
-    assert abs(ours["mAP50-95"] - ref.box.map) < 0.005
+    assert abs(ours["mAP50"] - ref.box.map50) < 0.0005
+    assert abs(ours["mAP50-95"] - ref.box.map) < 0.0005
+    if mode == "default":  # the README's numbers (ultralytics' `yolo val model=yolov8n.pt data=coco8.yaml`)
+        assert (round(ours["mAP50"], 3), round(ours["mAP50-95"], 3)) == (0.896, 0.630)
+        assert ours["settings"]["rect"] is True
     assert set(ours) >= {"mAP50", "mAP50-95", "precision", "recall", "per_class"}
     assert ours["images"] == 4 and ours["instances"] == 17
     assert {ref.names[c] for c in ref.box.ap_class_index} == set(ours["per_class"])
-    if not rect:
+    if mode == "square":
         assert (tmp_path / "PR_curve.png").is_file() and (tmp_path / "confusion_matrix.png").is_file()
 
 
 @needs_shared
-@pytest.mark.parametrize("rect", [False, True])
-def test_predict_matches_ultralytics(tmp_path, rect):
+def test_val_counts_every_ground_truth_box_like_ultralytics(tmp_path):
+    """An image with 314 labels counts 314 instances (none cut at a padding of 300), and max_det is raised to 314
+    as ultralytics raises it: the same instances and mAP as ultralytics' val."""
+    ultralytics = pytest.importorskip("ultralytics")
+    root = shutil.copytree(COCO8, tmp_path / "dense")
+    label = root / "labels" / "val" / "000000000049.txt"
+    rows = label.read_text().strip().splitlines()
+    grid = [f"0 {(c + 0.5) / 18:.6f} {(r + 0.5) / 18:.6f} 0.03 0.03" for r in range(18) for c in range(18)]
+    label.write_text("\n".join(rows + grid[: 314 - len(rows)]) + "\n")
+    ours = yj_val.validate(WEIGHTS, root / "coco8.yaml", imgsz=320, verbose=False)
+    theirs_root = shutil.copytree(root, tmp_path / "theirs")
+    ref = ultralytics.YOLO(str(WEIGHTS)).val(data=str(theirs_root / "coco8.yaml"), imgsz=320, plots=False, device="cpu",
+                                             verbose=False, project=str(tmp_path / "ultra"))
+    print(f"314 boxes: yolojax instances {ours['instances']} mAP50 {ours['mAP50']:.6f} mAP50-95 "
+          f"{ours['mAP50-95']:.6f} | ultralytics instances {int(ref.nt_per_class.sum())} mAP50 "
+          f"{ref.box.map50:.6f} mAP50-95 {ref.box.map:.6f}")
+    assert ours["instances"] == 17 - len(rows) + 314 == int(ref.nt_per_class.sum())
+    assert ours["per_class"]["person"]["instances"] == int(ref.nt_per_class[0])
+    assert ours["settings"]["max_det"] == 314
+    assert abs(ours["mAP50"] - ref.box.map50) < 0.0005
+    assert abs(ours["mAP50-95"] - ref.box.map) < 0.0005
+
+
+@needs_shared
+@pytest.mark.parametrize("mode", list(DEFAULTS))
+def test_predict_matches_ultralytics(tmp_path, mode):
     ultralytics = pytest.importorskip("ultralytics")
     bus = _bus_jpg()
+    flags, kwargs = DEFAULTS[mode]
     argv = ["--weights", str(WEIGHTS), "--source", str(bus), "--out", str(tmp_path / "out")]
-    assert yj_predict.main(argv + (["--rect"] if rect else [])) == 0
+    assert yj_predict.main(argv + flags) == 0
     ours = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert len(ours) == 1 and ours[0]["image"] == str(bus)
     assert (tmp_path / "out" / "bus.jpg").is_file()
-    ref = ultralytics.YOLO(str(WEIGHTS)).predict(str(bus), conf=0.25, iou=0.7, imgsz=640, device="cpu", rect=rect,
-                                                 save=False, verbose=False)[0]
+    ref = ultralytics.YOLO(str(WEIGHTS)).predict(str(bus), device="cpu", save=False, verbose=False, **kwargs)[0]
+    if mode == "default":
+        assert len(ref.boxes) == 6
     ref_boxes, ref_cls = ref.boxes.xyxy.numpy(), ref.boxes.cls.numpy().astype(int)
     boxes, classes = np.array(ours[0]["boxes_xyxy"]), np.array(ours[0]["classes"])
     assert len(boxes) == len(ref_boxes) > 0
@@ -334,7 +367,7 @@ def test_val_matches_ultralytics_on_a_model_it_trained(ultralytics_trained, tmp_
     out_json = tmp_path / "val.json"
     argv = ["--weights", str(ultralytics_trained.weights), "--data", str(ultralytics_trained.data_yaml), "--imgsz",
             str(TRAIN_IMGSZ), "--batch", "16", "--json", str(out_json)]
-    assert yj_val.main(argv + (["--rect"] if rect else [])) == 0
+    assert yj_val.main(argv + (["--rect"] if rect else ["--no-rect"])) == 0
     ours = json.loads(out_json.read_text())
     print(f"trained model, rect={rect}: yolojax mAP50 {ours['mAP50']:.6f} mAP50-95 {ours['mAP50-95']:.6f} | "
           f"ultralytics mAP50 {ref.box.map50:.6f} mAP50-95 {ref.box.map:.6f}")

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=0, help="which training step to show")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-boxes", type=int, default=300)
+    parser.add_argument("--max-boxes", type=int, default=None,
+                        help="training box padding (default: from the label scan, nothing dropped)")
     parser.add_argument("--no-mosaic", action="store_true", help="mosaic=0 (as after close_mosaic)")
     parser.add_argument("--val", action="store_true", help="show the first validation batch (rect) instead")
     args = parser.parse_args(argv)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.val:
             batches = make_val_iterator(args.data, imgsz=args.imgsz, batch_size=args.batch, rect=True,
-                                        max_boxes=args.max_boxes, process_index=0, process_count=1)
+                                        process_index=0, process_count=1)
         else:
             aug = AugmentConfig(mosaic=0.0 if args.no_mosaic else 1.0, close_mosaic=0)
             batches = make_train_iterator(args.data, imgsz=args.imgsz, batch_size=args.batch, epochs=args.epochs,

@@ -6,7 +6,7 @@ validation's step is kept the same way in ``WORKDIR/checkpoints_best/<step>/``):
     state/   the TrainState arrays (params, batch_stats, opt_state, grad_accum, step,
              last_opt_step, ema, ema_updates), Orbax StandardSave (OCDBT)
     data/    the Grain iterator state (grain.checkpoint.CheckpointSave), one JSON per process
-    meta/    JSON: step, epoch, counters, model info (scale, num_classes, names, reg_max);
+    meta/    JSON: step, epoch, counters, model info (scale, num_classes, names, reg_max, cls_width);
              in checkpoints_best/ also ``val``, the validation row that made it the best
     config/  JSON: the run's ConfigDict
 
@@ -421,6 +421,8 @@ def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
         raise ValueError(f"{step_dir}/meta: missing model info")
     info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    if isinstance(meta["info"].get("cls_width"), int):
+        info["cls_width"] = meta["info"]["cls_width"]
     ema = jax.tree.map(lambda x: np.asarray(x, np.float32), _read_arrays(step_dir / "state", ("ema",))["ema"])
     return {"params": ema["params"], "batch_stats": ema["batch_stats"]}, info
 
@@ -429,7 +431,7 @@ def load_workdir_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     """The EMA weights of the newest intact checkpoint of a train workdir (``path`` is the
     workdir, its ``checkpoints/``, or its ``checkpoints_best/`` for the best validation's
     weights), as float32 numpy ``{"params", "batch_stats"}`` on the host, and the model info
-    (scale, num_classes, names, reg_max) recorded with it.
+    (scale, num_classes, names, reg_max, cls_width) recorded with it.
 
     A newer step that fails to read (damaged after it was written) is named in one warning
     and skipped; nothing is moved. Raises ``ValueError`` (:class:`CheckpointError` when every

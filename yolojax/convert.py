@@ -276,7 +276,9 @@ def _head_outputs(sd: Mapping[str, np.ndarray], path: str) -> tuple[int, int]:
 
 
 def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path: str) -> Info:
-    """scale, num_classes, names, reg_max of a YOLOv8 state dict (and its model, if any)."""
+    """scale, num_classes, names, reg_max, cls_width of a YOLOv8 state dict (and its model, if any)."""
+    from yolojax.models import default_cls_width
+
     num_classes, reg_max = _head_outputs(sd, path)
     shape_scale = _infer_scale_from_shapes(sd, path)
     attrs = model.attrs if model is not None else {}
@@ -292,11 +294,16 @@ def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path:
             f"{path}: its yaml says nc={yaml['nc']} but its head has {num_classes} classes"
         )
     names = attrs.get("names") if attrs.get("names") is not None else yaml.get("names")
+    # The class branch's hidden width: ultralytics builds max(P3 width, min(nc, 100)), but a model
+    # it fine-tuned to another class count keeps its source's width (e.g. 80 for yolov8n -> 2 classes).
+    hidden = sd.get("model.22.cv3.0.0.conv.weight")
+    cls_width = int(hidden.shape[0]) if hidden is not None and hidden.ndim == 4 else None
     return {
         "scale": shape_scale,
         "num_classes": num_classes,
         "names": _class_names(names, num_classes, path),
         "reg_max": reg_max,
+        "cls_width": cls_width or default_cls_width(shape_scale, num_classes),
     }
 
 
@@ -333,16 +340,16 @@ def torch_key_to_flax(key: str, ndim: int) -> tuple[str, ...] | None:
 
 @functools.lru_cache(maxsize=16)
 def expected_shapes(
-    scale: str, num_classes: int, reg_max: int
+    scale: str, num_classes: int, reg_max: int, cls_width: int | None = None
 ) -> dict[tuple[str, ...], tuple[int, ...]]:
     """(collection, *path) -> shape of every variable of ``YOLOv8(scale, num_classes,
-    reg_max)``, from ``jax.eval_shape`` of its init (no computation)."""
+    reg_max, cls_width=cls_width)``, from ``jax.eval_shape`` of its init (no computation)."""
     import jax
     import jax.numpy as jnp
 
     from yolojax.models import YOLOv8
 
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
     )
@@ -383,7 +390,7 @@ def check_variables(
 
     ``origin`` maps paths to the names the user knows (torch keys) for the message.
     """
-    expected = expected_shapes(info["scale"], info["num_classes"], info["reg_max"])
+    expected = expected_shapes(info["scale"], info["num_classes"], info["reg_max"], info.get("cls_width"))
     origin = origin or {}
     name = lambda p: origin.get(p, "/".join(p))  # noqa: E731
     missing = sorted(
@@ -405,6 +412,7 @@ def check_variables(
     if problems:
         model = (
             f"YOLOv8{info['scale']} with {info['num_classes']} classes, reg_max {info['reg_max']}"
+            + (f", class branch width {info['cls_width']}" if info.get("cls_width") else "")
         )
         raise ValueError(f"{source} does not match {model}: {'; '.join(problems)}")
 
@@ -415,9 +423,9 @@ def state_dict_to_variables(
     """A YOLOv8 torch state dict -> ``{"params": ..., "batch_stats": ...}`` float32 numpy.
 
     Conv weights (O, I, kH, kW) become kernels (kH, kW, I, O). The shapes are checked
-    against the variables of ``YOLOv8(info["scale"], info["num_classes"], info["reg_max"])``
-    before any array is converted, so memory stays within the model's size. The arrays
-    are new and writable (the state dict's may be read-only views of a file's storages).
+    against the variables of ``yolov8_from_info(info)`` before any array is converted, so
+    memory stays within the model's size. The arrays are new and writable (the state dict's
+    may be read-only views of a file's storages).
     """
     flat: dict[tuple[str, ...], np.ndarray] = {}
     origin: dict[tuple[str, ...], str] = {}
@@ -473,10 +481,11 @@ def load_ultralytics(path: str | os.PathLike) -> tuple[Variables, Info]:
     pickled DetectionModel, or a plain state dict (optionally under 'state_dict'/'model').
 
     Returns ``(variables, info)``: variables ``{"params": ..., "batch_stats": ...}`` of
-    float32 numpy arrays for ``YOLOv8(scale=info["scale"], num_classes=info["num_classes"],
-    reg_max=info["reg_max"])``; info ``{"scale": str, "num_classes": int, "names":
-    list[str] (index = class id), "reg_max": int}``. Raises ``ValueError`` for files that
-    are unsafe, not torch checkpoints, or not YOLOv8 detectors.
+    float32 numpy arrays for ``yolov8_from_info(info)`` (:mod:`yolojax.models`); info
+    ``{"scale": str, "num_classes": int, "names": list[str] (index = class id), "reg_max":
+    int, "cls_width": int}`` (cls_width: the head's class-branch width, from the weights).
+    Raises ``ValueError`` for files that are unsafe, not torch checkpoints, or not YOLOv8
+    detectors.
     """
     source = str(path)
     try:
@@ -570,6 +579,8 @@ def load_converted(path: str | os.PathLike) -> tuple[Variables, Info]:
     if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
         raise ValueError(f"{root / INFO_FILE} was not written by {FORMAT_NAME}")
     info = {k: record.get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    if isinstance(record.get("cls_width"), int):  # absent from conversions before it was recorded
+        info["cls_width"] = record["cls_width"]
     if not (
         isinstance(info["num_classes"], int)
         and isinstance(info["reg_max"], int)

@@ -1,11 +1,12 @@
 """Prediction on images, videos, folders or globs: boxes in original pixels, annotated copies, JSON.
 
     python -m yolojax.predict --weights yolov8n.pt --source bus.jpg --out runs/predict
-        [--conf 0.25 --iou 0.7 --imgsz 640 --max-det 300 --rect --agnostic --vid-stride 1]
+        [--conf 0.25 --iou 0.7 --imgsz 640 --max-det 300 --no-rect --agnostic --vid-stride 1]
 
-As ultralytics predict (8.4): the image is letterboxed to imgsz x imgsz (scaled up or down,
-centred, pad 114; ``--rect``: only the minimum padding to a multiple of the stride, like
-ultralytics' ``rect=True``), the model runs in fp32 on [0, 1] RGB, NMS keeps each box's
+As ultralytics predict (8.4, ``YOLO(...).predict()`` and ``yolo predict``): the image is
+letterboxed to the minimum rectangle (scaled up or down so its long side is imgsz, centred,
+pad 114, padded only to a multiple of the stride: ultralytics' default ``rect=True``;
+``--no-rect``: to imgsz x imgsz), the model runs in fp32 on [0, 1] RGB, NMS keeps each box's
 best class (conf 0.25, iou 0.7, max_det 300), and boxes are mapped back to original pixels
 with ultralytics' ``scale_boxes`` rounding and clipped to the image.
 
@@ -206,7 +207,7 @@ class Predictor:
       weights: ultralytics .pt or yolojax checkpoint directory (or give ``variables`` and ``info``).
       imgsz: letterbox size (multiple of 32).
       conf, iou, max_det, agnostic: NMS settings (ultralytics predict defaults).
-      rect: minimum padding to a stride multiple instead of a square imgsz canvas.
+      rect: minimum padding to a stride multiple (ultralytics' default); False: a square imgsz canvas.
       model_fn: replaces the Flax model and its weights (give ``info`` with it): float32
         (B, H, W, 3) images in [0, 1] -> (B, N, 4 + nc), e.g. a
         :class:`yolojax.onnx_runtime.OnnxDetector`.
@@ -214,10 +215,10 @@ class Predictor:
 
     def __init__(self, weights: str | os.PathLike | None = None, *, variables: Any = None,
                  info: Mapping[str, Any] | None = None, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                 max_det: int = 300, agnostic: bool = False, rect: bool = False, model_fn: Any = None):
+                 max_det: int = 300, agnostic: bool = False, rect: bool = True, model_fn: Any = None):
         import jax
 
-        from yolojax.models import YOLOv8
+        from yolojax.models import yolov8_from_info
         from yolojax.ops import non_max_suppression
 
         if model_fn is not None:
@@ -244,7 +245,7 @@ class Predictor:
             self._run = make_predict_fn(info, conf, iou, max_det, multi_label=False, agnostic=agnostic,
                                         model_fn=model_fn)
             return
-        model = YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)))
+        model = yolov8_from_info(info)
 
         @jax.jit
         def run(variables, images):
@@ -370,7 +371,7 @@ def _predict_video(predictor: Predictor, path: Path, output: _AnnotatedOutput | 
 
 def predict(weights: str | os.PathLike | None, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
             conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-            rect: bool = False, save_images: bool = True, vid_stride: int = 1, model_fn: Any = None,
+            rect: bool = True, save_images: bool = True, vid_stride: int = 1, model_fn: Any = None,
             info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Predict every image and video frame of ``source`` (:func:`list_sources`); with ``out``,
     write annotated copies (videos as videos) and predictions.json (one entry per image or frame).
@@ -421,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640, help="letterbox size (multiple of 32)")
     p.add_argument("--max-det", type=int, default=300, help="detections per image")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
-    p.add_argument("--rect", action="store_true", help="minimum padding to a stride multiple")
+    p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
+                   help="minimum padding to a stride multiple, ultralytics' default (--no-rect: square imgsz canvas)")
     p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
                    help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
     p.add_argument("--vid-stride", type=int, default=1, help="videos: predict every n-th frame")

@@ -1,16 +1,18 @@
 """Validation: mAP50 and mAP50-95 exactly as ultralytics val computes them.
 
     python -m yolojax.val --weights yolov8n.pt --data coco8.yaml [--imgsz 640 --batch 16
-        --conf 0.001 --iou 0.7 --max-det 300 --rect --json OUT.json]
+        --conf 0.001 --iou 0.7 --max-det 300 --no-rect --json OUT.json]
     python -m yolojax.val --weights yolov8n.pt --data instances_val2017.json --images val2017
         [--predictions OUT/predictions.json --categories-by-order ...]
 
 Pipeline (ultralytics' DetectionValidator): letterboxed batches (long side resized to imgsz,
-centred, no upscaling; ``--rect``: ultralytics' rectangular batches, stride 32, pad 0.5,
-as used during training) -> model in fp32 on [0, 1] pixels -> multi-label NMS (conf 0.001,
-iou 0.7, max_det 300) on device -> predictions matched to ground truth in letterboxed pixels
-at IoU 0.50:0.95 -> ap_per_class (101-point interpolation). Like standalone ``yolo val``,
-rect is off by default.
+centred, no upscaling) in ultralytics' rectangular batches (images sorted by aspect ratio,
+one shape per batch, stride 32, pad 0.5), as ``yolo val`` and ``YOLO(...).val()`` default to
+(``--no-rect``: every image letterboxed to imgsz x imgsz, ultralytics' ``rect=False``) ->
+model in fp32 on [0, 1] pixels -> multi-label NMS (conf 0.001, iou 0.7, max_det 300, raised
+like ultralytics to the most labels of an image when more) on device -> predictions matched
+to every ground-truth box in letterboxed pixels at IoU 0.50:0.95 -> ap_per_class (101-point
+interpolation).
 
 With a COCO instances JSON as ``--data`` (and its image folder as ``--images``) the file is
 checked before the weights load (:mod:`yolojax.data.coco_check`; its categories are matched
@@ -60,19 +62,20 @@ def make_predict_fn(info: Mapping[str, Any], conf: float, iou: float, max_det: i
     if model_fn is not None:
         return _external_predict_fn(model_fn, float(conf), float(iou), int(max_det), int(max_nms),
                                     bool(multi_label), bool(agnostic))
-    return _predict_fn(str(info["scale"]), int(info["num_classes"]), int(info.get("reg_max", 16)), float(conf),
-                       float(iou), int(max_det), int(max_nms), bool(multi_label), bool(agnostic))
+    cls_width = int(info["cls_width"]) if info.get("cls_width") else None
+    return _predict_fn(str(info["scale"]), int(info["num_classes"]), int(info.get("reg_max", 16)), cls_width,
+                       float(conf), float(iou), int(max_det), int(max_nms), bool(multi_label), bool(agnostic))
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_fn(scale: str, num_classes: int, reg_max: int, conf: float, iou: float, max_det: int, max_nms: int,
-                multi_label: bool, agnostic: bool):
+def _predict_fn(scale: str, num_classes: int, reg_max: int, cls_width: int | None, conf: float, iou: float,
+                max_det: int, max_nms: int, multi_label: bool, agnostic: bool):
     import jax
 
     from yolojax.models import YOLOv8
     from yolojax.ops import non_max_suppression
 
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
 
     @jax.jit
     def predict(variables, images):
@@ -112,6 +115,25 @@ def _placement(batch: int):
     mesh = Mesh(np.array(devices), ("data",))
     data, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
     return lambda tree, replicated=False: jax.device_put(tree, rep if replicated else data)
+
+
+DEFAULT_MAX_DET = 300  # ultralytics' default.yaml
+
+
+def resolve_max_det(max_det: int | None, source: Any) -> int:
+    """``max_det``, or for None ultralytics' default 300 raised to the most labels of one image of
+    ``source`` when that is more (ultralytics' ``DetectionValidator._check_max_det``), with a warning."""
+    if max_det is not None:
+        return int(max_det)
+    from yolojax.data.batching import label_counts
+
+    counts = label_counts(source)
+    most = int(counts.max()) if counts is not None and len(counts) else 0
+    if most <= DEFAULT_MAX_DET:
+        return DEFAULT_MAX_DET
+    logger.warning("images hold up to %d labels but max_det=%d: max_det set to %d (as ultralytics)", most,
+                   DEFAULT_MAX_DET, most)
+    return most
 
 
 def is_coco_json(data: Any) -> bool:
@@ -159,9 +181,9 @@ def validate(
     batch: int = 16,
     conf: float = 0.001,
     iou: float = 0.7,
-    max_det: int = 300,
+    max_det: int | None = None,
     max_nms: int = 30000,
-    rect: bool = False,
+    rect: bool = True,
     split: str = "val",
     workers: int = 0,
     plots_dir: str | os.PathLike | None = None,
@@ -175,6 +197,10 @@ def validate(
     Args:
       data: a data.yaml (its ``split``), a COCO instances JSON (with ``images``, its image
         folder), or a source (:mod:`yolojax.data`).
+      max_det: detections per image; None: ultralytics' 300, raised (with a warning) to the
+        most labels of one image of the split when that is more, as ultralytics does.
+      rect: ultralytics' rectangular batches (the default of ``YOLO(...).val()``); False:
+        square imgsz x imgsz letterboxes (``rect=False``).
       predictions_json: COCO JSON data only: write the detections here in COCO results format.
       categories_by_order: COCO JSON data only: map the file's categories in increasing id order
         to the model's classes 0..K-1 whatever their names (by default they are matched by
@@ -221,9 +247,10 @@ def validate(
     run_batch = _batch_to_run(batch, len(source))
     place = _placement(run_batch)
     variables = place(variables, replicated=True)
+    max_det = resolve_max_det(max_det, source)
     predict = make_predict_fn(info, conf, iou, max_det, max_nms, model_fn=model_fn)
     batches = make_val_iterator(source, imgsz=imgsz, batch_size=run_batch, rect=rect, split=split,
-                                workers=workers, max_boxes=max(max_det, 300), process_index=0, process_count=1)
+                                workers=workers, process_index=0, process_count=1)
     source_names = list(getattr(batches.source, "names", []) or [])
     names = list(info.get("names") or source_names)
     if source_names and len(source_names) != int(info["num_classes"]):
@@ -344,8 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300, help="detections per image")
-    p.add_argument("--rect", action="store_true", help="rectangular batches (as during ultralytics training)")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="detections per image (default 300, raised to the most labels of an image, as ultralytics)")
+    p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
+                   help="rectangular batches, ultralytics' default (--no-rect: square imgsz x imgsz letterboxes)")
     p.add_argument("--split", default="val", help="data.yaml split")
     p.add_argument("--workers", type=int, default=0, help="data worker processes")
     p.add_argument("--json", default=None, help="write results to this JSON file")

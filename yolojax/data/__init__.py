@@ -4,7 +4,7 @@ Typical use::
 
     from yolojax.data import AugmentConfig, make_train_iterator, make_val_iterator
     train = make_train_iterator("coco8.yaml", imgsz=640, batch_size=16, epochs=100, seed=0,
-                                aug=AugmentConfig(), max_boxes=100, workers=8,
+                                aug=AugmentConfig(), workers=8,  # max_boxes: from the label scan
                                 process_index=jax.process_index(), process_count=jax.process_count())
     batch = next(train.iterator)      # image, boxes, classes, mask (see DESIGN.md)
     state = train.iterator.get_state()

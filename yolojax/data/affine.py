@@ -6,15 +6,16 @@ S shears (``shear`` degrees), T moves to a random point within +-``translate`` o
 centre. Boxes are warped by their 4 corners, clipped to the output and filtered by
 :func:`box_candidates`.
 
-The input is a canvas of layers (one image, or the four images of a mosaic placed by
-:class:`yolojax.data.mosaic.Tile`), each image placed at its long-side-resized size. With
-ultralytics' defaults (degrees = shear = perspective = 0) the warp is a scale and a
-translation: each layer's visible part is then cut from the image as decoded and resized
-once, straight into the output with ``cv2.resize``, without the long-side resize or the
-mosaic canvas (about 3x faster than ``cv2.warpAffine`` of the canvas). The crops snap the
-drawn translation to whole canvas pixels and the scale to whole output pixels (under one
-pixel either way); boxes follow each layer's realised transform exactly, so pixels and
-labels stay consistent. Other settings build the canvas and warp it like ultralytics.
+The input is a canvas of layers: one image, or the four images of a mosaic placed by
+:class:`yolojax.data.mosaic.Tile`, each already resized to its long-side size (ultralytics'
+``load_image``). The pixels are ultralytics' exactly: the canvas is warped with
+``cv2.warpAffine`` (``cv2.warpPerspective`` with perspective), bilinear, border 114, by the
+same call. An affine warp of a mosaic fills only the part of the canvas the warp reads; a
+single image is warped as it is, without a canvas.
+
+The three steps are separate pure functions, as :mod:`yolojax.data.train_sample` uses them:
+:func:`random_affine_matrix` draws, :func:`transform_boxes` moves the boxes and
+:func:`warp_layers` does the pixel work.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import math
 import cv2
 import numpy as np
 
-from yolojax.data.image_io import resize_to
 from yolojax.data.letterbox import PAD_VALUE
 from yolojax.data.mosaic import Tile, paste_layers
+
+_BORDER = (PAD_VALUE,) * 4  # 4 values: OpenCV tiles borderValue in blocks of 4
 
 
 def random_affine_matrix(
@@ -39,7 +41,7 @@ def random_affine_matrix(
     shear: float = 0.0,
     perspective: float = 0.0,
 ) -> tuple[np.ndarray, float]:
-    """Draw a warp like ultralytics' ``_compute_affine_matrix``.
+    """Draw a warp like ultralytics' ``_compute_affine_matrix`` (8 uniform draws, its order).
 
     Args:
       rng: the record's generator.
@@ -82,12 +84,74 @@ def _output(out: np.ndarray | None, out_wh: tuple[int, int]) -> np.ndarray:
 def warp_image(
     image: np.ndarray, m: np.ndarray, out_wh: tuple[int, int], perspective: bool, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Warp uint8 (h, w, 3) by float (3, 3) `m` into (out_h, out_w, 3) (`out` if given), bilinear, border 114."""
-    border = (PAD_VALUE,) * 4
+    """Warp uint8 (h, w, 3) by float (3, 3) `m` into (out_h, out_w, 3) (`out` if given), bilinear, border 114
+    (ultralytics' ``RandomPerspective.apply_image``)."""
     out = _output(out, out_wh)
     if perspective:
-        return cv2.warpPerspective(image, m, dsize=out_wh, dst=out, borderValue=border)
-    return cv2.warpAffine(image, m[:2], dsize=out_wh, dst=out, borderValue=border)
+        return cv2.warpPerspective(image, m, dsize=out_wh, dst=out, borderValue=_BORDER)
+    return cv2.warpAffine(image, m[:2], dsize=out_wh, dst=out, borderValue=_BORDER)
+
+
+def inverse_affine(m: np.ndarray) -> np.ndarray:
+    """float64 (2, 3) inverse of the affine part of `m` (output pixels -> input pixels)."""
+    a = np.asarray(m, np.float64)[:2]
+    d = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22, a12, a21 = a[1, 1] * d, a[0, 0] * d, -a[0, 1] * d, -a[1, 0] * d
+    b1 = -a11 * a[0, 2] - a12 * a[1, 2]
+    b2 = -a21 * a[0, 2] - a22 * a[1, 2]
+    return np.array([[a11, a12, b1], [a21, a22, b2]], np.float64)
+
+
+def affine_footprint(inverse: np.ndarray, out_wh: tuple[int, int], in_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the input pixels a bilinear affine warp into `out_wh` reads, clipped to
+    the (h, w) input (x1, y1 exclusive; x1 <= x0 when it reads none)."""
+    w, h = out_wh
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], np.float64)
+    src = corners @ inverse.T
+    x0 = min(max(math.floor(src[:, 0].min()) - 1, 0), in_hw[1])
+    y0 = min(max(math.floor(src[:, 1].min()) - 1, 0), in_hw[0])
+    x1 = min(max(math.floor(src[:, 0].max()) + 3, 0), in_hw[1])
+    y1 = min(max(math.floor(src[:, 1].max()) + 3, 0), in_hw[0])
+    return x0, y0, x1, y1
+
+
+def warp_layers(
+    images: list[np.ndarray],
+    tiles: list[Tile],
+    canvas_hw: tuple[int, int],
+    m: np.ndarray,
+    out_wh: tuple[int, int],
+    perspective: bool,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The pixel work of one view: the canvas of layers warped by `m` (ultralytics' Mosaic canvas +
+    ``RandomPerspective.apply_image``, the same pixels).
+
+    For an affine warp of a mosaic only the part of the canvas the warp reads is filled (an
+    uninitialised canvas elsewhere, never read), and the canvas is warped with the same call.
+
+    Args:
+      images: per layer, uint8 (h, w, 3) at its long-side-resized size.
+      tiles: per layer, its place on the canvas.
+      canvas_hw: (h, w) of the canvas (for one layer covering it: that image).
+      m: float32 (3, 3) canvas pixels -> output pixels.
+      out_wh: output (w, h).
+      perspective: warp with ``cv2.warpPerspective``.
+      out: optional uint8 (out_h, out_w, 3) to write into.
+    """
+    if len(images) == 1 and tuple(images[0].shape[:2]) == tuple(canvas_hw):
+        canvas = images[0]
+    elif perspective:
+        canvas = paste_layers(images, tiles, canvas_hw)
+    else:
+        x0, y0, x1, y1 = affine_footprint(inverse_affine(m), out_wh, canvas_hw)
+        canvas = np.empty((*canvas_hw, 3), np.uint8)
+        if x1 > x0 and y1 > y0:
+            canvas[y0:y1, x0:x1] = paste_layers(images, tiles, canvas_hw, region=(x0, y0, x1, y1))
+        else:  # the warp reads none of the canvas
+            canvas[:1, :1] = PAD_VALUE
+    return warp_image(canvas, m, out_wh, perspective, out)
 
 
 def warp_boxes(boxes_xyxy: np.ndarray, m: np.ndarray, perspective: bool) -> np.ndarray:
@@ -127,141 +191,31 @@ def box_candidates(
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
 
 
-def is_scale_translate(degrees: float, shear: float, perspective: float) -> bool:
-    """Whether the warp reduces to a scale and a translation (the fast path)."""
-    return degrees == 0 and shear == 0 and perspective == 0
-
-
-def _span(s: float, offset: float, lo: int, hi: int, n_out: int) -> tuple[int, int, int, int] | None:
-    """Integer canvas span [c0, c1) within [lo, hi) and output span [o0, o1) for x_out = s * x + offset."""
-    c0 = min(max(round(max(lo, -offset / s)), lo), hi)
-    c1 = min(max(round(min(hi, (n_out - offset) / s)), lo), hi)
-    o0 = min(max(round(s * c0 + offset), 0), n_out)
-    o1 = min(max(round(s * c1 + offset), 0), n_out)
-    if c1 <= c0 or o1 <= o0:
-        return None
-    return c0, c1, o0, o1
-
-
-def _axis_plan(
-    s: float, offset: float, tile_lo: int, tile_hi: int, pad: int, f: float, n_image: int, n_out: int
-) -> tuple[int, int, int, int, float, float] | None:
-    """One axis of a layer: image span [i0, i1) resized onto output span [o0, o1).
-
-    Canvas coordinates x_c = pad + f * x_image (f: the long-side resize factor); the warp is
-    x_out = s * x_c + offset. Returns (i0, i1, o0, o1, gain, shift) with the realised
-    x_out = gain * x_c + shift, or None when the layer does not show on this axis.
-    """
-    span = _span(s, offset, tile_lo, tile_hi, n_out)
-    if span is None:
-        return None
-    c0, c1, o0, o1 = span
-    i0 = min(max(round((c0 - pad) / f), 0), n_image)
-    i1 = min(max(round((c1 - pad) / f), 0), n_image)
-    if i1 <= i0:
-        return None
-    g = (o1 - o0) / (i1 - i0)
-    return i0, i1, o0, o1, g / f, o0 - g * (pad / f + i0)
-
-
-def scale_translate_layers(
-    images: list[np.ndarray],
-    sizes_hw: list[tuple[int, int]],
-    tiles: list[Tile],
+def transform_boxes(
     boxes_xyxy: np.ndarray,
-    box_layer: np.ndarray,
-    s: float,
-    offset_xy: tuple[float, float],
-    out_wh: tuple[int, int],
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """x_out = s * x_canvas + offset for layered images, as per-layer crops + one bilinear resize.
-
-    Each layer's image is placed on the canvas at size `sizes_hw` (the long-side resize); the
-    crop is cut from the image as decoded and resized once, straight to the output.
-
-    Args:
-      images: per layer, uint8 (h0, w0, 3) as decoded.
-      sizes_hw: per layer, its (h, w) on the canvas.
-      tiles: per layer, its place on the canvas (in canvas-size pixels).
-      boxes_xyxy: float32 (n, 4) canvas pixels.
-      box_layer: int (n,) layer of each box.
-      s: scale.
-      offset_xy: (x, y) offset in output pixels.
-      out_wh: output (w, h).
-      out: optional uint8 (out_h, out_w, 3) to write the image into.
-
-    Returns:
-      uint8 (out_h, out_w, 3) (114 where no layer lands) and float32 (n, 4) boxes under each
-      layer's realised transform (not clipped).
-    """
-    out_w, out_h = out_wh
-    out = _output(out, out_wh)
-    out[...] = PAD_VALUE
-    boxes_out = (boxes_xyxy * np.float32(s) + np.array([*offset_xy, *offset_xy], np.float32)).astype(np.float32)
-    for k, (image, (h, w), t) in enumerate(zip(images, sizes_hw, tiles)):
-        h0, w0 = image.shape[:2]
-        plan_x = _axis_plan(s, offset_xy[0], t.xa1, t.xa2, t.pad_x, w / w0, w0, out_w)
-        plan_y = _axis_plan(s, offset_xy[1], t.ya1, t.ya2, t.pad_y, h / h0, h0, out_h)
-        if plan_x is None or plan_y is None:
-            continue
-        ix0, ix1, ox0, ox1, gx, bx = plan_x
-        iy0, iy1, oy0, oy1, gy, by = plan_y
-        cv2.resize(image[iy0:iy1, ix0:ix1], (ox1 - ox0, oy1 - oy0), dst=out[oy0:oy1, ox0:ox1],
-                   interpolation=cv2.INTER_LINEAR)
-        mine = box_layer == k
-        boxes_out[mine] = boxes_xyxy[mine] * np.array([gx, gy, gx, gy], np.float32) + np.array(
-            [bx, by, bx, by], np.float32)
-    return out, boxes_out
-
-
-def random_perspective(
-    images: list[np.ndarray],
-    sizes_hw: list[tuple[int, int]],
-    tiles: list[Tile],
-    canvas_hw: tuple[int, int],
-    boxes_xyxy: np.ndarray,
-    box_layer: np.ndarray,
     classes: np.ndarray,
-    rng: np.random.Generator,
+    m: np.ndarray,
+    s: float,
     out_wh: tuple[int, int],
-    degrees: float = 0.0,
-    translate: float = 0.1,
-    scale: float = 0.5,
-    shear: float = 0.0,
-    perspective: float = 0.0,
+    perspective: bool,
     area_thr: float = 0.1,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Warp a canvas of layers and its boxes; drop boxes that fail the candidate filter.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The box work of one warp (ultralytics' ``RandomPerspective.apply_instances``): warp by the
+    corners, clip to the output, keep the :func:`box_candidates` (against the boxes scaled by `s`).
 
     Args:
-      images: per layer, uint8 (h0, w0, 3) as decoded.
-      sizes_hw: per layer, its (h, w) on the canvas (after the long-side resize).
-      tiles: per layer, its place on the canvas (one full tile for a single image).
-      canvas_hw: (h, w) of the canvas in pixels (the warp's input).
       boxes_xyxy: float32 (n, 4) canvas pixels.
-      box_layer: int (n,) layer of each box.
       classes: int32 (n,).
-      rng: the record's generator.
-      out_wh: output (w, h) in pixels.
-      degrees, translate, scale, shear, perspective: ultralytics' hyperparameters.
+      m: float32 (3, 3) canvas pixels -> output pixels.
+      s: the drawn scale.
+      out_wh: output (w, h).
+      perspective: divide by the warped w.
       area_thr: candidate filter area ratio (ultralytics: 0.1, or 0.01 with polygon labels).
-      out: optional uint8 (out_h, out_w, 3) to write the image into.
 
     Returns:
-      uint8 (out_h, out_w, 3) image, float32 (k, 4) clipped xyxy pixel boxes, int32 (k,) classes.
+      float32 (k, 4) clipped xyxy output pixels and int32 (k,) classes.
     """
-    m, s = random_affine_matrix(rng, canvas_hw, out_wh, degrees, translate, scale, shear, perspective)
     boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
-    if is_scale_translate(degrees, shear, perspective):
-        warped, new_boxes = scale_translate_layers(images, sizes_hw, tiles, boxes, np.asarray(box_layer), s,
-                                                   (float(m[0, 2]), float(m[1, 2])), out_wh, out)
-    else:
-        resized = [resize_to(image, size) for image, size in zip(images, sizes_hw)]
-        canvas = resized[0] if len(resized) == 1 else paste_layers(resized, tiles, canvas_hw)
-        warped = warp_image(canvas, m, out_wh, bool(perspective), out)
-        new_boxes = warp_boxes(boxes, m, bool(perspective))
-    new_boxes = clip_boxes(new_boxes, out_wh[0], out_wh[1])
+    new_boxes = clip_boxes(warp_boxes(boxes, m, perspective), out_wh[0], out_wh[1])
     keep = box_candidates(boxes * np.float32(s), new_boxes, area_thr=area_thr)
-    return warped, new_boxes[keep], np.asarray(classes, np.int32)[keep]
+    return new_boxes[keep], np.asarray(classes, np.int32).reshape(-1)[keep]

@@ -1,8 +1,17 @@
-"""Fixed-shape batches (DESIGN.md's batch format) and the count of boxes over max_boxes."""
+"""Fixed-shape batches (DESIGN.md's batch format), the box padding M and the count of boxes over it.
+
+Training pads every image's labels to M = ``max_boxes`` rows. By default M comes from the
+dataset's label scan: the most boxes one training sample can hold (the most labels of an
+image; x4 with mosaic, as ultralytics sizes its auto-batch; x2 more with mixup), rounded up
+to a bucket (16, 32, 64, ...), so no box is ever dropped and one M serves the whole run and
+most datasets of a kind. A cap the user sets is reported: at start (the images over it) and
+as boxes are dropped. Validation pads each batch to its own largest count (nothing dropped).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,21 +34,48 @@ def new_image_batch(shape: tuple[int, ...], shared_memory: bool) -> np.ndarray:
     return np.empty(shape, np.uint8)
 
 
+MIN_BUCKET = 16
+
+
+def bucket_boxes(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The box padding for at most `n` boxes: the smallest of minimum, 2 minimum, 4 minimum, ... >= n."""
+    n = max(int(n), 1)
+    return max(int(minimum), int(minimum) * 2 ** max(0, math.ceil(math.log2(n / minimum))))
+
+
+def label_counts(source: Any) -> np.ndarray | None:
+    """int64 (N,) labels per image of a source from its label scan (``source.labels``) or its
+    ``box_counts()``; None when the source cannot tell without reading every record."""
+    labels = getattr(source, "labels", None)
+    if labels is not None and callable(getattr(labels, "counts", None)):
+        return np.asarray(labels.counts(), np.int64)
+    counts = getattr(source, "box_counts", None)
+    return np.asarray(counts(), np.int64) if callable(counts) else None
+
+
+def sample_box_bound(max_labels: int, mosaic: bool, mixup: bool) -> int:
+    """The most boxes one training sample can hold when no image has more than `max_labels`:
+    a mosaic holds 4 images' boxes, mixup 2 views' (cropping and the candidate filter only drop)."""
+    return int(max_labels) * (4 if mosaic else 1) * (2 if mixup else 1)
+
+
 def pad_labels(
-    boxes_xyxy: Sequence[np.ndarray], classes: Sequence[np.ndarray], max_boxes: int
+    boxes_xyxy: Sequence[np.ndarray], classes: Sequence[np.ndarray], max_boxes: int | None
 ) -> dict[str, np.ndarray]:
     """Pad (or truncate) per-image labels to `max_boxes` rows.
 
     Args:
       boxes_xyxy: per image float (n_i, 4) xyxy pixels.
       classes: per image int (n_i,).
-      max_boxes: M.
+      max_boxes: M; None: the batch's largest n_i (at least 1), nothing truncated.
 
     Returns:
       boxes float32 (B, M, 4) (padded rows zero), classes int32 (B, M) (padded 0),
       mask bool (B, M), num_boxes int32 (B,) = n_i before truncation.
     """
     b = len(boxes_xyxy)
+    if max_boxes is None:
+        max_boxes = max([len(c) for c in classes] + [1])
     out_boxes = np.zeros((b, max_boxes, 4), np.float32)
     out_classes = np.zeros((b, max_boxes), np.int32)
     mask = np.zeros((b, max_boxes), bool)
@@ -70,12 +106,13 @@ def unlink_on_arrival(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class TruncationReporter:
-    """Main-process step: logs images with more than max_boxes boxes and drops the count key.
+    """Main-process step: counts and logs boxes beyond the batch's padding, and drops the count key.
 
-    Logs the first truncation and then every 100th batch with one, with running totals.
+    Logs the first truncation and then every 100th batch with one, with running totals
+    (``images_truncated``, ``boxes_dropped``).
     """
 
-    def __init__(self, max_boxes: int):
+    def __init__(self, max_boxes: int | None = None):
         self.max_boxes = max_boxes
         self.images_truncated = 0
         self.boxes_dropped = 0
@@ -84,14 +121,15 @@ class TruncationReporter:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         counts = batch.pop(NUM_BOXES_KEY, None)
         if counts is not None:
-            over = np.asarray(counts) - self.max_boxes
+            limit = batch["mask"].shape[1]
+            over = np.asarray(counts) - limit
             if (over > 0).any():
                 self.images_truncated += int((over > 0).sum())
                 self.boxes_dropped += int(over[over > 0].sum())
                 if self._batches_truncated % 100 == 0:
                     logger.warning(
                         "images with more than max_boxes=%d boxes were truncated: %d images, %d boxes dropped so far",
-                        self.max_boxes, self.images_truncated, self.boxes_dropped,
+                        limit, self.images_truncated, self.boxes_dropped,
                     )
                 self._batches_truncated += 1
         return batch

@@ -1,4 +1,4 @@
-"""Ultralytics' ``RandomHSV`` and the horizontal / vertical flips."""
+"""Ultralytics' ``RandomHSV`` and the horizontal / vertical flips (draws, pixels and boxes apart)."""
 
 from __future__ import annotations
 
@@ -16,33 +16,53 @@ def hsv_lut(gains: np.ndarray) -> np.ndarray:
     return np.stack((lut_hue, lut_sat, lut_val), -1).reshape(1, 256, 3)
 
 
-def random_hsv(image_rgb: np.ndarray, rng: np.random.Generator, hgain: float, sgain: float, vgain: float) -> np.ndarray:
-    """Random hue / saturation / value change of a uint8 (H, W, 3) RGB image (in place, also returned).
-
-    Gains are drawn uniformly in [-1, 1] * (hgain, sgain, vgain); OpenCV's 8-bit HSV (hue in
-    [0, 180)). Converting from RGB gives the same HSV as ultralytics' BGR conversion of the
-    same pixels.
-    """
+def hsv_gains(rng: np.random.Generator, hgain: float, sgain: float, vgain: float) -> np.ndarray | None:
+    """float64 (3,) gains drawn uniformly in [-1, 1] * (hgain, sgain, vgain) (one draw of 3, as
+    ultralytics), or None without drawing when every gain is 0."""
     if not (hgain or sgain or vgain):
-        return image_rgb
-    gains = rng.uniform(-1, 1, 3) * np.array([hgain, sgain, vgain])
+        return None
+    return rng.uniform(-1, 1, 3) * np.array([hgain, sgain, vgain])
+
+
+def random_hsv_with(image_rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Apply drawn HSV `gains` to uint8 (H, W, 3) RGB in place (also returned).
+
+    OpenCV's 8-bit HSV (hue in [0, 180)); converting from RGB gives the same HSV as
+    ultralytics' BGR conversion of the same pixels.
+    """
     hsv = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV)
     cv2.LUT(hsv, hsv_lut(gains), dst=hsv)
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=image_rgb)
     return image_rgb
 
 
-def flip_lr(image: np.ndarray, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror a (H, W, 3) image left-right (in place) and its (n, 4) xyxy pixel boxes (a new array)."""
-    w = image.shape[1]
-    boxes = boxes_xyxy.copy()
-    boxes[:, 0], boxes[:, 2] = w - boxes_xyxy[:, 2], w - boxes_xyxy[:, 0]
-    return cv2.flip(image, 1, dst=image), boxes
+def random_hsv(image_rgb: np.ndarray, rng: np.random.Generator, hgain: float, sgain: float, vgain: float) -> np.ndarray:
+    """Random hue / saturation / value change of a uint8 (H, W, 3) RGB image (in place, also returned)."""
+    gains = hsv_gains(rng, hgain, sgain, vgain)
+    return image_rgb if gains is None else random_hsv_with(image_rgb, gains)
 
 
-def flip_ud(image: np.ndarray, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror a (H, W, 3) image top-bottom (in place) and its (n, 4) xyxy pixel boxes (a new array)."""
-    h = image.shape[0]
-    boxes = boxes_xyxy.copy()
-    boxes[:, 1], boxes[:, 3] = h - boxes_xyxy[:, 3], h - boxes_xyxy[:, 1]
-    return cv2.flip(image, 0, dst=image), boxes
+def flip_lr_boxes(boxes_xyxy: np.ndarray, width: float) -> np.ndarray:
+    """(n, 4) xyxy pixel boxes mirrored left-right in an image `width` wide (a new array)."""
+    boxes = np.array(boxes_xyxy, copy=True)
+    boxes[:, 0], boxes[:, 2] = width - boxes_xyxy[:, 2], width - boxes_xyxy[:, 0]
+    return boxes
+
+
+def flip_ud_boxes(boxes_xyxy: np.ndarray, height: float) -> np.ndarray:
+    """(n, 4) xyxy pixel boxes mirrored top-bottom in an image `height` high (a new array)."""
+    boxes = np.array(boxes_xyxy, copy=True)
+    boxes[:, 1], boxes[:, 3] = height - boxes_xyxy[:, 3], height - boxes_xyxy[:, 1]
+    return boxes
+
+
+def flip_lr(image: np.ndarray, boxes_xyxy: np.ndarray | None = None):
+    """Mirror a (H, W, 3) image left-right in place; with boxes, return (image, mirrored boxes)."""
+    cv2.flip(image, 1, dst=image)
+    return image if boxes_xyxy is None else (image, flip_lr_boxes(boxes_xyxy, image.shape[1]))
+
+
+def flip_ud(image: np.ndarray, boxes_xyxy: np.ndarray | None = None):
+    """Mirror a (H, W, 3) image top-bottom in place; with boxes, return (image, mirrored boxes)."""
+    cv2.flip(image, 0, dst=image)
+    return image if boxes_xyxy is None else (image, flip_ud_boxes(boxes_xyxy, image.shape[0]))

@@ -2,8 +2,8 @@
 
 The centre (xc, yc) is drawn uniformly in [s/2, 3s/2) (ultralytics' border -s/2); image 0
 goes top-left of it, 1 top-right, 2 bottom-left, 3 bottom-right, each cropped at the canvas
-edge. The canvas is later warped back to s x s by :func:`yolojax.data.affine.random_perspective`
-(which, for scale + translation, resizes the four crops straight into the output).
+edge. The canvas is later warped back to s x s by :func:`yolojax.data.affine.warp_layers` (which
+builds only the part of the canvas that the warp reads).
 """
 
 from __future__ import annotations
@@ -77,11 +77,28 @@ def full_tile(shape_hw: tuple[int, int]) -> Tile:
     return Tile(0, 0, w, h, 0, 0, w, h)
 
 
-def paste_layers(images: Sequence[np.ndarray], tiles: Sequence[Tile], canvas_hw: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) canvas filled with 114 and the image crops placed by `tiles`."""
-    canvas = np.full((*canvas_hw, 3), PAD_VALUE, np.uint8)
+def paste_layers(
+    images: Sequence[np.ndarray],
+    tiles: Sequence[Tile],
+    canvas_hw: tuple[int, int],
+    region: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """uint8 canvas filled with 114 and the image crops placed by `tiles` (ultralytics' ``img4``).
+
+    Args:
+      images: per layer, uint8 (h, w, 3) at its canvas size.
+      tiles: per layer, its placement.
+      canvas_hw: (H, W) of the canvas.
+      region: (x0, y0, x1, y1): build only canvas[y0:y1, x0:x1] (the same pixels).
+    """
+    x0, y0, x1, y1 = region if region is not None else (0, 0, canvas_hw[1], canvas_hw[0])
+    canvas = np.full((y1 - y0, x1 - x0, 3), PAD_VALUE, np.uint8)
     for image, t in zip(images, tiles):
-        canvas[t.ya1 : t.ya2, t.xa1 : t.xa2] = image[t.yb1 : t.yb2, t.xb1 : t.xb2]
+        xa1, ya1, xa2, ya2 = max(t.xa1, x0), max(t.ya1, y0), min(t.xa2, x1), min(t.ya2, y1)
+        if xa2 <= xa1 or ya2 <= ya1:
+            continue
+        xb1, yb1 = xa1 - t.pad_x, ya1 - t.pad_y
+        canvas[ya1 - y0 : ya2 - y0, xa1 - x0 : xa2 - x0] = image[yb1 : yb1 + ya2 - ya1, xb1 : xb1 + xa2 - xa1]
     return canvas
 
 

@@ -3,11 +3,11 @@
 Graph: ``MapDataset.range(start_step, num_steps)`` -> ``.map(batch builder)`` (decode,
 augment / letterbox, pad to max_boxes; runs in the worker processes) ->
 ``to_iter_dataset`` (threads, prefetch) -> ``mp_prefetch`` (``workers`` processes) ->
-``.map`` in the main process (unlinks the workers' shared memory on arrival, logs truncated
-box counts). Every batch is a pure function of (arguments, step), so the iterator state is
-just the position and restoring it with ``set_state`` continues exactly, with or without
-worker processes. A state is relative to the iterator's ``start_step``: restore it into an
-iterator built with the same arguments.
+``.map`` in the main process (unlinks the workers' shared memory on arrival, counts and logs
+boxes beyond a ``max_boxes`` cap). Every batch is a pure function of (arguments, step), so
+the iterator state is just the position and restoring it with ``set_state`` continues
+exactly, with or without worker processes. A state is relative to the iterator's
+``start_step``: restore it into an iterator built with the same arguments.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 
 from yolojax.data.augment_config import AugmentConfig
-from yolojax.data.batching import TruncationReporter, unlink_on_arrival
+from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources import DetectionSource, yolo_source
@@ -50,6 +50,9 @@ class Batches:
       steps_per_epoch: steps per epoch (validation: num_steps).
       source: the images and labels (``names``, ``image_ids``, ``image_paths``).
       schedule: the :class:`TrainSchedule` or :class:`ValSchedule`.
+      max_boxes: the box padding M of every batch (None: each validation batch its own).
+      truncation: counts of boxes dropped by a ``max_boxes`` cap so far (``images_truncated``,
+        ``boxes_dropped``), kept in this (the main) process.
     """
 
     iterator: grain.DatasetIterator
@@ -58,6 +61,8 @@ class Batches:
     steps_per_epoch: int
     source: DetectionSource
     schedule: TrainSchedule | ValSchedule
+    max_boxes: int | None = None
+    truncation: TruncationReporter | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterator
@@ -118,7 +123,7 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
 
 
 def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: int, prefetch: int,
-             max_boxes: int) -> grain.DatasetIterator:
+             reporter: TruncationReporter) -> grain.DatasetIterator:
     if not 0 <= start_step <= num_steps:
         raise ValueError(f"start_step {start_step} outside [0, {num_steps}]")
     batches = grain.MapDataset.range(start_step, num_steps).map(builder)
@@ -131,7 +136,37 @@ def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: in
             worker_init_fn=_init_worker,
         )
         stream = stream.map(unlink_on_arrival)
-    return iter(stream.map(TruncationReporter(max_boxes)))
+    return iter(stream.map(reporter))
+
+
+def train_max_boxes(source: DetectionSource, aug: AugmentConfig, epochs: int, max_boxes: int | None) -> int:
+    """The training box padding M: `max_boxes` when given (with a warning naming the images whose
+    labels exceed it), else from the label scan (:func:`yolojax.data.batching.sample_box_bound`,
+    bucketed), so that no box is ever dropped.
+
+    Raises:
+      ValueError: no `max_boxes` and a source that cannot count its labels (e.g. TFDS).
+    """
+    counts = label_counts(source)
+    if max_boxes is not None:
+        if max_boxes < 1:
+            raise ValueError(f"max_boxes must be >= 1, got {max_boxes}")
+        if counts is not None and (counts > max_boxes).any():
+            over = counts > max_boxes
+            logger.warning("max_boxes=%d: %d training images have more labels (up to %d, %d boxes over); boxes "
+                           "beyond %d per sample are dropped and counted as they happen", max_boxes, int(over.sum()),
+                           int(counts.max()), int((counts[over] - max_boxes).sum()), max_boxes)
+        return int(max_boxes)
+    if counts is None:
+        raise ValueError(f"{type(source).__name__} cannot count its labels without reading every record: "
+                         "pass max_boxes")
+    mixing = aug.mixing_on(0, epochs)
+    most = int(counts.max()) if len(counts) else 0
+    bound = sample_box_bound(most, mosaic=mixing and aug.mosaic > 0, mixup=mixing and aug.mixup > 0)
+    m = bucket_boxes(bound)
+    logger.info("max_boxes=%d from the label scan (at most %d labels per image, at most %d per sample)", m, most,
+                bound)
+    return m
 
 
 def make_train_iterator(
@@ -142,7 +177,7 @@ def make_train_iterator(
     epochs: int = 1,
     seed: int = 0,
     aug: AugmentConfig | None = None,
-    max_boxes: int = 100,
+    max_boxes: int | None = None,
     workers: int = 0,
     threads: int = 1,
     prefetch: int = 2,
@@ -160,7 +195,9 @@ def make_train_iterator(
       epochs: epochs in the run (close_mosaic counts back from the last one).
       seed: fixes the shuffles and every augmentation.
       aug: augmentation hyperparameters (default: ultralytics' defaults).
-      max_boxes: M, box rows per image (more are dropped and counted in the log).
+      max_boxes: M, box rows per image; None (default): from the label scan, so that no box is
+        ever dropped (:func:`train_max_boxes`); a number caps it, and what the cap drops is
+        logged and counted (``Batches.truncation``).
       workers: worker processes (0: in this process).
       threads: threads per worker building batches concurrently.
       prefetch: batches buffered per worker.
@@ -179,10 +216,13 @@ def make_train_iterator(
     schedule = TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
     if len(source) < batch_size:
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
-    builder = TrainBatchBuilder(source, schedule, aug or AugmentConfig(), imgsz, max_boxes, mosaic_pool,
-                                shared_memory=workers > 0)
-    iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, max_boxes)
-    return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule)
+    aug = aug or AugmentConfig()
+    max_boxes = train_max_boxes(source, aug, epochs, max_boxes)
+    builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0)
+    reporter = TruncationReporter(max_boxes)
+    iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
+    return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,
+                   reporter)
 
 
 def make_val_iterator(
@@ -192,7 +232,7 @@ def make_val_iterator(
     batch_size: int = 16,
     rect: bool = False,
     stride: int = 32,
-    max_boxes: int = 300,
+    max_boxes: int | None = None,
     workers: int = 0,
     threads: int = 1,
     prefetch: int = 2,
@@ -207,11 +247,13 @@ def make_val_iterator(
       imgsz: long side in pixels.
       batch_size: GLOBAL batch size (rect shapes are computed per global batch).
       rect: ultralytics' rectangular batches (images sorted by aspect ratio, one canvas
-        shape per batch, stride multiples with 0.5 stride padding) as in validation during
-        ultralytics training; False: every image letterboxed to imgsz x imgsz (ultralytics'
-        standalone ``yolo val``).
+        shape per batch, stride multiples with 0.5 stride padding), as ultralytics validates
+        during training and in ``yolo val`` / ``YOLO(...).val()`` by default (``yolojax.val``
+        passes True by default); False: every image letterboxed to imgsz x imgsz
+        (ultralytics' ``rect=False``).
       stride: model stride for rect shapes.
-      max_boxes: M.
+      max_boxes: M; None (default): each batch is padded to its own largest label count, so
+        every ground-truth box is kept.
       workers, threads, prefetch: as for training.
       split: data.yaml split when `data` is a path.
       process_index, process_count: this JAX process and their number (default: jax's).
@@ -234,5 +276,6 @@ def make_val_iterator(
         order, batch_shapes = np.arange(len(source), dtype=np.int64), None
     schedule = ValSchedule(order, batch_size, process_index, process_count, batch_shapes)
     builder = ValBatchBuilder(source, schedule, imgsz, max_boxes, shared_memory=workers > 0)
-    iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, max_boxes)
-    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule)
+    reporter = TruncationReporter(max_boxes)
+    iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, reporter)
+    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter)

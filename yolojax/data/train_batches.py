@@ -8,19 +8,19 @@ import numpy as np
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import new_image_batch, pad_labels
-from yolojax.data.image_io import long_side_size
+from yolojax.data.image_io import resize_long_side
 from yolojax.data.schedule import TrainSchedule, record_rng
 from yolojax.data.sources import DetectionSource
-from yolojax.data.train_sample import LoadedImage, train_sample
+from yolojax.data.train_sample import LoadedImage, draw_sample, render_sample, sample_boxes
 
 MOSAIC_POOLS = ("batch", "dataset")
 
 
 def load_image(source: DetectionSource, index: int, imgsz: int) -> LoadedImage:
-    """Source image `index` (decoded) with its long-side-resized size and its labels."""
+    """Source image `index` as ultralytics' ``load_image`` gives it (decoded, long side resized to
+    imgsz, bilinear) with its labels."""
     record = source[index]
-    size_hw = long_side_size(record["image"].shape[:2], imgsz)
-    return LoadedImage(record["image"], size_hw, record["boxes"], record["classes"], int(index))
+    return LoadedImage(resize_long_side(record["image"], imgsz), record["boxes"], record["classes"], int(index))
 
 
 class TrainBatchBuilder:
@@ -84,11 +84,15 @@ class TrainBatchBuilder:
             return loaded[i]
 
         images = new_image_batch((len(indices), self.imgsz, self.imgsz, 3), self.shared_memory)
-        samples = [
-            train_sample(int(index), load, self._picker(indices, slot), record_rng(self.schedule.seed, epoch, pos),
-                         self.aug, self.imgsz, mixing, self.area_thr, out=images[slot])
-            for slot, (pos, index) in enumerate(zip(positions, indices))
-        ]
+        boxes, classes = [], []
+        for slot, (pos, index) in enumerate(zip(positions, indices)):
+            rng = record_rng(self.schedule.seed, epoch, pos)
+            params = draw_sample(int(index), lambda i: load(i).size_hw, self._picker(indices, slot), rng, self.aug,
+                                 self.imgsz, mixing)
+            b, c = sample_boxes(params, lambda i: (load(i).boxes, load(i).classes), self.area_thr)
+            render_sample(params, lambda i: load(i).image, out=images[slot])
+            boxes.append(b)
+            classes.append(c)
         batch = {"image": images}
-        batch.update(pad_labels([s.boxes for s in samples], [s.classes for s in samples], self.max_boxes))
+        batch.update(pad_labels(boxes, classes, self.max_boxes))
         return batch

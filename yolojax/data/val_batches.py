@@ -28,16 +28,16 @@ class ValBatchBuilder:
       source: the images and labels.
       schedule: order and (rect) batch shapes.
       imgsz: long side in pixels; canvas is (imgsz, imgsz) unless the schedule has shapes.
-      max_boxes: M.
+      max_boxes: M; None: each batch padded to its own largest label count (nothing dropped).
       shared_memory: allocate the image batch in shared memory (in Grain worker processes).
     """
 
-    def __init__(self, source: DetectionSource, schedule: ValSchedule, imgsz: int, max_boxes: int,
+    def __init__(self, source: DetectionSource, schedule: ValSchedule, imgsz: int, max_boxes: int | None = None,
                  shared_memory: bool = False):
         self.source = source
         self.schedule = schedule
         self.imgsz = int(imgsz)
-        self.max_boxes = int(max_boxes)
+        self.max_boxes = None if max_boxes is None else int(max_boxes)
         self.shared_memory = shared_memory
 
     def canvas_hw(self, step: int) -> tuple[int, int]:

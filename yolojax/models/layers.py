@@ -226,6 +226,8 @@ class Detect(nn.Module):
     eval mode decodes them to (B, N, 4 + num_classes): xywh in input pixels, then sigmoid
     class scores. The DFL projection (0..reg_max-1) is a frozen parameter ``dfl/conv/kernel``
     (1, 1, reg_max, 1), as in ultralytics, where it counts as a parameter that never trains.
+    ``cls_width``: hidden width of the class branch; None: ultralytics' ``max(ch0, min(nc, 100))``
+    (a model fine-tuned by ultralytics to another class count keeps its source's width).
     """
 
     num_classes: int
@@ -234,13 +236,14 @@ class Detect(nn.Module):
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    cls_width: int | None = None
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool):
         kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
         ch0 = feats[0].shape[-1]
         c2 = max(16, ch0 // 4, self.reg_max * 4)
-        c3 = max(ch0, min(self.num_classes, 100))
+        c3 = self.cls_width or max(ch0, min(self.num_classes, 100))
         outs = []
         for i, (x, s) in enumerate(zip(feats, self.strides)):
             box = Conv(c2, 3, name=f"cv2_{i}_0", **kw)(x, train)

@@ -43,6 +43,20 @@ def scaled_channels(scale: str, channels: int) -> int:
     return _make_divisible(min(channels, s.max_channels) * s.width, 8)
 
 
+def default_cls_width(scale: str, num_classes: int) -> int:
+    """Hidden width of the Detect class branch (cv3) of a model built for ``num_classes``:
+    ultralytics' ``max(ch[0], min(nc, 100))``, ch[0] the P3 width."""
+    return max(scaled_channels(scale, 256), min(int(num_classes), 100))
+
+
+def yolov8_from_info(info: Any, **kwargs: Any) -> "YOLOv8":
+    """The :class:`YOLOv8` that weights described by ``info`` (``load_weights``' info: scale,
+    num_classes, reg_max, cls_width) fit; ``kwargs`` add e.g. dtype."""
+    width = info.get("cls_width")
+    return YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)),
+                  cls_width=int(width) if width else None, **kwargs)
+
+
 def scaled_depth(scale: str, repeats: int) -> int:
     """Number of Bottlenecks in a C2f declared with ``repeats`` in yolov8.yaml at ``scale``."""
     return max(round(repeats * SCALES[scale].depth), 1) if repeats > 1 else repeats
@@ -57,6 +71,9 @@ class YOLOv8(nn.Module):
       reg_max: DFL bins per box side (16 for YOLOv8).
       dtype: computation dtype (jnp.bfloat16 for mixed precision); params stay ``param_dtype``.
       bn_axis_name: mapped axis name to average BatchNorm statistics over under pmap/shard_map.
+      cls_width: hidden width of the head's class branch; None: :func:`default_cls_width`. An
+        ultralytics model fine-tuned to another class count keeps its source's width (e.g. 80
+        for yolov8n tuned to 2 classes), so it comes from the weights (``info["cls_width"]``).
 
     Call ``model.apply(variables, images, train)`` with ``images`` float (B, H, W, 3) in [0, 1],
     H and W multiples of 32. ``train=False`` returns (B, N, 4 + num_classes) fp32: box centre
@@ -72,6 +89,7 @@ class YOLOv8(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    cls_width: int | None = None
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False):
@@ -108,6 +126,6 @@ class YOLOv8(nn.Module):
         out3 = c2f(15, 256, 3, False, jnp.concatenate([upsample_nearest_2x(h4), p3], -1))
         out4 = c2f(18, 512, 3, False, jnp.concatenate([conv(16, 256, out3), h4], -1))
         out5 = c2f(21, 1024, 3, False, jnp.concatenate([conv(19, 512, out4), p5], -1))
-        return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", **kw)(
+        return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", cls_width=self.cls_width, **kw)(
             [out3, out4, out5], train
         )

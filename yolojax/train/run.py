@@ -3,8 +3,10 @@
     python -m yolojax.train --config configs/yolov8s.py --workdir DIR [--config.FIELD=VALUE ...]
 
 Builds the data pipeline, the model state (``config.weights``: a .pt, a converted directory
-or a train workdir; head layers whose shapes differ, e.g. another class count, keep their
-fresh initialisation) and the jit train step, then trains with a progress bar. In DIR:
+or a train workdir, loaded as ultralytics loads pretrained weights, :mod:`yolojax.train.transfer`:
+the head's class branch keeps the pretrained width and weights, class rows are remapped by
+name (``cls_remap``), layers whose shapes differ keep their fresh initialisation) and the jit
+train step, then trains with a progress bar. In DIR:
 
 * ``metrics.jsonl``: ``{"step", "loss", "box", "cls", "dfl", "lr", ...}`` every
   ``log_every_steps`` and ``{"epoch", "step", "mAP50", "mAP50-95", ...}`` after each
@@ -114,7 +116,8 @@ def check_config(config: Any) -> None:
     need(config.log_every_steps >= 1, f"log_every_steps must be >= 1, got {config.log_every_steps}")
     need(config.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0")
     need(config.max_nonfinite >= 1, "max_nonfinite must be >= 1")
-    need(config.data.max_boxes >= 1, "data.max_boxes must be >= 1")
+    need(config.data.max_boxes >= 0, "data.max_boxes must be >= 0 (0: from the label scan)")
+    need(config.val.max_det >= 0, "val.max_det must be >= 0 (0: ultralytics' rule)")
     need(config.data.workers >= 0, "data.workers must be >= 0")
     coordinator = config.distributed.coordinator
     need(not coordinator or (":" in coordinator and coordinator.rsplit(":", 1)[1].isdigit()),
@@ -170,27 +173,6 @@ def check_workdir(workdir: Path, config_dict: dict) -> None:
         logger.warning("%s/config.json is missing or unreadable: cannot check the resumed run's settings", workdir)
         return
     check_resumable(saved, config_dict, workdir)
-
-
-def transfer_weights(fresh: dict, pretrained: dict) -> tuple[dict, int, list[str]]:
-    """``fresh`` with every leaf of ``pretrained`` at the same path and shape copied in (as
-    ultralytics' intersect_dicts); returns (variables, copied count, paths kept fresh)."""
-    from flax import traverse_util
-    import numpy as np
-
-    out, copied, kept = {}, 0, []
-    for col in ("params", "batch_stats"):
-        flat = traverse_util.flatten_dict(fresh[col])
-        src = traverse_util.flatten_dict(pretrained.get(col, {}))
-        for path, value in flat.items():
-            other = src.get(path)
-            if other is not None and tuple(np.shape(other)) == tuple(value.shape):
-                flat[path] = np.asarray(other, np.float32)
-                copied += 1
-            else:
-                kept.append("/".join((col,) + path))
-        out[col] = traverse_util.unflatten_dict(flat)
-    return out, copied, kept
 
 
 def _read_names(data_yaml: Path) -> list[str]:
@@ -392,7 +374,7 @@ def _validate(config, val_source, variables, info, batch_size):
     from yolojax.val import validate
 
     return validate(data=val_source, variables=variables, info=info, imgsz=config.imgsz, batch=batch_size,
-                    conf=config.val.conf, iou=config.val.iou, max_det=config.val.max_det, rect=config.val.rect,
+                    conf=config.val.conf, iou=config.val.iou, max_det=config.val.max_det or None, rect=config.val.rect,
                     workers=0, verbose=False)
 
 
@@ -400,7 +382,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     """Train per ``config`` in ``workdir`` (resuming when it holds a checkpoint).
 
     Returns a summary: final step, total steps, last metrics, the signal that stopped it
-    (or None), the latest and the best complete checkpoint steps (None when there is none).
+    (or None), the latest and the best complete checkpoint steps (None when there is none),
+    and the ground-truth boxes a ``data.max_boxes`` cap dropped (0 by default).
     Raises :class:`ConfigError` for settings, datasets, weights or a workdir that cannot
     serve (before any training: :mod:`yolojax.train.preflight`), and
     :class:`NonFiniteLossError`.
@@ -411,9 +394,10 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     from yolojax.checkpoint import BEST_DIR, CHECKPOINTS_DIR, BestCheckpointer, CheckpointError, RunCheckpointer
     from yolojax.data import AugmentConfig, make_train_iterator
     from yolojax.loss import DetectionLoss
-    from yolojax.models import YOLOv8
+    from yolojax.models import YOLOv8, default_cls_width
     from yolojax.train import TrainState, make_recipe
     from yolojax.train.optim import describe_recipe, resolved_settings
+    from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
 
     check_config(config)
     enable_compilation_cache(config.compile_cache)
@@ -452,7 +436,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     try:
         batches = make_train_iterator(
             train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
-            aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes, workers=config.data.workers,
+            aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=config.data.workers,
             threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
             process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -473,14 +457,18 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     val_batch = config.val.batch_size or 2 * config.batch_size
     config_dict["resolved"] = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": val_batch}
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=config.model.reg_max, dtype=dtype)
-    info = {"scale": scale, "num_classes": num_classes, "names": names, "reg_max": config.model.reg_max}
-    variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, config.imgsz, config.imgsz, 3)), train=False))(
-        jax.random.key(config.seed))
-    variables = {k: variables[k] for k in ("params", "batch_stats")}
+    cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
+    cls_width = cls_width or default_cls_width(scale, num_classes)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=config.model.reg_max, dtype=dtype,
+                   cls_width=cls_width)
+    info = {"scale": scale, "num_classes": num_classes, "names": names, "reg_max": config.model.reg_max,
+            "cls_width": cls_width}
+    variables = init_variables(model, config.seed)
     if pretrained is not None:
-        variables, copied, kept = transfer_weights(jax.device_get(variables), pretrained)
-        logger.info("transferred %d arrays from %s; %d kept fresh%s", copied, config.weights, len(kept),
+        variables, copied, kept, remapped = transfer_pretrained(
+            variables, pretrained, winfo.get("names"), names, cls_remap=config.cls_remap)
+        logger.info("transferred %d arrays from %s%s; %d kept fresh%s", copied + remapped, config.weights,
+                    f" ({remapped} class arrays remapped by class name)" if remapped else "", len(kept),
                     f" (e.g. {kept[0]})" if kept else "")
         if copied == 0:
             batches.close()
@@ -646,13 +634,20 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         if best_ckpt is not None:
             best_ckpt.close()
         batches.close()
+    truncation = batches.truncation
+    boxes_dropped = truncation.boxes_dropped if truncation is not None else 0
+    if boxes_dropped:
+        logger.warning("data.max_boxes=%d dropped %d ground-truth boxes of %d training samples in this run "
+                       "(data.max_boxes=0 sizes it from the label scan and drops none)", config.data.max_boxes,
+                       boxes_dropped, truncation.images_truncated)
     if is_main and (workdir / "metrics.jsonl").exists():
         try:
             plot_results(workdir / "metrics.jsonl", workdir / "results.png")
         except Exception as e:  # noqa: BLE001 - a plot must never fail a run
             logger.warning("results.png not written: %s", e)
     return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
-            "nonfinite_total": nonfinite_total, "workdir": str(workdir), "checkpoint_step": ckpt.latest_step(),
+            "nonfinite_total": nonfinite_total, "boxes_dropped": boxes_dropped, "workdir": str(workdir),
+            "checkpoint_step": ckpt.latest_step(),
             "best_step": best_ckpt.latest_step() if best_ckpt is not None else None}
 
 
