@@ -5,10 +5,13 @@ YOLOv8's convolutions are NHWC / HWIO with 'same' padding ``k // 2`` and stride 
 how it computes them differs on the CPU backend (other backends keep XLA's own convolution
 and transpose rules, chosen at lowering time by ``lax.platform_dependent``):
 
-* kernel gradient: XLA:CPU lowers it to a convolution whose window is the whole output
-  (e.g. 80x80), which ran at 2-3 GFLOP/s here. Instead it is computed as matrix products of
-  shifted copies of the input and the output gradient (:func:`kernel_grad`). Measured on a
-  2-core x86 CPU: 20-40x faster for 1x1 kernels, 3-5x for 3x3.
+* kernel gradient: XLA:CPU's YNNPACK convolutions lower it to a convolution whose window is
+  the whole output (e.g. 80x80), which ran at 2-3 GFLOP/s here. A 1x1 kernel's gradient is
+  always one matrix product on CPU (20-40x faster); a larger kernel keeps XLA's gradient when
+  XLA runs convolutions on Eigen (:func:`yolojax.runtime.configure_xla_cpu`, the default:
+  the fastest there, 2.3 against 2.5 s for a yolov8n step at batch 8, 640 px) and otherwise
+  takes matrix products of shifted copies of the input and the output gradient
+  (:func:`kernel_grad`, 3-5x faster than YNNPACK's).
 * input gradient of a strided convolution: XLA dilates the output gradient with zeros and
   convolves it (s*s times the necessary work). Instead, each of the s*s output phases
   (positions r = s*m + a) is a small stride-1 convolution of the output gradient with the
@@ -27,11 +30,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from yolojax.runtime import cpu_convolutions_use_eigen
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
-# Kernels with Cin * Cout up to this keep XLA's own kernel gradient on CPU: for so few
-# channels it measured 1.5-3x faster than the per-tap products (3->16, 16->8, 16->16 at
-# 160-640 px), while from 16->32 up the products win 3x.
+# Without Eigen convolutions, k x k kernels with Cin * Cout up to this keep XLA's own kernel
+# gradient on CPU: for so few channels it measured 1.5-3x faster than the matrix products
+# (3->16, 16->8, 16->16 at 160-640 px), while from 16->32 up the products win 3x.
 NATIVE_KERNEL_GRAD_MAX_CHANNELS = 256
 
 
@@ -40,15 +45,28 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS)
 
 
+def _xla_conv_f32_sums(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """:func:`_xla_conv` summing in float32 whatever the input dtype (as GPUs and TPUs do for
+    bfloat16): Eigen's CPU convolution sums bfloat16 inputs in bfloat16 otherwise, which
+    moved yolov8n's class scores by up to 0.11 against float32."""
+    if x.dtype == jnp.float32:
+        return _xla_conv(x, kernel, stride)
+    p = kernel.shape[0] // 2
+    y = lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS,
+                                 preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+
+
 def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """A 1x1 stride-1 convolution as a matrix product over the channel axis."""
     return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    native = partial(_xla_conv, stride=stride)
     if kernel.shape[0] == 1 and stride == 1:
-        return lax.platform_dependent(x, kernel, cpu=_pointwise, default=lambda x, k: _xla_conv(x, k, 1))
-    return _xla_conv(x, kernel, stride)
+        return lax.platform_dependent(x, kernel, cpu=_pointwise, default=native)
+    return lax.platform_dependent(x, kernel, cpu=partial(_xla_conv_f32_sums, stride=stride), default=native)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
@@ -89,7 +107,7 @@ def _conv2d_bwd(stride, residuals, dy):
 
     def cpu(x, kernel, dy):
         k, _, c_in, c_out = kernel.shape
-        if c_in * c_out <= NATIVE_KERNEL_GRAD_MAX_CHANNELS:
+        if k > 1 and (cpu_convolutions_use_eigen() or c_in * c_out <= NATIVE_KERNEL_GRAD_MAX_CHANNELS):
             dw = jax.vjp(lambda b: _xla_conv(x, b, stride), kernel)[1](dy)[0]
         else:
             dw = kernel_grad(x, dy, k, stride)
