@@ -229,7 +229,6 @@ def validate(
     if predictions_json is not None and not is_coco_json(data):
         raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
     coco_file = _check_coco_json(data, images) if is_coco_json(data) else None  # a bad file fails before the model
-    source = _open_source(data, split) if coco_file is None else None
     if model_fn is not None:
         if info is None:
             raise ValueError("model_fn needs info (names, num_classes)")
@@ -239,7 +238,8 @@ def validate(
             raise ValueError("give weights or variables and info")
         from yolojax.convert import load_weights
 
-        variables, info = load_weights(weights)
+        variables, info = load_weights(weights)  # unreadable weights fail before the label scan's report
+    source = _open_source(data, split) if coco_file is None else None
     coco = _CocoCollector.open(coco_file, images, info, categories_by_order) if coco_file is not None else None
     source = coco.dataset.source if coco is not None else source
     if imgsz % 32:
