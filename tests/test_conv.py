@@ -100,3 +100,17 @@ def test_refuses_even_or_mismatched_kernels():
         conv2d(x, jnp.zeros((2, 2, 4, 8)))
     with pytest.raises(ValueError, match="odd square"):
         conv2d(x, jnp.zeros((3, 3, 5, 8)))
+
+
+def test_portable_convolutions_trace_plain_convolutions():
+    """Inside portable_convolutions() the jaxpr holds plain convolutions only (what jax2onnx
+    converts), and the values are the same."""
+    from yolojax.ops.conv import portable_convolutions
+
+    x, kernel, _ = random_case((1, 8, 8, 4), 1, 6, 1)
+    with portable_convolutions():
+        jaxpr = str(jax.make_jaxpr(lambda a, b: conv2d(a, b, 1))(x, kernel))
+        y = conv2d(x, kernel, 1)
+    assert "conv_general_dilated" in jaxpr and "platform_index" not in jaxpr and "custom_vjp" not in jaxpr
+    assert "platform_index" in str(jax.make_jaxpr(lambda a, b: conv2d(a, b, 1))(x, kernel))  # outside: CPU paths
+    np.testing.assert_allclose(y, xla_conv(x, kernel, 1), rtol=1e-5, atol=1e-6)

@@ -24,6 +24,9 @@ Both equal plain autodiff's gradients up to float rounding (tests/test_conv.py).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from functools import partial
 
 import jax
@@ -40,6 +43,21 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 NATIVE_KERNEL_GRAD_MAX_CHANNELS = 256
 
 
+_PORTABLE = contextvars.ContextVar("yolojax_portable_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def portable_convolutions() -> Iterator[None]:
+    """Within this context :func:`conv2d` traces to XLA's plain convolution, with neither the
+    CPU-specific paths nor the custom gradient: for converters that translate primitives one
+    by one (jax2onnx knows no ``platform_index``), and whose graphs must hold plain Conv ops."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     p = kernel.shape[0] // 2
     return lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS)
@@ -49,7 +67,7 @@ def _xla_conv_f32_sums(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
     """:func:`_xla_conv` summing in float32 whatever the input dtype (as GPUs and TPUs do for
     bfloat16): Eigen's CPU convolution sums bfloat16 inputs in bfloat16 otherwise, which
     moved yolov8n's class scores by up to 0.11 against float32."""
-    if x.dtype == jnp.float32:
+    if jnp.finfo(x.dtype).bits >= 32:
         return _xla_conv(x, kernel, stride)
     p = kernel.shape[0] // 2
     y = lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS,
@@ -87,6 +105,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     k = kernel.shape[0]
     if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 or kernel.shape[2] != x.shape[-1]:
         raise ValueError(f"conv2d needs an odd square (k, k, {x.shape[-1]}, Cout) kernel, got {kernel.shape}")
+    if _PORTABLE.get():
+        return _xla_conv(x, kernel, stride)
     return _conv2d(x, kernel, stride)
 
 
