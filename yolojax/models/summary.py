@@ -29,6 +29,7 @@ The counts are derived from the Flax model's shapes only (``jax.eval_shape``, no
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -68,14 +69,19 @@ class ModelSummary:
                 f"{self.gradients:,} gradients, {self.gflops:.1f} GFLOPs")
 
 
-def _trace_shapes(model: Any, imgsz: int) -> tuple[Any, list[tuple[str, tuple, tuple, tuple]]]:
-    """Param shapes and, per Conv2d / BatchNorm call, (kind, module path, in shape, out shape)."""
+@functools.lru_cache(maxsize=16)
+def _trace_shapes(scale: str, num_classes: int, reg_max: int, cls_width: int | None,
+                  imgsz: int) -> tuple[Any, list[tuple[str, tuple, tuple, tuple]]]:
+    """Param shapes and, per Conv2d / BatchNorm call, (kind, module path, in shape, out shape), of
+    the float32 YOLOv8 so described (the counts do not depend on the compute dtype)."""
     import jax
     import jax.numpy as jnp
     from flax import linen as nn
 
     from yolojax.models.layers import BatchNorm, Conv2d
+    from yolojax.models.yolov8 import YOLOv8
 
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
     calls: list[tuple[str, tuple, tuple, tuple]] = []
 
     def record(next_fun, args, kwargs, context):
@@ -114,7 +120,7 @@ def model_summary(model: Any, *, fused: bool = False, trainable: bool = True,
     """
     import jax
 
-    variables, calls = _trace_shapes(model, imgsz)
+    variables, calls = _trace_shapes(model.scale, model.num_classes, model.reg_max, model.cls_width, imgsz)
     params = variables["params"]
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     n_dfl = math.prod(params["model_22"]["dfl"]["conv"]["kernel"].shape)
