@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -50,4 +49,4 @@ def class_color(c: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-__all__ = ["guarded", "pyplot", "class_color", "Path"]
+__all__ = ["guarded", "pyplot", "class_color"]

@@ -85,7 +85,8 @@ def _name(names: Mapping[int, str] | Sequence[str] | None, c: int) -> str:
 
 def _draw_box(tile: np.ndarray, box: np.ndarray, label: str, color: tuple[int, int, int], lw: int,
               font: float) -> None:
-    """Draw one box and its label (white text on the class colour, above the box) on ``tile`` (RGB)."""
+    """Draw one box and its label (on the class colour, above the box; black text on light colours, else
+    white) on ``tile`` (RGB)."""
     import cv2
 
     x1, y1, x2, y2 = (int(round(v)) for v in box)
@@ -93,5 +94,6 @@ def _draw_box(tile: np.ndarray, box: np.ndarray, label: str, color: tuple[int, i
     (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
     top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1
     cv2.rectangle(tile, (x1, top), (x1 + tw + 2, top + th + base + 2), color, -1, cv2.LINE_AA)
-    cv2.putText(tile, label, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    light = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 160  # luma: dark text on light colours
+    cv2.putText(tile, label, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font,
+                (0, 0, 0) if light else (255, 255, 255), 1, cv2.LINE_AA)

@@ -31,13 +31,14 @@ logger = logging.getLogger(__name__)
 TRAIN_BATCHES = 3  # ultralytics' trainer plots batches 0, 1, 2
 
 
-def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, val_source: Any,
+def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, max_boxes: int, val_source: Any,
                     variables: Any, info: Mapping[str, Any], val_batch: int) -> list[Path]:
     """Write labels.jpg, train_batch{0,1,2}.jpg and (with ``val_source``) the validation plots into ``workdir``.
 
     Args:
       config: the run's config (imgsz, batch_size, epochs, seed, augmentation, data, val fields).
       train_source: the training source the run used (its ``labels``, a LabelTable, for labels.jpg).
+      max_boxes: the run's box padding M (``Batches.max_boxes``).
       val_source: the validation source, or None (no validation plots).
       variables: the final weights ({"params", "batch_stats"}, host arrays).
       info: the model's info (scale, num_classes, names, reg_max, cls_width).
@@ -49,7 +50,7 @@ def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, 
     workdir = Path(workdir)
     names = list(info["names"])
     written = [guarded("labels.jpg", _labels_plot, train_source, names, workdir / "labels.jpg")]
-    written += guarded("train_batch*.jpg", _train_batches, config, train_source, names, workdir) or []
+    written += guarded("train_batch*.jpg", _train_batches, config, train_source, max_boxes, names, workdir) or []
     if val_source is not None:
         written += guarded("validation plots", _validation_plots, config, workdir, val_source, variables, info,
                            val_batch) or []
@@ -63,7 +64,7 @@ def _labels_plot(source: Any, names: list[str], path: Path) -> Path:
     return plot_labels(xywh, labels.classes, names, path)
 
 
-def _train_batches(config: Any, source: Any, names: list[str], workdir: Path) -> list[Path]:
+def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], workdir: Path) -> list[Path]:
     """The run's first training batches, drawn again (same seed, no workers) and plotted."""
     import jax
 
@@ -71,7 +72,7 @@ def _train_batches(config: Any, source: Any, names: list[str], workdir: Path) ->
 
     batches = make_train_iterator(
         source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
-        aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=0, start_step=0,
+        aug=AugmentConfig.from_config(config), max_boxes=max_boxes, workers=0, start_step=0,
         process_index=0, process_count=jax.process_count(), mosaic_pool=config.data.mosaic_pool)
     written = []
     try:

@@ -655,7 +655,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     if is_main and config.plots and stopped_by is None:
         from yolojax.plots.run import write_run_plots
 
-        write_run_plots(config, workdir, train_source, val_source, jax.device_get(state.ema), info, val_batch)
+        write_run_plots(config, workdir, train_source, batches.max_boxes, val_source, jax.device_get(state.ema), info,
+                        val_batch)
     return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
             "nonfinite_total": nonfinite_total, "boxes_dropped": boxes_dropped, "workdir": str(workdir),
             "checkpoint_step": ckpt.latest_step(),
