@@ -249,7 +249,8 @@ def test_run_output_says_each_thing_once_and_no_noise(reference_run):
     err = "".join(line + "\n" for line in reference_stderr(reference_run).read_text().splitlines()
                   if not line.startswith("WARNING absl: Waiting for previous save to complete"))
     lines = [line for line in err.splitlines() if line.strip()]
-    assert sum("label scan" in line for line in lines) == 2, err  # train and val; 3 validations ran
+    # the scan summaries (not "max_boxes=... from the label scan"): train and val; 3 validations ran
+    assert sum("yolojax.data.label_scan: label scan" in line for line in lines) == 2, err
     assert sum("optimizer=auto chose AdamW with lr0=0.001 and momentum=0.9" in line for line in lines) == 1, err
     for noise in ("WARNING", "Traceback", "leaked shared_memory", "Unable to initialize backend", "absl"):
         assert noise not in err, (noise, err)
