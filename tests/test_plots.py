@@ -11,6 +11,7 @@ from yolojax.metrics import ap_per_class
 from yolojax.plots.batches import plot_batch
 from yolojax.plots.curves import plot_confusion, plot_curves
 from yolojax.plots.labels import plot_labels
+from yolojax.plots.run import train_plot_steps
 from yolojax.plots.validation import ValidationPlots
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -126,3 +127,12 @@ def test_labels_and_batch_mosaic_images(tmp_path):
     confusion = ValidationPlots(tmp_path / "empty", NAMES, conf=0.25).confusion
     assert [p.name for p in plot_confusion(confusion, NAMES, tmp_path)] == [
         "confusion_matrix_normalized.png", "confusion_matrix.png"]  # an all-zero matrix still draws
+
+
+def test_train_plot_steps_are_ultralytics_plot_idx():
+    """ultralytics' trainer: plot_idx = [0, 1, 2] + (epochs - close_mosaic) * nb + [0, 1, 2] with close_mosaic."""
+    assert train_plot_steps(3, 1, 3, 9) == [0, 1, 2, 6, 7, 8]
+    assert train_plot_steps(100, 10, 5, 500) == [0, 1, 2, 450, 451, 452]
+    assert train_plot_steps(5, 10, 3, 15) == [0, 1, 2]      # mosaic closed from the start: nothing more
+    assert train_plot_steps(100, 0, 5, 500) == [0, 1, 2]    # close_mosaic=0: mosaic stays
+    assert train_plot_steps(10, 1, 1, 2) == [0, 1]          # a run shorter than three steps

@@ -4,7 +4,9 @@ Into the run directory, as ultralytics' trainer writes them into its save_dir:
 
 * ``labels.jpg``: the training split's labels (:mod:`yolojax.plots.labels`);
 * ``train_batch0.jpg`` .. ``train_batch2.jpg``: the first three training batches of the run
-  (process 0's share), rebuilt from the seed exactly as the run drew them;
+  (process 0's share), rebuilt from the seed exactly as the run drew them, and as ultralytics
+  the first three after mosaic closes (``train_batch{(epochs - close_mosaic) * steps per
+  epoch + 0..2}.jpg``, :func:`train_plot_steps`);
 * the final validation's plots (:mod:`yolojax.plots.validation`) from the best checkpoint
   (``checkpoints_best/``) when there is one, else the given final weights, as ultralytics'
   final evaluation validates best.pt.
@@ -33,7 +35,7 @@ TRAIN_BATCHES = 3  # ultralytics' trainer plots batches 0, 1, 2
 
 def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, max_boxes: int, val_source: Any,
                     variables: Any, info: Mapping[str, Any], val_batch: int) -> list[Path]:
-    """Write labels.jpg, train_batch{0,1,2}.jpg and (with ``val_source``) the validation plots into ``workdir``.
+    """Write labels.jpg, train_batch*.jpg and (with ``val_source``) the validation plots into ``workdir``.
 
     Args:
       config: the run's config (imgsz, batch_size, epochs, seed, augmentation, data, val fields).
@@ -64,26 +66,48 @@ def _labels_plot(source: Any, names: list[str], path: Path) -> Path:
     return plot_labels(xywh, labels.classes, names, path)
 
 
+def train_plot_steps(epochs: int, close_mosaic: int, steps_per_epoch: int, num_steps: int) -> list[int]:
+    """The 0-based steps whose batches ultralytics' trainer plots (its ``plot_idx``): 0, 1, 2, and with
+    ``close_mosaic`` the first three of the epochs without mosaic, ``(epochs - close_mosaic) *
+    steps_per_epoch + 0..2``; only steps of the run (< ``num_steps``)."""
+    steps = set(range(TRAIN_BATCHES))
+    if close_mosaic:
+        base = (epochs - close_mosaic) * steps_per_epoch
+        steps |= {base + k for k in range(TRAIN_BATCHES)}
+    return sorted(s for s in steps if 0 <= s < num_steps)
+
+
 def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], workdir: Path) -> list[Path]:
-    """The run's first training batches, drawn again (same seed, no workers) and plotted."""
+    """The run's batches of :func:`train_plot_steps`, drawn again (same seed, no workers) and plotted
+    as ``train_batch{step}.jpg``."""
     import jax
 
     from yolojax.data import AugmentConfig, make_train_iterator
 
-    batches = make_train_iterator(
-        source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
-        aug=AugmentConfig.from_config(config), max_boxes=max_boxes, workers=0, start_step=0,
-        process_index=0, process_count=jax.process_count(), mosaic_pool=config.data.mosaic_pool)
-    written = []
+    def batches_from(step: int):
+        return make_train_iterator(
+            source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
+            aug=AugmentConfig.from_config(config), max_boxes=max_boxes, workers=0, prefetch=1, start_step=step,
+            process_index=0, process_count=jax.process_count(), mosaic_pool=config.data.mosaic_pool)
+
+    first = batches_from(0)
+    first.close()
+    written, batches, next_step = [], None, None
     try:
-        for i in range(min(TRAIN_BATCHES, batches.num_steps)):
+        for step in train_plot_steps(config.epochs, config.close_mosaic, first.steps_per_epoch, first.num_steps):
+            if step != next_step:  # a new run of consecutive steps
+                if batches is not None:
+                    batches.close()
+                batches = batches_from(step)
             b = next(batches.iterator)
+            next_step = step + 1
             mask = np.asarray(b["mask"])
             written.append(plot_batch(b["image"], [bx[m] for bx, m in zip(b["boxes"], mask)],
-                                      [c[m] for c, m in zip(b["classes"], mask)], workdir / f"train_batch{i}.jpg",
+                                      [c[m] for c, m in zip(b["classes"], mask)], workdir / f"train_batch{step}.jpg",
                                       names))
     finally:
-        batches.close()
+        if batches is not None:
+            batches.close()
     return written
 
 

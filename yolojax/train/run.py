@@ -29,7 +29,7 @@ train step, then trains with a progress bar. In DIR:
 * ``config.json`` (the config, and under ``"resolved"`` the values derived from it, also
   logged once: :func:`yolojax.train.optim.resolved_settings`, the class count, the val batch)
   and ``results.png`` (losses, lr and validation curves);
-* with ``plots`` (default True, as ultralytics): ``labels.jpg``, ``train_batch0-2.jpg`` and the
+* with ``plots`` (default True, as ultralytics): ``labels.jpg``, ``train_batch*.jpg`` and the
   final validation's plots (confusion matrices, Box P/R/F1/PR curves, val_batch*_labels/pred.jpg),
   written after training (:mod:`yolojax.plots.run`).
 
