@@ -110,6 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
     c.log_every_steps = 10
     c.progress = True              # tqdm progress bar
+    c.plots = True                 # after training: labels.jpg, train_batch*.jpg, the final validation's plots
     c.max_nonfinite = 10           # stop after this many non-finite losses in a row
     # Persistent XLA compilation cache: 'auto' (~/.cache/yolojax/jax), a directory, or 'off'.
     c.compile_cache = "auto"

@@ -229,8 +229,10 @@ class Predictor:
             if weights is None:
                 raise ValueError("give weights or variables and info")
             from yolojax.convert import load_weights
+            from yolojax.models.summary import loaded_summary_line
 
             variables, info = load_weights(weights)
+            logger.info("%s", loaded_summary_line(info))
         if imgsz < STRIDE or imgsz % STRIDE:
             raise ValueError(f"imgsz {imgsz} must be a positive multiple of {STRIDE}")
         if not (0 <= conf <= 1 and 0 <= iou <= 1):

@@ -28,7 +28,12 @@ train step, then trains with a progress bar. In DIR:
   (``load_weights``, ``yolojax.val --weights``) like DIR itself, which gives the latest;
 * ``config.json`` (the config, and under ``"resolved"`` the values derived from it, also
   logged once: :func:`yolojax.train.optim.resolved_settings`, the class count, the val batch)
-  and ``results.png`` (losses, lr and validation curves).
+  and ``results.png`` (losses, lr and validation curves);
+* with ``plots`` (default True, as ultralytics): ``labels.jpg``, ``train_batch*.jpg`` and the
+  final validation's plots (confusion matrices, Box P/R/F1/PR curves, val_batch*_labels/pred.jpg),
+  written after training (:mod:`yolojax.plots.run`).
+
+The model summary line (ultralytics' format, :mod:`yolojax.models.summary`) is logged at start.
 
 Before the first step everything is checked (:mod:`yolojax.train.preflight`): the config, the
 data.yaml splits, the weights, the workdir and the plot output.
@@ -395,6 +400,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     from yolojax.data import AugmentConfig, make_train_iterator
     from yolojax.loss import DetectionLoss
     from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models.summary import model_summary
     from yolojax.train import TrainState, make_recipe
     from yolojax.train.optim import describe_recipe, resolved_settings
     from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
@@ -463,6 +469,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
                    cls_width=cls_width)
     info = {"scale": scale, "num_classes": num_classes, "names": names, "reg_max": config.model.reg_max,
             "cls_width": cls_width}
+    logger.info("%s", model_summary(model).line())
     variables = init_variables(model, config.seed)
     if pretrained is not None:
         variables, copied, kept, remapped = transfer_pretrained(
@@ -645,6 +652,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             plot_results(workdir / "metrics.jsonl", workdir / "results.png")
         except Exception as e:  # noqa: BLE001 - a plot must never fail a run
             logger.warning("results.png not written: %s", e)
+    if is_main and config.plots and stopped_by is None:
+        from yolojax.plots.run import write_run_plots
+
+        write_run_plots(config, workdir, train_source, batches.max_boxes, val_source, jax.device_get(state.ema), info,
+                        val_batch)
     return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
             "nonfinite_total": nonfinite_total, "boxes_dropped": boxes_dropped, "workdir": str(workdir),
             "checkpoint_step": ckpt.latest_step(),
