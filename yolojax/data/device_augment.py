@@ -1,0 +1,226 @@
+"""Device side of ``data.augment_on = "device"``: the pixel work of a training batch, in JAX.
+
+The host draws every random parameter and moves the boxes (:mod:`yolojax.data.train_sample`),
+then ships the long-side-resized source images and the parameters as fixed-shape arrays
+(:mod:`yolojax.data.device_params`). :func:`render_batch` turns them into the uint8 images
+that host mode would have built, inside the jit-compiled train step:
+
+* each view (a mosaic of up to 4 tiles, or one image) is warped by inverse mapping with
+  OpenCV's arithmetic (``cv2.warpAffine`` / ``cv2.warpPerspective``, bilinear, border 114):
+  source coordinates in 1/32 pixel (affine: the 1/1024 fixed-point sums of ``warpAffine``;
+  perspective: rounded x/w, y/w), integer weights summing to 2^15, rounded. A canvas pixel
+  reads its tile's source image, or 114 outside every tile or outside the canvas, so the
+  mosaic canvas is never built;
+* MixUp blends two views (``(a*r + b*(1-r))`` truncated, as ultralytics' ``MixUp``);
+* HSV: OpenCV's 8-bit RGB->HSV (integer tables, hue in [0, 180)), the host-built LUT, and
+  OpenCV's HSV->RGB in float32 (ultralytics' ``RandomHSV``);
+* up-down and left-right flips.
+
+Every function is a pure jnp function of fixed shapes: it compiles once per batch shape and
+shards with the batch over the mesh's 'data' axis (the source images carry a leading group
+axis, one group per 'data' shard, and a sample reads only its own group).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yolojax.data.device_params import (
+    FLIP_KEY, HSV_KEY, INVERSE_KEY, LUT_KEY, MIX_KEY, PERSPECTIVE_KEY, SOURCES_KEY, TILES_KEY,
+)
+from yolojax.data.letterbox import PAD_VALUE
+
+_HSV_SHIFT = 12                      # RGB2HSV_b's fixed-point shift
+
+
+def _cv_tables() -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's RGB2HSV_b division tables: round((255 << 12) / v) and round((180 << 12) / (6 d))."""
+    i = np.arange(256, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        sdiv = np.where(i > 0, np.round((255 << _HSV_SHIFT) / i), 0)
+        hdiv = np.where(i > 0, np.round((180 << _HSV_SHIFT) / (6.0 * i)), 0)
+    return sdiv.astype(np.int32), hdiv.astype(np.int32)
+
+
+_SDIV, _HDIV = _cv_tables()
+
+
+def source_coords(inverse: jax.Array, perspective: jax.Array, out_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """Canvas coordinates of every output pixel, in float32 as OpenCV (>= 4.11) warps compute them:
+    x = m00 * col + (m01 * row + m02) (and y alike), divided by the same form of the last
+    row for a perspective warp.
+
+    Args:
+      inverse: float32 (3, 3) output pixels -> canvas pixels (cv2's inverted matrix).
+      perspective: bool (): divide by the projective w (``cv2.warpPerspective``).
+      out_hw: output (H, W).
+
+    Returns:
+      float32 (H, W) x and y in canvas pixels.
+    """
+    h, w = out_hw
+    ys = jnp.arange(h, dtype=jnp.float32)[:, None]
+    xs = jnp.arange(w, dtype=jnp.float32)[None, :]
+    m = inverse.astype(jnp.float32)
+    x = m[0, 0] * xs + (m[0, 1] * ys + m[0, 2])
+    y = m[1, 0] * xs + (m[1, 1] * ys + m[1, 2])
+    wgt = m[2, 0] * xs + (m[2, 1] * ys + m[2, 2])
+    wgt = jnp.where(perspective, wgt, 1.0)
+    return x / wgt, y / wgt
+
+
+def canvas_pixels(sources: jax.Array, tiles: jax.Array, px: jax.Array, py: jax.Array) -> jax.Array:
+    """Canvas pixels at integer (px, py): the source pixel of the tile holding it, 114 elsewhere.
+
+    Args:
+      sources: uint8 (P, S, S, 3) the group's source images, each at the top-left of its slot.
+      tiles: int32 (T, 7) per tile: slot, xa1, ya1, xa2, ya2, pad_x, pad_y (canvas[ya1:ya2,
+        xa1:xa2] = image[ya1-pad_y:..., xa1-pad_x:...]; empty tiles have xa2 <= xa1).
+      px, py: int32 (...) canvas coordinates (any value).
+
+    Returns:
+      int32 (..., 3).
+    """
+    p, s = sources.shape[0], sources.shape[1]
+    slot, xa1, ya1, xa2, ya2, pad_x, pad_y = (tiles[:, k] for k in range(7))
+    inside = ((px[..., None] >= xa1) & (px[..., None] < xa2) & (py[..., None] >= ya1) & (py[..., None] < ya2))
+    which = jnp.argmax(inside, axis=-1)
+    hit = jnp.any(inside, axis=-1)
+    sx = jnp.clip(px - pad_x[which], 0, s - 1)
+    sy = jnp.clip(py - pad_y[which], 0, s - 1)
+    flat = (jnp.clip(slot[which], 0, p - 1) * s + sy) * s + sx
+    values = jnp.take(sources.reshape(p * s * s, 3), flat, axis=0).astype(jnp.int32)
+    return jnp.where(hit[..., None], values, PAD_VALUE)
+
+
+def warp_view(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array,
+              out_hw: tuple[int, int]) -> jax.Array:
+    """One view's pixels: its canvas warped bilinearly to out_hw, border 114 (the pixels of
+    :func:`yolojax.data.affine.warp_layers`; OpenCV's float bilinear: p00 + fx (p01 - p00) per
+    row, then the rows by fy, rounded).
+
+    Args:
+      sources: uint8 (P, S, S, 3); tiles: int32 (T, 7) (see :func:`canvas_pixels`).
+      inverse: float32 (3, 3) output -> canvas pixels; perspective: bool ().
+      out_hw: output (H, W).
+
+    Returns:
+      int32 (H, W, 3) in [0, 255].
+    """
+    x, y = source_coords(inverse, perspective, out_hw)
+    limit = float(1 << 24)
+    x0, y0 = jnp.floor(jnp.clip(x, -limit, limit)), jnp.floor(jnp.clip(y, -limit, limit))
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+    p00, p01, p10, p11 = (canvas_pixels(sources, tiles, x0 + dx, y0 + dy).astype(jnp.float32)
+                          for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    top = p00 + fx * (p01 - p00)
+    bottom = p10 + fx * (p11 - p10)
+    value = top + fy * (bottom - top)
+    return jnp.clip(jnp.round(value), 0, 255).astype(jnp.int32)
+
+
+def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
+    """OpenCV's 8-bit ``COLOR_RGB2HSV`` (integer arithmetic): int32 (..., 3) RGB -> HSV, hue in [0, 180]."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    v = jnp.maximum(jnp.maximum(r, g), b)
+    diff = v - jnp.minimum(jnp.minimum(r, g), b)
+    half = 1 << (_HSV_SHIFT - 1)
+    s = (diff * jnp.asarray(_SDIV)[v] + half) >> _HSV_SHIFT
+    h = jnp.where(v == r, g - b, jnp.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * jnp.asarray(_HDIV)[diff] + half) >> _HSV_SHIFT
+    h = jnp.where(h < 0, h + 180, h)
+    return jnp.stack([h, s, v], -1)
+
+
+def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+    """OpenCV's 8-bit ``COLOR_HSV2RGB`` as its vectorised path computes it (float32 sector
+    formula, then x 255 truncated): int32 (..., 3) HSV, hue in [0, 180) -> int32 RGB.
+
+    OpenCV rounds instead of truncating only in the scalar tail of a row (rows whose width is
+    not a multiple of its vector block); training images are multiples of 32 pixels wide."""
+    h = hsv[..., 0].astype(jnp.float32) * jnp.float32(6.0 / 180.0)
+    s = hsv[..., 1].astype(jnp.float32) * jnp.float32(1.0 / 255.0)
+    v = hsv[..., 2].astype(jnp.float32) * jnp.float32(1.0 / 255.0)
+    sector = jnp.trunc(h)
+    f = h - sector
+    sector = sector.astype(jnp.int32) % 6
+    one = jnp.float32(1.0)
+    tab = jnp.stack([v, v * (one - s), v * (one - s * f), v * (one - s * (one - f))], -1)
+    # OpenCV's sector table gives (b, g, r) rows; here as (r, g, b).
+    order = jnp.asarray([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]], jnp.int32)
+    rgb = jnp.take_along_axis(tab, order[sector], axis=-1)
+    return jnp.clip(jnp.trunc(rgb * jnp.float32(255.0)), 0, 255).astype(jnp.int32)
+
+
+def apply_hsv(rgb: jax.Array, lut: jax.Array) -> jax.Array:
+    """Ultralytics' ``RandomHSV`` with a drawn LUT: int32 (H, W, 3) RGB, uint8 (3, 256) -> int32 RGB."""
+    hsv = rgb_to_hsv(rgb)
+    lut = lut.astype(jnp.int32)
+    mapped = jnp.stack([lut[c][hsv[..., c]] for c in range(3)], -1)
+    return hsv_to_rgb(mapped)
+
+
+def render_sample(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array,
+                  mix: jax.Array, hsv: jax.Array, lut: jax.Array, flip: jax.Array,
+                  out_hw: tuple[int, int]) -> jax.Array:
+    """One training sample's pixels (the order of :func:`yolojax.data.train_sample.render_sample`).
+
+    Args:
+      sources: uint8 (P, S, S, 3) its group's source images.
+      tiles: int32 (V, T, 7); inverse: float32 (V, 3, 3); perspective: bool (V,) per view.
+      mix: float32 () MixUp's weight of view 0 (1: no MixUp); hsv: bool () apply the LUT;
+      lut: uint8 (3, 256); flip: bool (2,) up-down, left-right.
+      out_hw: (H, W).
+
+    Returns:
+      uint8 (H, W, 3) RGB.
+    """
+    image = warp_view(sources, tiles[0], inverse[0], perspective[0], out_hw)
+    for v in range(1, tiles.shape[0]):
+        other = warp_view(sources, tiles[v], inverse[v], perspective[v], out_hw)
+        blended = image.astype(jnp.float32) * mix + other.astype(jnp.float32) * (1 - mix)
+        image = jnp.where(mix < 1, blended.astype(jnp.int32), image)
+    image = jnp.where(hsv, apply_hsv(image, lut), image)
+    image = jnp.where(flip[0], image[::-1], image)
+    image = jnp.where(flip[1], image[:, ::-1], image)
+    return image.astype(jnp.uint8)
+
+
+def render_batch(batch: Mapping[str, jax.Array]) -> jax.Array:
+    """uint8 (B, S, S, 3) training images from a device-mode batch (:mod:`yolojax.data.device_params`).
+
+    The B samples are split into G equal groups (G = the sources' leading axis); sample k
+    reads the sources of group k // (B / G).
+
+    Raises:
+      ValueError: B not divisible by G.
+    """
+    sources = batch[SOURCES_KEY]
+    groups, s = sources.shape[0], sources.shape[2]
+    tiles = batch[TILES_KEY]
+    b = tiles.shape[0]
+    if b % groups:
+        raise ValueError(f"batch of {b} samples does not split into {groups} source groups")
+
+    def grouped(x: jax.Array) -> jax.Array:
+        return x.reshape(groups, b // groups, *x.shape[1:])
+
+    per_sample = jax.vmap(render_sample, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, None))
+    per_group = jax.vmap(per_sample, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))
+    images = per_group(sources, grouped(tiles), grouped(batch[INVERSE_KEY]), grouped(batch[PERSPECTIVE_KEY]),
+                       grouped(batch[MIX_KEY]), grouped(batch[HSV_KEY]), grouped(batch[LUT_KEY]),
+                       grouped(batch[FLIP_KEY]), (s, s))
+    return images.reshape(b, s, s, 3)
+
+
+def batch_images(batch: Mapping[str, Any]) -> jax.Array:
+    """The batch's uint8 (B, H, W, 3) images: ``batch['image']`` (host mode), else rendered by
+    :func:`render_batch` from a device-mode batch."""
+    if "image" in batch:
+        return batch["image"]
+    return render_batch(batch)
