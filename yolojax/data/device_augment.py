@@ -14,7 +14,8 @@ that host mode would have built, inside the jit-compiled train step:
 * MixUp blends two views (``(a*r + b*(1-r))`` truncated, as ultralytics' ``MixUp``);
 * HSV: OpenCV's 8-bit RGB->HSV (integer tables, hue in [0, 180)), the host-built LUT, and
   OpenCV's HSV->RGB in float32 (ultralytics' ``RandomHSV``);
-* up-down and left-right flips.
+* up-down and left-right flips (as mirrored output coordinates of the warp: every step
+  after the warp is per pixel).
 
 Every function is a pure jnp function of fixed shapes: it compiles once per batch shape and
 shards with the batch over the mesh's 'data' axis (the source images carry a leading group
@@ -23,6 +24,7 @@ axis, one group per 'data' shard, and a sample reads only its own group).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -49,27 +51,32 @@ def _cv_tables() -> tuple[np.ndarray, np.ndarray]:
 _SDIV, _HDIV = _cv_tables()
 
 
-def source_coords(inverse: jax.Array, perspective: jax.Array, out_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+def source_coords(inverse: jax.Array, perspective: jax.Array, flip: jax.Array,
+                  out_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
     """Canvas coordinates of every output pixel, in float32 as OpenCV (>= 4.11) warps compute them:
     x = m00 * col + (m01 * row + m02) (and y alike), divided by the same form of the last
-    row for a perspective warp.
+    row for a perspective warp. A flipped output pixel takes the coordinates of its mirror
+    (the flips come last in ultralytics' order, after per-pixel steps only).
 
     Args:
-      inverse: float32 (3, 3) output pixels -> canvas pixels (cv2's inverted matrix).
-      perspective: bool (): divide by the projective w (``cv2.warpPerspective``).
+      inverse: float32 (n, 3, 3) output pixels -> canvas pixels (cv2's inverted matrix).
+      perspective: bool (n,): divide by the projective w (``cv2.warpPerspective``).
+      flip: bool (n, 2): the output flipped up-down, left-right.
       out_hw: output (H, W).
 
     Returns:
-      float32 (H, W) x and y in canvas pixels.
+      float32 (n, H, W) x and y in canvas pixels.
     """
     h, w = out_hw
-    ys = jnp.arange(h, dtype=jnp.float32)[:, None]
-    xs = jnp.arange(w, dtype=jnp.float32)[None, :]
-    m = inverse.astype(jnp.float32)
-    x = m[0, 0] * xs + (m[0, 1] * ys + m[0, 2])
-    y = m[1, 0] * xs + (m[1, 1] * ys + m[1, 2])
-    wgt = m[2, 0] * xs + (m[2, 1] * ys + m[2, 2])
-    wgt = jnp.where(perspective, wgt, 1.0)
+    rows = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+    cols = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+    ys = jnp.where(flip[:, 0, None, None], h - 1 - rows, rows)
+    xs = jnp.where(flip[:, 1, None, None], w - 1 - cols, cols)
+    m = inverse.astype(jnp.float32)[:, :, :, None, None]
+    x = m[:, 0, 0] * xs + (m[:, 0, 1] * ys + m[:, 0, 2])
+    y = m[:, 1, 0] * xs + (m[:, 1, 1] * ys + m[:, 1, 2])
+    wgt = m[:, 2, 0] * xs + (m[:, 2, 1] * ys + m[:, 2, 2])
+    wgt = jnp.where(perspective[:, None, None], wgt, 1.0)
     return x / wgt, y / wgt
 
 
@@ -78,46 +85,53 @@ def canvas_pixels(sources: jax.Array, tiles: jax.Array, px: jax.Array, py: jax.A
 
     Args:
       sources: uint8 (P, S, S, 3) the group's source images, each at the top-left of its slot.
-      tiles: int32 (T, 7) per tile: slot, xa1, ya1, xa2, ya2, pad_x, pad_y (canvas[ya1:ya2,
-        xa1:xa2] = image[ya1-pad_y:..., xa1-pad_x:...]; empty tiles have xa2 <= xa1).
-      px, py: int32 (...) canvas coordinates (any value).
+      tiles: int32 (n, T, 7) per sample and tile: slot, xa1, ya1, xa2, ya2, pad_x, pad_y
+        (canvas[ya1:ya2, xa1:xa2] = image[ya1-pad_y:..., xa1-pad_x:...]; tiles do not overlap;
+        empty tiles have xa2 <= xa1).
+      px, py: int32 (n, H, W) canvas coordinates (any value).
 
     Returns:
-      int32 (..., 3).
+      int32 (n, H, W, 3).
     """
     p, s = sources.shape[0], sources.shape[1]
-    slot, xa1, ya1, xa2, ya2, pad_x, pad_y = (tiles[:, k] for k in range(7))
-    inside = ((px[..., None] >= xa1) & (px[..., None] < xa2) & (py[..., None] >= ya1) & (py[..., None] < ya2))
-    which = jnp.argmax(inside, axis=-1)
+    t = tiles[:, None, None, :, :]  # (n, 1, 1, T, 7)
+    x, y = px[..., None], py[..., None]
+    inside = (x >= t[..., 1]) & (x < t[..., 3]) & (y >= t[..., 2]) & (y < t[..., 4])
     hit = jnp.any(inside, axis=-1)
-    sx = jnp.clip(px - pad_x[which], 0, s - 1)
-    sy = jnp.clip(py - pad_y[which], 0, s - 1)
-    flat = (jnp.clip(slot[which], 0, p - 1) * s + sy) * s + sx
+
+    def field(k: int) -> jax.Array:  # the holding tile's field (at most one tile holds a pixel)
+        return jnp.sum(jnp.where(inside, t[..., k], 0), axis=-1)
+
+    sx = jnp.clip(px - field(5), 0, s - 1)
+    sy = jnp.clip(py - field(6), 0, s - 1)
+    flat = (jnp.clip(field(0), 0, p - 1) * s + sy) * s + sx
     values = jnp.take(sources.reshape(p * s * s, 3), flat, axis=0).astype(jnp.int32)
     return jnp.where(hit[..., None], values, PAD_VALUE)
 
 
-def warp_view(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array,
+def warp_view(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array, flip: jax.Array,
               out_hw: tuple[int, int]) -> jax.Array:
-    """One view's pixels: its canvas warped bilinearly to out_hw, border 114 (the pixels of
+    """One view per sample: its canvas warped bilinearly to out_hw, border 114 (the pixels of
     :func:`yolojax.data.affine.warp_layers`; OpenCV's float bilinear: p00 + fx (p01 - p00) per
     row, then the rows by fy, rounded).
 
     Args:
-      sources: uint8 (P, S, S, 3); tiles: int32 (T, 7) (see :func:`canvas_pixels`).
-      inverse: float32 (3, 3) output -> canvas pixels; perspective: bool ().
+      sources: uint8 (P, S, S, 3); tiles: int32 (n, T, 7) (see :func:`canvas_pixels`).
+      inverse: float32 (n, 3, 3) output -> canvas pixels; perspective: bool (n,).
+      flip: bool (n, 2): give the output flipped up-down, left-right.
       out_hw: output (H, W).
 
     Returns:
-      int32 (H, W, 3) in [0, 255].
+      int32 (n, H, W, 3) in [0, 255].
     """
-    x, y = source_coords(inverse, perspective, out_hw)
+    x, y = source_coords(inverse, perspective, flip, out_hw)
     limit = float(1 << 24)
     x0, y0 = jnp.floor(jnp.clip(x, -limit, limit)), jnp.floor(jnp.clip(y, -limit, limit))
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
-    p00, p01, p10, p11 = (canvas_pixels(sources, tiles, x0 + dx, y0 + dy).astype(jnp.float32)
-                          for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    # Materialised once: each of the 4 neighbours' tile tests reads them (XLA would recompute them per use).
+    x0, y0, fx, fy = jax.lax.optimization_barrier((x0.astype(jnp.int32), y0.astype(jnp.int32), fx, fy))
+    p00, p01, p10, p11 = jax.lax.optimization_barrier(tuple(
+        canvas_pixels(sources, tiles, x0 + dx, y0 + dy).astype(jnp.float32) for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))))
     top = p00 + fx * (p01 - p00)
     bottom = p10 + fx * (p11 - p10)
     value = top + fy * (bottom - top)
@@ -150,44 +164,50 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
     f = h - sector
     sector = sector.astype(jnp.int32) % 6
     one = jnp.float32(1.0)
-    tab = jnp.stack([v, v * (one - s), v * (one - s * f), v * (one - s * (one - f))], -1)
-    # OpenCV's sector table gives (b, g, r) rows; here as (r, g, b).
-    order = jnp.asarray([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]], jnp.int32)
-    rgb = jnp.take_along_axis(tab, order[sector], axis=-1)
+    tab = (v, v * (one - s), v * (one - s * f), v * (one - s * (one - f)))
+    # OpenCV's sector table, per channel: which of tab each sector 0..5 takes.
+    rows = {"r": (0, 2, 1, 1, 3, 0), "g": (3, 0, 0, 2, 1, 1), "b": (1, 1, 3, 0, 0, 2)}
+
+    def channel(row: tuple[int, ...]) -> jax.Array:
+        return jnp.select([sector == k for k in range(6)], [tab[i] for i in row])
+
+    rgb = jnp.stack([channel(rows[c]) for c in "rgb"], -1)
     return jnp.clip(jnp.trunc(rgb * jnp.float32(255.0)), 0, 255).astype(jnp.int32)
 
 
 def apply_hsv(rgb: jax.Array, lut: jax.Array) -> jax.Array:
-    """Ultralytics' ``RandomHSV`` with a drawn LUT: int32 (H, W, 3) RGB, uint8 (3, 256) -> int32 RGB."""
+    """Ultralytics' ``RandomHSV`` with drawn LUTs: int32 (n, H, W, 3) RGB, uint8 (n, 3, 256) -> int32 RGB."""
+    n = rgb.shape[0]
     hsv = rgb_to_hsv(rgb)
-    lut = lut.astype(jnp.int32)
-    mapped = jnp.stack([lut[c][hsv[..., c]] for c in range(3)], -1)
+    row = (jnp.arange(n, dtype=jnp.int32)[:, None, None, None] * 3 + jnp.arange(3, dtype=jnp.int32)) * 256
+    mapped = jnp.take(lut.reshape(n * 3 * 256).astype(jnp.int32), row + hsv, axis=0)
+    mapped = jax.lax.optimization_barrier(mapped)  # gathered once, not per use below
     return hsv_to_rgb(mapped)
 
 
-def render_sample(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array,
-                  mix: jax.Array, hsv: jax.Array, lut: jax.Array, flip: jax.Array,
-                  out_hw: tuple[int, int]) -> jax.Array:
-    """One training sample's pixels (the order of :func:`yolojax.data.train_sample.render_sample`).
+def render_group(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array,
+                 mix: jax.Array, hsv: jax.Array, lut: jax.Array, flip: jax.Array,
+                 out_hw: tuple[int, int]) -> jax.Array:
+    """The pixels of n samples reading one group's sources (the order of
+    :func:`yolojax.data.train_sample.render_sample`).
 
     Args:
-      sources: uint8 (P, S, S, 3) its group's source images.
-      tiles: int32 (V, T, 7); inverse: float32 (V, 3, 3); perspective: bool (V,) per view.
-      mix: float32 () MixUp's weight of view 0 (1: no MixUp); hsv: bool () apply the LUT;
-      lut: uint8 (3, 256); flip: bool (2,) up-down, left-right.
+      sources: uint8 (P, S, S, 3) the group's source images.
+      tiles: int32 (n, V, T, 7); inverse: float32 (n, V, 3, 3); perspective: bool (n, V).
+      mix: float32 (n,) MixUp's weight of view 0 (1: no MixUp); hsv: bool (n,) apply the LUT;
+      lut: uint8 (n, 3, 256); flip: bool (n, 2) up-down, left-right.
       out_hw: (H, W).
 
     Returns:
-      uint8 (H, W, 3) RGB.
+      uint8 (n, H, W, 3) RGB.
     """
-    image = warp_view(sources, tiles[0], inverse[0], perspective[0], out_hw)
-    for v in range(1, tiles.shape[0]):
-        other = warp_view(sources, tiles[v], inverse[v], perspective[v], out_hw)
-        blended = image.astype(jnp.float32) * mix + other.astype(jnp.float32) * (1 - mix)
-        image = jnp.where(mix < 1, blended.astype(jnp.int32), image)
-    image = jnp.where(hsv, apply_hsv(image, lut), image)
-    image = jnp.where(flip[0], image[::-1], image)
-    image = jnp.where(flip[1], image[:, ::-1], image)
+    image = warp_view(sources, tiles[:, 0], inverse[:, 0], perspective[:, 0], flip, out_hw)
+    r = mix[:, None, None, None]
+    for v in range(1, tiles.shape[1]):  # r = 1 leaves the image as it is (x * 1 + y * 0, truncated)
+        other = warp_view(sources, tiles[:, v], inverse[:, v], perspective[:, v], flip, out_hw)
+        image = (image.astype(jnp.float32) * r + other.astype(jnp.float32) * (1 - r)).astype(jnp.int32)
+    image = jax.lax.optimization_barrier(image)  # read twice below: computed once, not fused into both
+    image = jnp.where(hsv[:, None, None, None], apply_hsv(image, lut), image)
     return image.astype(jnp.uint8)
 
 
@@ -210,11 +230,12 @@ def render_batch(batch: Mapping[str, jax.Array]) -> jax.Array:
     def grouped(x: jax.Array) -> jax.Array:
         return x.reshape(groups, b // groups, *x.shape[1:])
 
-    per_sample = jax.vmap(render_sample, in_axes=(None, 0, 0, 0, 0, 0, 0, 0, None))
-    per_group = jax.vmap(per_sample, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))
-    images = per_group(sources, grouped(tiles), grouped(batch[INVERSE_KEY]), grouped(batch[PERSPECTIVE_KEY]),
-                       grouped(batch[MIX_KEY]), grouped(batch[HSV_KEY]), grouped(batch[LUT_KEY]),
-                       grouped(batch[FLIP_KEY]), (s, s))
+    args = (grouped(tiles), grouped(batch[INVERSE_KEY]), grouped(batch[PERSPECTIVE_KEY]), grouped(batch[MIX_KEY]),
+            grouped(batch[HSV_KEY]), grouped(batch[LUT_KEY]), grouped(batch[FLIP_KEY]))
+    if groups == 1:  # one group: plain gathers (XLA's CPU backend runs batched gathers slowly)
+        images = render_group(sources[0], *(a[0] for a in args), (s, s))
+    else:
+        images = jax.vmap(functools.partial(render_group, out_hw=(s, s)))(sources, *args)
     return images.reshape(b, s, s, 3)
 
 
