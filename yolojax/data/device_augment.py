@@ -6,14 +6,13 @@ then ships the long-side-resized source images and the parameters as fixed-shape
 that host mode would have built, inside the jit-compiled train step:
 
 * each view (a mosaic of up to 4 tiles, or one image) is warped by inverse mapping with
-  OpenCV's arithmetic (``cv2.warpAffine`` / ``cv2.warpPerspective``, bilinear, border 114):
-  source coordinates in 1/32 pixel (affine: the 1/1024 fixed-point sums of ``warpAffine``;
-  perspective: rounded x/w, y/w), integer weights summing to 2^15, rounded. A canvas pixel
-  reads its tile's source image, or 114 outside every tile or outside the canvas, so the
-  mosaic canvas is never built;
+  the arithmetic of OpenCV 5.0's ``cv2.warpAffine`` / ``cv2.warpPerspective`` (bilinear,
+  border 114): float32 source coordinates from the inverted matrix, float32 interpolation
+  (along x, then y), rounded. A canvas pixel reads its tile's source image, or 114 outside
+  every tile or outside the canvas, so the mosaic canvas is never built;
 * MixUp blends two views (``(a*r + b*(1-r))`` truncated, as ultralytics' ``MixUp``);
 * HSV: OpenCV's 8-bit RGB->HSV (integer tables, hue in [0, 180)), the host-built LUT, and
-  OpenCV's HSV->RGB in float32 (ultralytics' ``RandomHSV``);
+  OpenCV's vectorised 8-bit HSV->RGB (float32, truncated) (ultralytics' ``RandomHSV``);
 * up-down and left-right flips (as mirrored output coordinates of the warp: every step
   after the warp is per pixel).
 
@@ -53,7 +52,7 @@ _SDIV, _HDIV = _cv_tables()
 
 def source_coords(inverse: jax.Array, perspective: jax.Array, flip: jax.Array,
                   out_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
-    """Canvas coordinates of every output pixel, in float32 as OpenCV (>= 4.11) warps compute them:
+    """Canvas coordinates of every output pixel, in float32 as OpenCV 5.0's warps compute them:
     x = m00 * col + (m01 * row + m02) (and y alike), divided by the same form of the last
     row for a perspective warp. A flipped output pixel takes the coordinates of its mirror
     (the flips come last in ultralytics' order, after per-pixel steps only).
