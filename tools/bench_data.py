@@ -98,9 +98,10 @@ def device_ram_batches(data_yaml: str, imgsz: int, batch: int, workers: int, mos
     return batches.iterator, batches.close
 
 
-def device_render_ms(data_yaml: str, imgsz: int, batch: int, mosaic_pool: str, repeats: int = 3) -> float:
-    """Milliseconds per image of the pixel work of device mode (``jit(render_batch)``, compiled
-    first), on JAX's default backend."""
+def device_render_ms(data_yaml: str, imgsz: int, batch: int, mosaic_pool: str,
+                     repeats: int = 3) -> tuple[float, float]:
+    """(wall, CPU) milliseconds per image of the pixel work of device mode (``jit(render_batch)``,
+    compiled first), on JAX's default backend; CPU time is this process's (all its threads)."""
     import jax  # pylint: disable=import-outside-toplevel
 
     from yolojax.data.device_augment import render_batch  # pylint: disable=import-outside-toplevel
@@ -111,10 +112,11 @@ def device_render_ms(data_yaml: str, imgsz: int, batch: int, mosaic_pool: str, r
     close()
     render = jax.jit(render_batch)
     render(batches[0]).block_until_ready()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for b in batches[1:]:
         render(b).block_until_ready()
-    return 1000 * (time.perf_counter() - start) / (repeats * batch)
+    images = repeats * batch
+    return 1000 * (time.perf_counter() - start) / images, 1000 * (time.process_time() - cpu_start) / images
 
 
 def ultralytics_batches(data_yaml: str, imgsz: int, batch: int, workers: int):
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def device_lines(cpu_device: float, cpu_ultralytics: float, images: int, render_ms: float) -> str:
+def device_lines(cpu_device: float, cpu_ultralytics: float, images: int, render_ms: tuple[float, float]) -> str:
     """The device+ram report: host CPU per image and per core, beside ultralytics', and the
     pixel work per image left to the train step."""
     import jax  # pylint: disable=import-outside-toplevel
@@ -227,7 +229,7 @@ def device_lines(cpu_device: float, cpu_ultralytics: float, images: int, render_
     return (f"device+ram: {ms:.2f} ms host CPU per image, {1000 / ms:.0f} img/s per host core "
             f"(images decoded into memory before timing)\n"
             f"device+ram vs ultralytics host CPU per image: {cpu_ultralytics / cpu_device:.1f}x less\n"
-            f"device augmentation in the step: {render_ms:.2f} ms per image "
+            f"device augmentation in the step: {render_ms[0]:.2f} ms per image, {render_ms[1]:.2f} ms CPU "
             f"(jit(render_batch) on {jax.default_backend()})")
 
 
