@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 2            # batches buffered per worker
     c.data.max_boxes = 0           # M, box rows per image; 0: from the label scan (no box dropped); N: a cap
     c.data.mosaic_pool = "batch"   # mosaic partners from the same 'batch' or the whole 'dataset'
+    c.data.augment_on = "host"     # host | device: where augmentation's pixel work runs (docs/data.md)
     # Built-in synthetic shapes dataset: when root is set and data.yaml is empty, the dataset
     # is written there in YOLO format (once) and used as data.yaml.
     c.data.synthetic = ml_collections.ConfigDict()

@@ -27,6 +27,7 @@ from absl import flags
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
+from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources import DetectionSource, yolo_source
@@ -185,6 +186,8 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     mosaic_pool: str = "batch",
+    augment_on: str = "host",
+    augment_groups: int = 1,
 ) -> Batches:
     """Augmented training batches for `epochs` epochs.
 
@@ -204,10 +207,16 @@ def make_train_iterator(
       start_step: first step to yield (e.g. when resuming without an iterator state).
       process_index, process_count: this JAX process and their number (default: jax's).
       mosaic_pool: mosaic / mixup partners from the same local 'batch' or the whole 'dataset'.
+      augment_on: 'host' (the images augmented here) or 'device' (the same draws and boxes;
+        the source images and parameters shipped instead of ``image``, rendered in the train
+        step: :mod:`yolojax.data.device_params`, :func:`yolojax.data.device_augment.render_batch`).
+      augment_groups: device mode: 'data' shards this process feeds (the local batch splits
+        into that many groups, each shipping its own source images).
 
     Returns:
-      :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB, boxes float32 (b, M, 4)
-      xyxy pixels, classes int32 (b, M), mask bool (b, M), with b = batch_size / process_count.
+      :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB (device mode: the
+      ``aug_*`` arrays instead), boxes float32 (b, M, 4) xyxy pixels, classes int32 (b, M),
+      mask bool (b, M), with b = batch_size / process_count.
     """
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
@@ -218,7 +227,12 @@ def make_train_iterator(
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
     aug = aug or AugmentConfig()
     max_boxes = train_max_boxes(source, aug, epochs, max_boxes)
-    builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0)
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
+    if augment_on == "device":
+        builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, workers > 0, augment_groups)
+    else:
+        builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0)
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,

@@ -71,6 +71,14 @@ def process_batch_rows(global_batch_size: int, mesh: Mesh) -> slice:
     return slice(lo, hi)
 
 
+def local_data_shards(mesh: Mesh, global_batch_size: int) -> int:
+    """How many distinct 'data' shards of the global batch this process's devices hold (the
+    groups of a device-mode batch, :mod:`yolojax.data.device_params`)."""
+    sharding = batch_sharding(mesh)
+    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+    return len({index[0].indices(global_batch_size) for index in index_map.values()})
+
+
 def place_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     """Process-local batch (this process's rows, :func:`process_batch_rows`) -> global
     arrays sharded over 'data' via ``jax.make_array_from_process_local_data``."""

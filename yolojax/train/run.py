@@ -105,6 +105,8 @@ def prepare_data(config: Any) -> Path:
 
 def check_config(config: Any) -> None:
     """Refuse settings that cannot serve, with a one-line reason."""
+    from yolojax.data.augment_config import AUGMENT_ON
+
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(msg)
@@ -124,6 +126,8 @@ def check_config(config: Any) -> None:
     need(config.data.max_boxes >= 0, "data.max_boxes must be >= 0 (0: from the label scan)")
     need(config.val.max_det >= 0, "val.max_det must be >= 0 (0: ultralytics' rule)")
     need(config.data.workers >= 0, "data.workers must be >= 0")
+    need(config.data.augment_on in AUGMENT_ON,
+         f"data.augment_on must be one of {AUGMENT_ON}, got {config.data.augment_on!r}")
     coordinator = config.distributed.coordinator
     need(not coordinator or (":" in coordinator and coordinator.rsplit(":", 1)[1].isdigit()),
          f"distributed.coordinator must be host:port, got {coordinator!r}")
@@ -343,6 +347,13 @@ class _Stop:
         self._previous = {}
 
 
+def _augment_groups(config) -> int:
+    """Device-mode groups of the local batch: the 'data' shards this process feeds."""
+    from yolojax.parallel import local_data_shards, mesh_from_config
+
+    return local_data_shards(mesh_from_config(config), config.batch_size)
+
+
 def _make_step(config, loss_fn, state):
     """(step_fn, state placed on the mesh, its shardings, place_batch) for config.mesh and
     config.parallel."""
@@ -444,7 +455,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
             aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=config.data.workers,
             threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
-            process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool)
+            process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool,
+            augment_on=config.data.augment_on, augment_groups=_augment_groups(config))
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"dataset {data_yaml}: {e}") from None
     dataset_size = len(batches.source)
