@@ -239,7 +239,10 @@ class Predictor:
             raise ValueError("conf and iou must be within [0, 1]")
         self.info = dict(info)
         self.names = list(info["names"])
-        self.imgsz, self.rect = int(imgsz), bool(rect)
+        # As ultralytics' predictor (8.4.190 engine/predictor.py): a fixed-size exported model
+        # takes square imgsz letterboxes whatever rect says.
+        fixed_size = model_fn is not None and getattr(model_fn, "input_hw", None) is not None
+        self.imgsz, self.rect = int(imgsz), bool(rect) and not fixed_size
         self.variables = jax.device_put(variables)
         if model_fn is not None:
             from yolojax.val import make_predict_fn

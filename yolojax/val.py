@@ -237,6 +237,8 @@ def validate(
         if info is None:
             raise ValueError("model_fn needs info (names, num_classes)")
         variables = {}
+        # ultralytics 8.4.190 engine/validator.py: a fixed-size exported model validates square
+        rect = rect and getattr(model_fn, "input_hw", None) is None
     elif variables is None or info is None:
         if weights is None:
             raise ValueError("give weights or variables and info")

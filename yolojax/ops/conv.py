@@ -131,9 +131,18 @@ def _conv2d_bwd(stride, residuals, dy):
             dw = jax.vjp(lambda b: _xla_conv(x, b, stride), kernel)[1](dy)[0]
         else:
             dw = kernel_grad(x, dy, k, stride)
-        return input_grad(x.shape, kernel, dy, stride), dw
+        return input_grad(x.shape, kernel, dy, stride), _sum_over_unshared_axes(dw, kernel)
 
     return lax.platform_dependent(x, kernel, dy, cpu=cpu, default=native)
+
+
+def _sum_over_unshared_axes(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
+    """Inside ``shard_map``: psum ``cotangent`` over the mesh axes it varies along but
+    ``primal`` does not (a replicated kernel's gradient from per-shard inputs), which is what
+    XLA's own transpose of the convolution does, so both branches give the same type."""
+    extra = tuple(sorted(getattr(jax.typeof(cotangent), "vma", frozenset())
+                         - getattr(jax.typeof(primal), "vma", frozenset())))
+    return lax.psum(cotangent, extra) if extra else cotangent
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
