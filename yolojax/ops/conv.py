@@ -50,7 +50,9 @@ _PORTABLE = contextvars.ContextVar("yolojax_portable_convolutions", default=Fals
 def portable_convolutions() -> Iterator[None]:
     """Within this context :func:`conv2d` traces to XLA's plain convolution, with neither the
     CPU-specific paths nor the custom gradient: for converters that translate primitives one
-    by one (jax2onnx knows no ``platform_index``), and whose graphs must hold plain Conv ops."""
+    by one (jax2onnx knows no ``platform_index``), and whose graphs must hold plain Conv ops;
+    and inside ``shard_map`` (the pmap path), where the two backward branches would differ in
+    their manual-axis types (XLA's transpose sums a replicated kernel's gradient itself)."""
     token = _PORTABLE.set(True)
     try:
         yield
@@ -131,18 +133,9 @@ def _conv2d_bwd(stride, residuals, dy):
             dw = jax.vjp(lambda b: _xla_conv(x, b, stride), kernel)[1](dy)[0]
         else:
             dw = kernel_grad(x, dy, k, stride)
-        return input_grad(x.shape, kernel, dy, stride), _sum_over_unshared_axes(dw, kernel)
+        return input_grad(x.shape, kernel, dy, stride), dw
 
     return lax.platform_dependent(x, kernel, dy, cpu=cpu, default=native)
-
-
-def _sum_over_unshared_axes(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
-    """Inside ``shard_map``: psum ``cotangent`` over the mesh axes it varies along but
-    ``primal`` does not (a replicated kernel's gradient from per-shard inputs), which is what
-    XLA's own transpose of the convolution does, so both branches give the same type."""
-    extra = tuple(sorted(getattr(jax.typeof(cotangent), "vma", frozenset())
-                         - getattr(jax.typeof(primal), "vma", frozenset())))
-    return lax.psum(cotangent, extra) if extra else cotangent
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
