@@ -24,6 +24,7 @@ import cv2
 import grain
 import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
@@ -80,10 +81,24 @@ class Batches:
 
         Grain's closed iterator keeps those batches in reference cycles; collecting them now
         unlinks their shared memory, which Python's resource_tracker would otherwise report
-        at exit as "leaked shared_memory objects" (and unlink itself).
+        at exit as "leaked shared_memory objects" (and unlink itself). Grain unlinks them on a
+        background thread, so this waits for that thread before returning.
         """
         self.iterator.close()
         gc.collect()
+        _wait_for_shared_memory_unlinks()
+
+
+def _wait_for_shared_memory_unlinks() -> None:
+    """Wait until Grain's deletion thread has closed and unlinked every array freed so far.
+
+    Grain (0.2.x ``SharedMemoryArray.enable_async_del``) hands freed arrays to a one-thread
+    pool; a no-op queued behind them returns once they are done. Without this, arrays freed
+    just before exit are still linked when the interpreter stops the thread.
+    """
+    deletion_pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access - no public drain
+    if deletion_pool is not None:
+        deletion_pool.apply(int)
 
 
 def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
