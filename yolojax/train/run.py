@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
+from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 from yolojax.train.preflight import ConfigError, check_plot_output, check_split_paths, check_writable, open_split
 
 logger = logging.getLogger("yolojax.train")
@@ -681,7 +681,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
 
 def main() -> None:
-    reexec_with_hugepage_malloc()
+    reexec_with_malloc_tunables()
     from absl import app, flags
     from ml_collections import config_flags
 
