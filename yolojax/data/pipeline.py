@@ -27,6 +27,7 @@ from absl import flags
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
+from yolojax.data.image_cache import CachedSource, open_image_cache
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources import DetectionSource, yolo_source
@@ -53,6 +54,8 @@ class Batches:
       max_boxes: the box padding M of every batch (None: each validation batch its own).
       truncation: counts of boxes dropped by a ``max_boxes`` cap so far (``images_truncated``,
         ``boxes_dropped``), kept in this (the main) process.
+      owns_cache: the iterator made ``source``'s image cache (its ``cache`` argument) and
+        :meth:`close` removes it.
     """
 
     iterator: grain.DatasetIterator
@@ -63,6 +66,7 @@ class Batches:
     schedule: TrainSchedule | ValSchedule
     max_boxes: int | None = None
     truncation: TruncationReporter | None = None
+    owns_cache: bool = False
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterator
@@ -79,9 +83,12 @@ class Batches:
 
         Grain's closed iterator keeps those batches in reference cycles; collecting them now
         unlinks their shared memory, which Python's resource_tracker would otherwise report
-        at exit as "leaked shared_memory objects" (and unlink itself).
+        at exit as "leaked shared_memory objects" (and unlink itself). An image cache the
+        iterator made is removed (one passed in stays).
         """
         self.iterator.close()
+        if self.owns_cache:
+            self.source.close()
         gc.collect()
 
 
@@ -98,6 +105,12 @@ def _as_source(data: str | os.PathLike | DetectionSource, split: str) -> Detecti
     if isinstance(data, (str, os.PathLike)):
         return yolo_source(data, split)
     return data
+
+
+def _cached(source: DetectionSource, cache: str | bool | None, imgsz: int, split: str) -> tuple[DetectionSource, bool]:
+    """(``source`` with its image cache, whether it was made here)."""
+    cached = open_image_cache(cache, imgsz, [source], [split])[0]
+    return cached, cached is not source and isinstance(cached, CachedSource)
 
 
 def keep_freed_memory() -> bool:
@@ -185,6 +198,7 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     mosaic_pool: str = "batch",
+    cache: str | bool | None = "",
 ) -> Batches:
     """Augmented training batches for `epochs` epochs.
 
@@ -204,6 +218,10 @@ def make_train_iterator(
       start_step: first step to yield (e.g. when resuming without an iterator state).
       process_index, process_count: this JAX process and their number (default: jax's).
       mosaic_pool: mosaic / mixup partners from the same local 'batch' or the whole 'dataset'.
+      cache: ultralytics' ``cache``: "" (none), "ram" (images resized to imgsz, in one file
+        every worker maps) or "disk" (ultralytics' .npy files beside the images); True means
+        "ram" (:mod:`yolojax.data.image_cache`). The batches are the same bit for bit. A
+        source already cached is used as it is.
 
     Returns:
       :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB, boxes float32 (b, M, 4)
@@ -211,7 +229,7 @@ def make_train_iterator(
     """
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
-    source = _as_source(data, "train")
+    source, owns_cache = _cached(_as_source(data, "train"), cache, imgsz, "train")
     process_index, process_count = _process_index_and_count(process_index, process_count)
     schedule = TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
     if len(source) < batch_size:
@@ -222,7 +240,7 @@ def make_train_iterator(
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,
-                   reporter)
+                   reporter, owns_cache)
 
 
 def make_val_iterator(
@@ -239,6 +257,7 @@ def make_val_iterator(
     split: str = "val",
     process_index: int | None = None,
     process_count: int | None = None,
+    cache: str | bool | None = "",
 ) -> Batches:
     """Validation batches covering every image once (the last batch padded, see 'valid').
 
@@ -257,6 +276,8 @@ def make_val_iterator(
       workers, threads, prefetch: as for training.
       split: data.yaml split when `data` is a path.
       process_index, process_count: this JAX process and their number (default: jax's).
+      cache: as for training ("ram" caches the images resized to imgsz; ultralytics caches
+        the validation images too when training with ``cache``).
 
     Returns:
       :class:`Batches` of dicts with image, boxes, classes, mask and valid, orig_hw,
@@ -264,7 +285,7 @@ def make_val_iterator(
     """
     if imgsz % stride:
         raise ValueError(f"imgsz {imgsz} must be a multiple of the stride {stride}")
-    source = _as_source(data, split)
+    source, owns_cache = _cached(_as_source(data, split), cache, imgsz, split)
     process_index, process_count = _process_index_and_count(process_index, process_count)
     shapes = source.image_shapes_hw
     if rect and shapes is None:
@@ -278,4 +299,5 @@ def make_val_iterator(
     builder = ValBatchBuilder(source, schedule, imgsz, max_boxes, shared_memory=workers > 0)
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, reporter)
-    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter)
+    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter,
+                   owns_cache)
