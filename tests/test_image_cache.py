@@ -20,6 +20,8 @@ from yolojax.data import image_cache
 from yolojax.data.image_cache import CachedSource, CacheSpaceError, cache_mode, npy_path, open_image_cache
 from yolojax.data.synthetic import write_synthetic_dataset
 
+from test_data_pipeline import assert_same_batches
+
 IMGSZ = 128
 LOCAL = {"process_index": 0, "process_count": 1}
 
@@ -39,14 +41,6 @@ def train_batches(data, cache, workers=0, start_step=0, aug=None, state=None, co
         batches.iterator.set_state(state)
     out = [next(batches.iterator) for _ in range(count)] if count else list(batches.iterator)
     return batches, out
-
-
-def assert_same_batches(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def test_ultralytics_cache_values():
