@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 2            # batches buffered per worker
     c.data.max_boxes = 0           # M, box rows per image; 0: from the label scan (no box dropped); N: a cap
     c.data.mosaic_pool = "batch"   # mosaic partners from the same 'batch' or the whole 'dataset'
+    c.data.augment_on = "host"     # host | device: where augmentation's pixel work runs (docs/data.md)
     # Image cache, ultralytics' cache=: '' none; 'ram' (or True): train and val images decoded and
     # resized to imgsz once, in one memory-mapped file all workers share; 'disk': ultralytics'
     # image.npy files beside the images. Same batches bit for bit; refused when the room is
@@ -115,6 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
     c.log_every_steps = 10
     c.progress = True              # tqdm progress bar
+    c.plots = True                 # after training: labels.jpg, train_batch*.jpg, the final validation's plots
     c.max_nonfinite = 10           # stop after this many non-finite losses in a row
     # Persistent XLA compilation cache: 'auto' (~/.cache/yolojax/jax), a directory, or 'off'.
     c.compile_cache = "auto"

@@ -75,6 +75,24 @@ def test_resume_with_the_cache_continues_exactly_also_with_workers(data_yaml, ca
     assert_same_batches(rest, reference[5:7])
 
 
+def test_device_mode_reads_the_ram_cache_and_resumes_exactly(data_yaml):
+    """augment_on='device' with cache='ram' (bench_data's device+ram): the same source images
+    and parameters as without the cache, also restored into worker processes."""
+    aug = AugmentConfig(mixup=0.5, close_mosaic=1)
+    _, reference = train_batches(data_yaml, "", aug=aug, augment_on="device")
+    assert "aug_sources" in reference[0] and "image" not in reference[0]
+    batches, first = train_batches(data_yaml, "ram", aug=aug, augment_on="device", workers=2, count=3)
+    assert isinstance(batches.source, CachedSource)
+    assert_same_batches(first, reference[:3])
+    state = json.loads(json.dumps(batches.iterator.get_state()))
+    batches.close()
+    restored, rest = train_batches(data_yaml, "ram", aug=aug, augment_on="device", workers=2, state=state, count=3)
+    restored.close()
+    assert_same_batches(rest, reference[3:6])
+    _, last = train_batches(data_yaml, "ram", aug=aug, augment_on="device", start_step=len(reference) - 2)
+    assert_same_batches(last, reference[-2:])  # the close_mosaic epoch
+
+
 @pytest.mark.parametrize("cache", ["ram", "disk"])
 def test_validation_batches_with_the_cache_are_the_same(data_yaml, cache):
     for rect in (True, False):

@@ -1,7 +1,7 @@
 """Host CPU per training image: yolojax's Grain pipeline beside ultralytics' own training dataloader.
 
     YOLO_OFFLINE=1 python tools/bench_data.py --data DATA.yaml --imgsz 640 --workers N
-        [--modes ultralytics,host,host+ram --batch 16 --batches 20 --rounds 3 --min-images 256]
+        [--modes ultralytics,host,host+ram,device+ram --batch 16 --batches 20 --rounds 3 --min-images 256]
     YOLO_OFFLINE=1 python tools/bench_data.py --synthetic --imgsz 640 --workers N
 
 Every mode reads the same train split with mosaic and ultralytics' default augmentations and
@@ -12,6 +12,10 @@ one is one function and one entry there):
     ultralytics+ram  the same with cache='ram' (not run unless named in --modes)
     host             yolojax, augmentation on the host CPU (Grain workers)
     host+ram         the same with data.cache='ram' (images decoded and resized once)
+    device+ram       yolojax with data.augment_on='device' and data.cache='ram': the host
+                     draws the parameters, moves the boxes and copies the cached images into
+                     the batch; the pixel work runs in the train step
+    device           the same without a cache (not run unless named in --modes)
 
 Splits with fewer than --min-images images are looped by symlinking their images/labels into a
 temporary copy (every mode reads that copy). Worker start-up, cache building and prefetched
@@ -24,7 +28,9 @@ line per mode, in this form:
     MODE: X.XX ms host CPU per image, Y img/s per host core
 
 with the load average (``uptime``) before and after and the wall-clock images/s per round
-(which does depend on the load). ultralytics and torch are imported only here, as the oracle.
+(which does depend on the load). When a device mode runs, the pixel work it leaves to the
+train step is timed apart (``jit(render_batch)`` on this machine's default JAX backend, one
+batch at a time). ultralytics and torch are imported only here, as the oracle.
 """
 
 from __future__ import annotations
@@ -68,11 +74,32 @@ def looped_copy(data_yaml: str, min_images: int, out_dir: Path) -> str:
     return str(yaml_path)
 
 
-def yolojax_batches(data_yaml: str, args: argparse.Namespace, cache: str = ""):
+def yolojax_batches(data_yaml: str, args: argparse.Namespace, cache: str = "", augment_on: str = "host"):
     batches = make_train_iterator(data_yaml, imgsz=args.imgsz, batch_size=args.batch, epochs=1000, seed=0,
                                   workers=args.workers, mosaic_pool=args.mosaic_pool, process_index=0,
-                                  process_count=1, cache=cache)
+                                  process_count=1, cache=cache, augment_on=augment_on)
     return batches.iterator, batches.close
+
+
+def device_render_ms(data_yaml: str, args: argparse.Namespace, repeats: int = 3) -> tuple[float, float]:
+    """(wall, CPU) milliseconds per image of the pixel work of device mode (``jit(render_batch)``,
+    compiled first), on JAX's default backend; CPU time is this process's (all its threads)."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from yolojax.data.device_augment import render_batch  # pylint: disable=import-outside-toplevel
+
+    iterator, close = yolojax_batches(data_yaml, argparse.Namespace(**{**vars(args), "workers": 0}), cache="ram",
+                                      augment_on="device")
+    batches = [jax.device_put({k: v for k, v in next(iterator).items() if k.startswith("aug_")})
+               for _ in range(repeats + 1)]
+    close()
+    render = jax.jit(render_batch)
+    render(batches[0]).block_until_ready()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for b in batches[1:]:
+        render(b).block_until_ready()
+    images = repeats * args.batch
+    return 1000 * (time.perf_counter() - start) / images, 1000 * (time.process_time() - cpu_start) / images
 
 
 def ultralytics_batches(data_yaml: str, args: argparse.Namespace, cache: str | bool = False):
@@ -100,8 +127,10 @@ MODES: dict[str, Callable[[str, argparse.Namespace], tuple[Iterator, Callable[[]
     "ultralytics+ram": lambda data_yaml, args: ultralytics_batches(data_yaml, args, cache="ram"),
     "host": lambda data_yaml, args: yolojax_batches(data_yaml, args),
     "host+ram": lambda data_yaml, args: yolojax_batches(data_yaml, args, cache="ram"),
+    "device": lambda data_yaml, args: yolojax_batches(data_yaml, args, augment_on="device"),
+    "device+ram": lambda data_yaml, args: yolojax_batches(data_yaml, args, cache="ram", augment_on="device"),
 }
-DEFAULT_MODES = ("ultralytics", "host", "host+ram")
+DEFAULT_MODES = ("ultralytics", "host", "host+ram", "device+ram")
 
 
 def time_batches(iterator, count: int) -> float:
@@ -188,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[mode] += dt
                 rates[mode] = args.batches * args.batch / dt
             print(f"round {r} (wall clock): " + "   ".join(f"{m} {rates[m]:.1f} img/s" for m in modes), flush=True)
+        if any(m.startswith("device") for m in modes):
+            render_ms = device_render_ms(data_yaml, args)
     images = args.rounds * args.batches * args.batch
     print(f"data: {args.data or 'synthetic'}  imgsz: {args.imgsz}  batch: {args.batch}  workers: {args.workers}  "
           f"mosaic_pool: {args.mosaic_pool}  images per mode: {images}")
@@ -199,7 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             if mode != "ultralytics":
                 print(f"{mode} / ultralytics: {cpu['ultralytics'] / cpu[mode]:.2f}x images per host core "
                       f"(wall clock {seconds['ultralytics'] / seconds[mode]:.2f}x)")
+    if any(m.startswith("device") for m in modes):
+        print(device_render_line(render_ms))
     return 0
+
+
+def device_render_line(render_ms: tuple[float, float]) -> str:
+    """The pixel work per image a device mode leaves to the train step."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    return (f"device augmentation in the step: {render_ms[0]:.2f} ms per image, {render_ms[1]:.2f} ms CPU "
+            f"(jit(render_batch) on {jax.default_backend()})")
 
 
 if __name__ == "__main__":

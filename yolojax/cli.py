@@ -125,7 +125,7 @@ TRAIN_KEYS: dict[str, str] = {
     "hsv_h": "hsv_h", "hsv_s": "hsv_s", "hsv_v": "hsv_v", "degrees": "degrees", "translate": "translate",
     "scale": "scale", "shear": "shear", "perspective": "perspective", "flipud": "flipud", "fliplr": "fliplr",
     "mosaic": "mosaic", "mixup": "mixup", "close_mosaic": "close_mosaic", "val": "val.enabled", "conf": "val.conf",
-    "iou": "val.iou", "max_det": "val.max_det", "cache": "data.cache",
+    "iou": "val.iou", "max_det": "val.max_det", "cache": "data.cache", "augment_on": "data.augment_on",
 }
 RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
 

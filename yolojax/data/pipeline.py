@@ -24,9 +24,11 @@ import cv2
 import grain
 import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
+from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder
 from yolojax.data.image_cache import CachedSource, open_image_cache
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
@@ -83,13 +85,27 @@ class Batches:
 
         Grain's closed iterator keeps those batches in reference cycles; collecting them now
         unlinks their shared memory, which Python's resource_tracker would otherwise report
-        at exit as "leaked shared_memory objects" (and unlink itself). An image cache the
+        at exit as "leaked shared_memory objects" (and unlink itself). Grain unlinks them on a
+        background thread, so this waits for that thread before returning. An image cache the
         iterator made is removed (one passed in stays).
         """
         self.iterator.close()
         if self.owns_cache:
             self.source.close()
         gc.collect()
+        _wait_for_shared_memory_unlinks()
+
+
+def _wait_for_shared_memory_unlinks() -> None:
+    """Wait until Grain's deletion thread has closed and unlinked every array freed so far.
+
+    Grain (0.2.x ``SharedMemoryArray.enable_async_del``) hands freed arrays to a one-thread
+    pool; a no-op queued behind them returns once they are done. Without this, arrays freed
+    just before exit are still linked when the interpreter stops the thread.
+    """
+    deletion_pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access - no public drain
+    if deletion_pool is not None:
+        deletion_pool.apply(int)
 
 
 def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -199,6 +215,8 @@ def make_train_iterator(
     process_count: int | None = None,
     mosaic_pool: str = "batch",
     cache: str | bool | None = "",
+    augment_on: str = "host",
+    augment_groups: int = 1,
 ) -> Batches:
     """Augmented training batches for `epochs` epochs.
 
@@ -222,13 +240,21 @@ def make_train_iterator(
         every worker maps) or "disk" (ultralytics' .npy files beside the images); True means
         "ram" (:mod:`yolojax.data.image_cache`). The batches are the same bit for bit. A
         source already cached is used as it is.
+      augment_on: 'host' (the images augmented here) or 'device' (the same draws and boxes;
+        the source images and parameters shipped instead of ``image``, rendered in the train
+        step: :mod:`yolojax.data.device_params`, :func:`yolojax.data.device_augment.render_batch`).
+      augment_groups: device mode: 'data' shards this process feeds (the local batch splits
+        into that many groups, each shipping its own source images).
 
     Returns:
-      :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB, boxes float32 (b, M, 4)
-      xyxy pixels, classes int32 (b, M), mask bool (b, M), with b = batch_size / process_count.
+      :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB (device mode: the
+      ``aug_*`` arrays instead), boxes float32 (b, M, 4) xyxy pixels, classes int32 (b, M),
+      mask bool (b, M), with b = batch_size / process_count.
     """
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
     source, owns_cache = _cached(_as_source(data, "train"), cache, imgsz, "train")
     process_index, process_count = _process_index_and_count(process_index, process_count)
     schedule = TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
@@ -236,7 +262,10 @@ def make_train_iterator(
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
     aug = aug or AugmentConfig()
     max_boxes = train_max_boxes(source, aug, epochs, max_boxes)
-    builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0)
+    if augment_on == "device":
+        builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, workers > 0, augment_groups)
+    else:
+        builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0)
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,

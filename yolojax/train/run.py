@@ -28,7 +28,12 @@ train step, then trains with a progress bar. In DIR:
   (``load_weights``, ``yolojax.val --weights``) like DIR itself, which gives the latest;
 * ``config.json`` (the config, and under ``"resolved"`` the values derived from it, also
   logged once: :func:`yolojax.train.optim.resolved_settings`, the class count, the val batch)
-  and ``results.png`` (losses, lr and validation curves).
+  and ``results.png`` (losses, lr and validation curves);
+* with ``plots`` (default True, as ultralytics): ``labels.jpg``, ``train_batch*.jpg`` and the
+  final validation's plots (confusion matrices, Box P/R/F1/PR curves, val_batch*_labels/pred.jpg),
+  written after training (:mod:`yolojax.plots.run`).
+
+The model summary line (ultralytics' format, :mod:`yolojax.models.summary`) is logged at start.
 
 Before the first step everything is checked (:mod:`yolojax.train.preflight`): the config, the
 data.yaml splits, the weights, the workdir and the plot output.
@@ -110,6 +115,8 @@ def _cache_mode_or_none(value: Any) -> str | None:
 
 def check_config(config: Any) -> None:
     """Refuse settings that cannot serve, with a one-line reason."""
+    from yolojax.data.augment_config import AUGMENT_ON
+
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(msg)
@@ -131,6 +138,8 @@ def check_config(config: Any) -> None:
     need(config.data.workers >= 0, "data.workers must be >= 0")
     need(_cache_mode_or_none(config.data.cache) is not None,
          f"data.cache must be '', 'ram' or 'disk' (True means 'ram', as ultralytics' cache), got {config.data.cache!r}")
+    need(config.data.augment_on in AUGMENT_ON,
+         f"data.augment_on must be one of {AUGMENT_ON}, got {config.data.augment_on!r}")
     coordinator = config.distributed.coordinator
     need(not coordinator or (":" in coordinator and coordinator.rsplit(":", 1)[1].isdigit()),
          f"distributed.coordinator must be host:port, got {coordinator!r}")
@@ -350,6 +359,13 @@ class _Stop:
         self._previous = {}
 
 
+def _augment_groups(config) -> int:
+    """Device-mode groups of the local batch: the 'data' shards this process feeds."""
+    from yolojax.parallel import local_data_shards, mesh_from_config
+
+    return local_data_shards(mesh_from_config(config), config.batch_size)
+
+
 def _make_step(config, loss_fn, state):
     """(step_fn, state placed on the mesh, its shardings, place_batch) for config.mesh and
     config.parallel."""
@@ -407,6 +423,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     from yolojax.data import AugmentConfig, make_train_iterator
     from yolojax.loss import DetectionLoss
     from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models.summary import model_summary
     from yolojax.train import TrainState, make_recipe
     from yolojax.train.optim import describe_recipe, resolved_settings
     from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
@@ -451,7 +468,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
             aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=config.data.workers,
             threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
-            process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool)
+            process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool,
+            augment_on=config.data.augment_on, augment_groups=_augment_groups(config))
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"dataset {data_yaml}: {e}") from None
     dataset_size = len(batches.source)
@@ -476,6 +494,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
                    cls_width=cls_width)
     info = {"scale": scale, "num_classes": num_classes, "names": names, "reg_max": config.model.reg_max,
             "cls_width": cls_width}
+    logger.info("%s", model_summary(model).line())
     variables = init_variables(model, config.seed)
     if pretrained is not None:
         variables, copied, kept, remapped = transfer_pretrained(
@@ -659,6 +678,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             plot_results(workdir / "metrics.jsonl", workdir / "results.png")
         except Exception as e:  # noqa: BLE001 - a plot must never fail a run
             logger.warning("results.png not written: %s", e)
+    if is_main and config.plots and stopped_by is None:
+        from yolojax.plots.run import write_run_plots
+
+        write_run_plots(config, workdir, train_source, batches.max_boxes, val_source, jax.device_get(state.ema), info,
+                        val_batch)
     return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
             "nonfinite_total": nonfinite_total, "boxes_dropped": boxes_dropped, "workdir": str(workdir),
             "checkpoint_step": ckpt.latest_step(),
