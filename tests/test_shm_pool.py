@@ -74,3 +74,17 @@ def test_blocks_grain_discarded_and_other_sizes_are_dropped(pool):
     other = shm_pool.pooled_array((2, 8, 8, 3))
     names = [b.shm.name for b in shm_pool._POOL.blocks]  # pylint: disable=protected-access
     assert names == [name_of(other)]  # the discarded block and the free one of another size are gone
+
+
+def test_an_exiting_worker_leaves_held_blocks_to_the_main_process(pool):
+    held = send(shm_pool.pooled_array(SHAPE))["image"]
+    unsent = shm_pool.pooled_array(SHAPE)
+    held_name, unsent_name = shm_pool._POOL.blocks[0].shm.name, name_of(unsent)  # pylint: disable=protected-access
+    del unsent
+    shm_pool._POOL.close_all()  # pylint: disable=protected-access - the worker exits
+    files = os.listdir(shm_pool.SHM_DIR)
+    assert held_name in files and unsent_name not in files  # the main process may still open a sent block
+    held[:] = 3  # still mapped and writable here
+    del held
+    gc.collect()
+    assert held_name not in os.listdir(shm_pool.SHM_DIR)  # unlinked when the main process freed it

@@ -12,8 +12,9 @@ So each worker keeps its blocks and reuses one once the main process is done wit
   aliasing it: JAX on CPU keeps the numpy array alive instead of copying it) a flag byte in
   the block's last page is set, and the worker may write the block again.
 
-Blocks are named ``yjxpool_*``; the worker unlinks them when it exits (Grain joins its
-workers on ``close()``). A block whose name Grain unlinked (batches it discarded on
+Blocks are named ``yjxpool_*``. An exiting worker unlinks its blocks except those the main
+process may still open or hold (sent and not freed), which it marks orphaned: the main
+process unlinks those when it frees them (a file lock on the block orders the two). A block whose name Grain unlinked (batches it discarded on
 ``set_state`` or ``close``) is dropped by the worker when it next looks for a free block.
 Linux only (the blocks are files in ``/dev/shm``); elsewhere workers use fresh blocks.
 """
@@ -21,6 +22,7 @@ Linux only (the blocks are files in ``/dev/shm``); elsewhere workers use fresh b
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import mmap
 import os
@@ -28,7 +30,7 @@ import secrets
 import sys
 import threading
 import weakref
-from multiprocessing import shared_memory, util
+from multiprocessing import resource_tracker, shared_memory, util
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +39,7 @@ from grain.multiprocessing import SharedMemoryArray, SharedMemoryArrayMetadata
 PREFIX = "yjxpool_"
 SHM_DIR = "/dev/shm"
 FREE, IN_USE = 0, 1  # the flag byte at the start of a block's last page
+ORPHANED = 1  # the byte after it: its worker exited, the main process unlinks it when done
 
 
 def available() -> bool:
@@ -69,6 +72,9 @@ class _PooledArray(SharedMemoryArray):
 
     @property
     def metadata(self) -> _PooledMetadata:
+        block = getattr(self, "block", None)
+        if block is not None:
+            block.sent = True  # Grain asks for the metadata when it sends the array
         return _PooledMetadata(name=self.shm.name, shape=self.shape, dtype=self.dtype)
 
     def __del__(self) -> None:
@@ -79,6 +85,7 @@ class _PooledArray(SharedMemoryArray):
 class _Block:
     shm: shared_memory.SharedMemory
     nbytes: int
+    sent: bool = False
 
     @property
     def flag(self) -> int:
@@ -89,6 +96,22 @@ class _Block:
 
     def linked(self) -> bool:
         return os.path.exists(os.path.join(SHM_DIR, self.shm.name.lstrip("/")))
+
+    def hand_over_or_unlink(self) -> None:
+        """At the worker's exit: unlink the block unless the main process may still open or hold
+        it (sent, not freed, not discarded); then mark it orphaned, and the main process
+        unlinks it when it frees it (:func:`_release`; a file lock orders the two)."""
+        if not self.linked():
+            self.close(unlink=False)
+            return
+        fcntl.flock(self.shm._fd, fcntl.LOCK_EX)  # pylint: disable=protected-access - the block's own file
+        try:
+            held = self.sent and self.flag == IN_USE
+            if held:
+                self.shm.buf[_flag_offset(self.nbytes) + 1] = ORPHANED
+        finally:
+            fcntl.flock(self.shm._fd, fcntl.LOCK_UN)  # pylint: disable=protected-access
+        self.close(unlink=not held)
 
     def close(self, unlink: bool) -> None:
         """Unmap (and unlink) the block; a name unlinked already is fine."""
@@ -122,6 +145,7 @@ class _Pool:
         for block in list(self.blocks):
             if block.nbytes == nbytes and block.flag == FREE:
                 block.set_flag(IN_USE)
+                block.sent = False
                 return block
             if block.flag == IN_USE and not block.linked():  # a batch Grain discarded
                 self.blocks.remove(block)
@@ -139,7 +163,7 @@ class _Pool:
 
     def close_all(self) -> None:
         while self.blocks:
-            self.blocks.pop().close(unlink=True)
+            self.blocks.pop().hand_over_or_unlink()
 
 
 _POOL: _Pool | None = None
@@ -161,6 +185,7 @@ def pooled_array(shape: tuple[int, ...], dtype: npt.DTypeLike = np.uint8, zeroed
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     block = _POOL.acquire(nbytes)
     out = _PooledArray.from_shared_memory(block.shm, shape, dtype)
+    out.block = block
     if zeroed:
         out.fill(0)
     return out
@@ -172,9 +197,22 @@ def is_pooled(array: np.ndarray) -> bool:
     return isinstance(array, SharedMemoryArray) and shm is not None and shm.name.lstrip("/").startswith(PREFIX)
 
 
-def _release(flag: mmap.mmap) -> None:
-    flag[0] = FREE
-    flag.close()
+def _release(fd: int, flag: mmap.mmap, name: str) -> None:
+    """Main side, when an adopted block is freed: hand it back to its worker, or unlink it when
+    the worker has exited (and drop the resource tracker's entry this process's open made)."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        flag[0] = FREE
+        if flag[1] == ORPHANED:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                resource_tracker.unregister("/" + name, "shared_memory")
+            except FileNotFoundError:
+                pass
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        flag.close()
+        os.close(fd)
 
 
 def adopt(array: SharedMemoryArray) -> np.ndarray:
@@ -184,12 +222,13 @@ def adopt(array: SharedMemoryArray) -> np.ndarray:
     Raises:
       FileNotFoundError: the block's name is gone (its worker exited).
     """
-    path = os.path.join(SHM_DIR, array.shm.name.lstrip("/"))
-    fd = os.open(path, os.O_RDWR)
+    name = array.shm.name.lstrip("/")
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
     try:
         data = mmap.mmap(fd, array.nbytes)
         flag = mmap.mmap(fd, mmap.PAGESIZE, offset=_flag_offset(array.nbytes))
-    finally:
+    except BaseException:
         os.close(fd)
-    weakref.finalize(data, _release, flag)
+        raise
+    weakref.finalize(data, _release, fd, flag, name)
     return np.frombuffer(data, array.dtype, array.size).reshape(array.shape)
