@@ -28,6 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.max_boxes = 0           # M, box rows per image; 0: from the label scan (no box dropped); N: a cap
     c.data.mosaic_pool = "batch"   # mosaic partners from the same 'batch' or the whole 'dataset'
     c.data.augment_on = "host"     # host | device: where augmentation's pixel work runs (docs/data.md)
+    # Image cache, ultralytics' cache=: '' none; 'ram' (or True): train and val images decoded and
+    # resized to imgsz once, in one memory-mapped file all workers share; 'disk': ultralytics'
+    # image.npy files beside the images. Same batches bit for bit; refused when the room is
+    # short (docs/data.md, "Image cache").
+    c.data.cache = ""
     # Built-in synthetic shapes dataset: when root is set and data.yaml is empty, the dataset
     # is written there in YOLO format (once) and used as data.yaml.
     c.data.synthetic = ml_collections.ConfigDict()

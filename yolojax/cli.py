@@ -125,14 +125,14 @@ TRAIN_KEYS: dict[str, str] = {
     "hsv_h": "hsv_h", "hsv_s": "hsv_s", "hsv_v": "hsv_v", "degrees": "degrees", "translate": "translate",
     "scale": "scale", "shear": "shear", "perspective": "perspective", "flipud": "flipud", "fliplr": "fliplr",
     "mosaic": "mosaic", "mixup": "mixup", "close_mosaic": "close_mosaic", "val": "val.enabled", "conf": "val.conf",
-    "iou": "val.iou", "max_det": "val.max_det", "augment_on": "data.augment_on",
+    "iou": "val.iou", "max_det": "val.max_det", "cache": "data.cache", "augment_on": "data.augment_on",
 }
 RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
 
 # ultralytics argument -> keyword of the yolojax function each other mode calls.
 VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batch", "conf": "conf", "iou": "iou",
             "max_det": "max_det", "rect": "rect", "split": "split", "workers": "workers", "plots": "plots",
-            "project": "project", "name": "name", "compile_cache": "compile_cache"}
+            "project": "project", "name": "name", "compile_cache": "compile_cache", "cache": "cache"}
 PREDICT_KEYS = {"model": "weights", "source": "source", "imgsz": "imgsz", "conf": "conf", "iou": "iou",
                 "max_det": "max_det", "agnostic_nms": "agnostic", "rect": "rect", "save": "save_images",
                 "project": "project", "name": "name", "compile_cache": "compile_cache"}

@@ -186,6 +186,7 @@ def validate(
     rect: bool = True,
     split: str = "val",
     workers: int = 0,
+    cache: str | bool | None = "",
     plots_dir: str | os.PathLike | None = None,
     predictions_json: str | os.PathLike | None = None,
     categories_by_order: bool = False,
@@ -201,6 +202,8 @@ def validate(
         most labels of one image of the split when that is more, as ultralytics does.
       rect: ultralytics' rectangular batches (the default of ``YOLO(...).val()``); False:
         square imgsz x imgsz letterboxes (``rect=False``).
+      cache: ultralytics' ``cache`` ("", "ram", "disk"; True means "ram"): the image cache of
+        :mod:`yolojax.data.image_cache` (a source already cached is used as it is).
       predictions_json: COCO JSON data only: write the detections here in COCO results format.
       categories_by_order: COCO JSON data only: map the file's categories in increasing id order
         to the model's classes 0..K-1 whatever their names (by default they are matched by
@@ -260,7 +263,7 @@ def validate(
     max_det = resolve_max_det(max_det, source)
     predict = make_predict_fn(info, conf, iou, max_det, max_nms, model_fn=model_fn)
     batches = make_val_iterator(source, imgsz=imgsz, batch_size=run_batch, rect=rect, split=split,
-                                workers=workers, process_index=0, process_count=1)
+                                workers=workers, process_index=0, process_count=1, cache=cache)
     source_names = list(getattr(batches.source, "names", []) or [])
     names = list(info.get("names") or source_names)
     if source_names and len(source_names) != int(info["num_classes"]):
@@ -288,6 +291,8 @@ def validate(
                 n_images += 1
     finally:
         batches.close() if workers else None
+        if batches.owns_cache:
+            batches.source.close()  # a RAM cache made for this call
     elapsed = time.perf_counter() - t0
     results = metrics.compute()
     results["speed_ms_per_image"] = 1000 * elapsed / max(n_images, 1)

@@ -20,6 +20,7 @@ The three steps are separate pure functions, as :mod:`yolojax.data.train_sample`
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -130,6 +131,9 @@ def warp_layers(
 
     For an affine warp of a mosaic only the part of the canvas the warp reads is filled (an
     uninitialised canvas elsewhere, never read), and the canvas is warped with the same call.
+    The canvas has a 4th (filler) channel where that gives the same pixels
+    (:func:`rgba_warp_is_exact`): OpenCV's bilinear warp of 3-channel uint8 images is not
+    vectorised and the 4-channel one is (about 2.5x faster), with the same arithmetic per channel.
 
     Args:
       images: per layer, uint8 (h, w, 3) at its long-side-resized size.
@@ -140,18 +144,56 @@ def warp_layers(
       perspective: warp with ``cv2.warpPerspective``.
       out: optional uint8 (out_h, out_w, 3) to write into.
     """
+    return _warp_layers(images, tiles, canvas_hw, m, out_wh, perspective, out, 4 if rgba_warp_is_exact() else 3)
+
+
+def _warp_layers(images: list[np.ndarray], tiles: list[Tile], canvas_hw: tuple[int, int], m: np.ndarray,
+                 out_wh: tuple[int, int], perspective: bool, out: np.ndarray | None, channels: int) -> np.ndarray:
     if len(images) == 1 and tuple(images[0].shape[:2]) == tuple(canvas_hw):
-        canvas = images[0]
-    elif perspective:
-        canvas = paste_layers(images, tiles, canvas_hw)
+        canvas = images[0] if channels == 3 else cv2.cvtColor(images[0], cv2.COLOR_RGB2RGBA)
     else:
-        x0, y0, x1, y1 = affine_footprint(inverse_affine(m), out_wh, canvas_hw)
-        canvas = np.empty((*canvas_hw, 3), np.uint8)
-        if x1 > x0 and y1 > y0:
-            canvas[y0:y1, x0:x1] = paste_layers(images, tiles, canvas_hw, region=(x0, y0, x1, y1))
-        else:  # the warp reads none of the canvas
-            canvas[:1, :1] = PAD_VALUE
-    return warp_image(canvas, m, out_wh, perspective, out)
+        canvas = np.empty((*canvas_hw, channels), np.uint8)
+        if perspective:
+            paste_layers(images, tiles, canvas_hw, out=canvas)
+        else:
+            x0, y0, x1, y1 = affine_footprint(inverse_affine(m), out_wh, canvas_hw)
+            if x1 > x0 and y1 > y0:
+                paste_layers(images, tiles, canvas_hw, region=(x0, y0, x1, y1), out=canvas)
+            else:  # the warp reads none of the canvas
+                canvas[:1, :1] = PAD_VALUE
+    if channels == 3:
+        return warp_image(canvas, m, out_wh, perspective, out)
+    out = _output(out, out_wh)
+    if perspective:
+        warped = cv2.warpPerspective(canvas, m, dsize=out_wh, borderValue=_BORDER)
+    else:
+        warped = cv2.warpAffine(canvas, m[:2], dsize=out_wh, borderValue=_BORDER)
+    cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB, dst=out)
+    return out
+
+
+@functools.cache
+def rgba_warp_is_exact() -> bool:
+    """Whether warping through a 4-channel canvas gives exactly the 3-channel warp's pixels here
+    (checked once per process on random mosaics and single images, affine and perspective, with
+    this OpenCV; else every warp is 3-channel)."""
+    from yolojax.data.mosaic import full_tile, mosaic_centre, mosaic_tiles  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(0)
+    s = 64
+    for perspective in (0.0, 0.002):
+        for degrees in (0.0, 30.0):
+            sizes = [tuple(int(x) for x in rng.integers(24, s + 1, 2)) for _ in range(4)]
+            images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+            tiles = mosaic_tiles(sizes, mosaic_centre(rng, s), s)
+            m, _ = random_affine_matrix(rng, (2 * s, 2 * s), (s, s), degrees=degrees, translate=0.2, scale=0.5,
+                                        shear=5.0, perspective=perspective)
+            args = (images, tiles, (2 * s, 2 * s), m, (s, s), bool(perspective))
+            single = ([images[0]], [full_tile(sizes[0])], sizes[0], m, (s, s), bool(perspective))
+            for a in (args, single):
+                if not np.array_equal(_warp_layers(*a, None, 3), _warp_layers(*a, None, 4)):
+                    return False
+    return True
 
 
 def warp_boxes(boxes_xyxy: np.ndarray, m: np.ndarray, perspective: bool) -> np.ndarray:

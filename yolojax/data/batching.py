@@ -18,19 +18,23 @@ from typing import Any
 import numpy as np
 from grain.multiprocessing import SharedMemoryArray
 
+from yolojax.data import shm_pool
+
 logger = logging.getLogger(__name__)
 
 NUM_BOXES_KEY = "num_boxes"  # per image box count before truncation; removed in the main process
 
 
 def new_image_batch(shape: tuple[int, ...], shared_memory: bool) -> np.ndarray:
-    """uint8 array for a batch of images; in Grain's shared memory when built in a worker process.
+    """uint8 array for a batch of images (contents arbitrary: every pixel gets written); in
+    shared memory when built in a worker process.
 
-    Grain passes a ``SharedMemoryArray`` to the main process without copying it (the main
-    process unlinks it when the batch is freed); other arrays are copied into shared memory.
+    Grain passes a ``SharedMemoryArray`` to the main process without copying it; a worker's
+    blocks are reused once the main process has freed their batch
+    (:mod:`yolojax.data.shm_pool`), else each batch is a fresh block the main process unlinks.
     """
     if shared_memory:
-        return SharedMemoryArray(shape, np.uint8)
+        return shm_pool.pooled_array(shape, np.uint8) if shm_pool.available() else SharedMemoryArray(shape, np.uint8)
     return np.empty(shape, np.uint8)
 
 
@@ -91,18 +95,25 @@ def pad_labels(
 
 
 def unlink_on_arrival(batch: dict[str, Any]) -> dict[str, Any]:
-    """Main-process step: unlink the shared memory of every array a worker handed over.
+    """Main-process step: take over the shared memory of every array a worker handed over.
 
-    The name goes now and the pages stay mapped until the array is freed (POSIX shm). Grain
-    would unlink it when the array is freed, but an array still referenced at exit (JAX on
-    CPU keeps the buffers of arrays placed from it until the backend shuts down) is never
-    unlinked, and Python's resource_tracker then reports "leaked shared_memory objects".
+    A worker's pooled block (:mod:`yolojax.data.shm_pool`) becomes a plain array over this
+    process's own mapping, which hands the block back to the worker when it is freed; any
+    other block is unlinked now (the name goes, the pages stay mapped until the array is
+    freed). Grain would unlink it when the array is freed, but an array still referenced at
+    exit (JAX on CPU keeps the buffers of arrays placed from it until the backend shuts down)
+    is never unlinked, and Python's resource_tracker then reports "leaked shared_memory objects".
     """
-    for value in batch.values():
+    out = {}
+    for key, value in batch.items():
         if isinstance(value, SharedMemoryArray) and getattr(value, "_unlink_on_del", False):
-            value.shm.unlink()
-            value._unlink_on_del = False  # pylint: disable=protected-access - Grain would unlink it again
-    return batch
+            value._unlink_on_del = False  # pylint: disable=protected-access - Grain would unlink it (again)
+            if shm_pool.is_pooled(value):
+                value = shm_pool.adopt(value)
+            else:
+                value.shm.unlink()
+        out[key] = value
+    return out
 
 
 class TruncationReporter:

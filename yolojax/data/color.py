@@ -30,8 +30,11 @@ def random_hsv_with(image_rgb: np.ndarray, gains: np.ndarray) -> np.ndarray:
     OpenCV's 8-bit HSV (hue in [0, 180)); converting from RGB gives the same HSV as
     ultralytics' BGR conversion of the same pixels.
     """
-    hsv = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV)
-    cv2.LUT(hsv, hsv_lut(gains), dst=hsv)
+    hue, sat, val = cv2.split(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV))
+    lut = hsv_lut(gains)[0]
+    # One table per plane, as ultralytics does: the same values as one 3-channel LUT, which
+    # OpenCV does not vectorise (~0.2 ms less per 640 x 640 image).
+    hsv = cv2.merge([cv2.LUT(plane, lut[:, k].copy()) for k, plane in enumerate((hue, sat, val))])
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=image_rgb)
     return image_rgb
 

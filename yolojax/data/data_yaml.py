@@ -138,12 +138,13 @@ def split_paths(spec: DataSpec, split: str) -> tuple[str, ...]:
 
 
 def _folder_files(folder: Path) -> tuple[list[str], list[str]]:
-    """(image files, other files) under ``folder``, recursively; hidden files are not listed."""
+    """(image files, other files) under ``folder``, recursively; hidden files are not listed, nor
+    ``.npy`` files (ultralytics' and yolojax's disk image cache beside the images)."""
     images, others = [], []
     for f in glob.glob(str(Path(glob.escape(str(folder))) / "**" / "*"), recursive=True):
         if f.rpartition(".")[-1].lower() in IMAGE_SUFFIXES and "." in os.path.basename(f):
             images.append(f)
-        elif os.path.isfile(f):
+        elif os.path.isfile(f) and not f.lower().endswith(".npy"):
             others.append(f)
     return images, others
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from grain.multiprocessing import SharedMemoryArray
 
+from yolojax.data import shm_pool
 from yolojax.data.affine import inverse_affine
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.color import hsv_lut
@@ -86,9 +87,12 @@ def canvas_inverse(matrix: np.ndarray, perspective: bool) -> np.ndarray:
 def empty_device_batch(b: int, groups: int, slots: int, views: int, imgsz: int,
                        shared_memory: bool = False) -> dict[str, np.ndarray]:
     """Zeroed arrays of a device-mode batch (layout in the module docstring); the sources in
-    Grain's shared memory when built in a worker process (the OS hands it over zeroed)."""
+    shared memory when built in a worker process (:func:`yolojax.data.batching.new_image_batch`)."""
     shape = (groups, slots, imgsz, imgsz, 3)
-    sources = SharedMemoryArray(shape, np.uint8) if shared_memory else np.zeros(shape, np.uint8)
+    if shared_memory and shm_pool.available():
+        sources = shm_pool.pooled_array(shape, np.uint8, zeroed=True)  # a reused block holds an earlier batch
+    else:
+        sources = SharedMemoryArray(shape, np.uint8) if shared_memory else np.zeros(shape, np.uint8)
     return {
         SOURCES_KEY: sources,
         TILES_KEY: np.zeros((b, views, MAX_TILES, 7), np.int32),

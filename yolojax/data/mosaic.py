@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from yolojax.data.letterbox import PAD_VALUE
@@ -82,6 +83,7 @@ def paste_layers(
     tiles: Sequence[Tile],
     canvas_hw: tuple[int, int],
     region: tuple[int, int, int, int] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 canvas filled with 114 and the image crops placed by `tiles` (ultralytics' ``img4``).
 
@@ -90,15 +92,28 @@ def paste_layers(
       tiles: per layer, its placement.
       canvas_hw: (H, W) of the canvas.
       region: (x0, y0, x1, y1): build only canvas[y0:y1, x0:x1] (the same pixels).
+      out: uint8 (H, W, 3 or 4) whole canvas to build the region in (returned; elsewhere left
+        as it is). With 4 channels the images fill the first 3 (the 4th is filler: a 4-channel
+        warp is OpenCV's vectorised path, the same values per channel). Default: a new array
+        of the region alone.
     """
     x0, y0, x1, y1 = region if region is not None else (0, 0, canvas_hw[1], canvas_hw[0])
-    canvas = np.full((y1 - y0, x1 - x0, 3), PAD_VALUE, np.uint8)
+    if out is None:
+        canvas, ox, oy = np.full((y1 - y0, x1 - x0, 3), PAD_VALUE, np.uint8), x0, y0
+    else:
+        canvas, ox, oy = out, 0, 0
+        canvas[y0:y1, x0:x1] = PAD_VALUE
     for image, t in zip(images, tiles):
         xa1, ya1, xa2, ya2 = max(t.xa1, x0), max(t.ya1, y0), min(t.xa2, x1), min(t.ya2, y1)
         if xa2 <= xa1 or ya2 <= ya1:
             continue
         xb1, yb1 = xa1 - t.pad_x, ya1 - t.pad_y
-        canvas[ya1 - y0 : ya2 - y0, xa1 - x0 : xa2 - x0] = image[yb1 : yb1 + ya2 - ya1, xb1 : xb1 + xa2 - xa1]
+        dst = canvas[ya1 - oy : ya2 - oy, xa1 - ox : xa2 - ox]
+        src = image[yb1 : yb1 + ya2 - ya1, xb1 : xb1 + xa2 - xa1]
+        if dst.shape[2] == 4:
+            cv2.cvtColor(src, cv2.COLOR_RGB2RGBA, dst=dst)
+        else:
+            dst[...] = src
     return canvas
 
 

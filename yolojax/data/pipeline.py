@@ -29,6 +29,7 @@ from grain.multiprocessing import SharedMemoryArray
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
 from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder
+from yolojax.data.image_cache import CachedSource, open_image_cache
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources import DetectionSource, yolo_source
@@ -55,6 +56,8 @@ class Batches:
       max_boxes: the box padding M of every batch (None: each validation batch its own).
       truncation: counts of boxes dropped by a ``max_boxes`` cap so far (``images_truncated``,
         ``boxes_dropped``), kept in this (the main) process.
+      owns_cache: the iterator made ``source``'s image cache (its ``cache`` argument) and
+        :meth:`close` removes it.
     """
 
     iterator: grain.DatasetIterator
@@ -65,6 +68,7 @@ class Batches:
     schedule: TrainSchedule | ValSchedule
     max_boxes: int | None = None
     truncation: TruncationReporter | None = None
+    owns_cache: bool = False
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterator
@@ -83,9 +87,12 @@ class Batches:
         unlinks their shared memory, which Python's resource_tracker would otherwise report
         at exit as "leaked shared_memory objects" (and unlink itself). Grain unlinks them on a
         background thread, so this waits for that thread. (Batches a worker built but never
-        sent cannot hold shared memory: see :func:`builds_in_shared_memory`.)
+        sent cannot hold shared memory: see :func:`builds_in_shared_memory`.) An image cache
+        the iterator made is removed (one passed in stays).
         """
         self.iterator.close()
+        if self.owns_cache:
+            self.source.close()
         gc.collect()
         _wait_for_shared_memory_unlinks()
 
@@ -115,6 +122,12 @@ def _as_source(data: str | os.PathLike | DetectionSource, split: str) -> Detecti
     if isinstance(data, (str, os.PathLike)):
         return yolo_source(data, split)
     return data
+
+
+def _cached(source: DetectionSource, cache: str | bool | None, imgsz: int, split: str) -> tuple[DetectionSource, bool]:
+    """(``source`` with its image cache, whether it was made here)."""
+    cached = open_image_cache(cache, imgsz, [source], [split])[0]
+    return cached, cached is not source and isinstance(cached, CachedSource)
 
 
 def keep_freed_memory() -> bool:
@@ -217,6 +230,7 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     mosaic_pool: str = "batch",
+    cache: str | bool | None = "",
     augment_on: str = "host",
     augment_groups: int = 1,
 ) -> Batches:
@@ -238,6 +252,10 @@ def make_train_iterator(
       start_step: first step to yield (e.g. when resuming without an iterator state).
       process_index, process_count: this JAX process and their number (default: jax's).
       mosaic_pool: mosaic / mixup partners from the same local 'batch' or the whole 'dataset'.
+      cache: ultralytics' ``cache``: "" (none), "ram" (images resized to imgsz, in one file
+        every worker maps) or "disk" (ultralytics' .npy files beside the images); True means
+        "ram" (:mod:`yolojax.data.image_cache`). The batches are the same bit for bit. A
+        source already cached is used as it is.
       augment_on: 'host' (the images augmented here) or 'device' (the same draws and boxes;
         the source images and parameters shipped instead of ``image``, rendered in the train
         step: :mod:`yolojax.data.device_params`, :func:`yolojax.data.device_augment.render_batch`).
@@ -251,15 +269,15 @@ def make_train_iterator(
     """
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
-    source = _as_source(data, "train")
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
+    source, owns_cache = _cached(_as_source(data, "train"), cache, imgsz, "train")
     process_index, process_count = _process_index_and_count(process_index, process_count)
     schedule = TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
     if len(source) < batch_size:
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
     aug = aug or AugmentConfig()
     max_boxes = train_max_boxes(source, aug, epochs, max_boxes)
-    if augment_on not in AUGMENT_ON:
-        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
     if augment_on == "device":
         builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool,
                                      builds_in_shared_memory(workers, threads), augment_groups)
@@ -269,7 +287,7 @@ def make_train_iterator(
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,
-                   reporter)
+                   reporter, owns_cache)
 
 
 def make_val_iterator(
@@ -286,6 +304,7 @@ def make_val_iterator(
     split: str = "val",
     process_index: int | None = None,
     process_count: int | None = None,
+    cache: str | bool | None = "",
 ) -> Batches:
     """Validation batches covering every image once (the last batch padded, see 'valid').
 
@@ -304,6 +323,8 @@ def make_val_iterator(
       workers, threads, prefetch: as for training.
       split: data.yaml split when `data` is a path.
       process_index, process_count: this JAX process and their number (default: jax's).
+      cache: as for training ("ram" caches the images resized to imgsz; ultralytics caches
+        the validation images too when training with ``cache``).
 
     Returns:
       :class:`Batches` of dicts with image, boxes, classes, mask and valid, orig_hw,
@@ -311,7 +332,7 @@ def make_val_iterator(
     """
     if imgsz % stride:
         raise ValueError(f"imgsz {imgsz} must be a multiple of the stride {stride}")
-    source = _as_source(data, split)
+    source, owns_cache = _cached(_as_source(data, split), cache, imgsz, split)
     process_index, process_count = _process_index_and_count(process_index, process_count)
     shapes = source.image_shapes_hw
     if rect and shapes is None:
@@ -326,4 +347,5 @@ def make_val_iterator(
                               shared_memory=builds_in_shared_memory(workers, threads))
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, reporter)
-    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter)
+    return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter,
+                   owns_cache)

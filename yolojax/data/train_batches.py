@@ -8,7 +8,7 @@ import numpy as np
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import new_image_batch, pad_labels
-from yolojax.data.image_io import resize_long_side
+from yolojax.data.image_cache import resized_record
 from yolojax.data.schedule import TrainSchedule, record_rng
 from yolojax.data.sources import DetectionSource
 from yolojax.data.train_sample import LoadedImage, draw_sample, render_sample, sample_boxes
@@ -18,9 +18,9 @@ MOSAIC_POOLS = ("batch", "dataset")
 
 def load_image(source: DetectionSource, index: int, imgsz: int) -> LoadedImage:
     """Source image `index` as ultralytics' ``load_image`` gives it (decoded, long side resized to
-    imgsz, bilinear) with its labels."""
-    record = source[index]
-    return LoadedImage(resize_long_side(record["image"], imgsz), record["boxes"], record["classes"], int(index))
+    imgsz, bilinear; from the image cache of a cached source) with its labels."""
+    record = resized_record(source, index, imgsz)
+    return LoadedImage(record["image"], record["boxes"], record["classes"], int(index))
 
 
 class TrainBatchBuilder:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from yolojax.data.batching import new_image_batch, pad_labels
-from yolojax.data.image_io import resize_long_side
+from yolojax.data.image_cache import resized_record
 from yolojax.data.letterbox import PAD_VALUE, apply_letterbox, letterbox_boxes, letterbox_params
 from yolojax.data.schedule import ValSchedule
 from yolojax.data.sources import DetectionSource
@@ -61,9 +61,9 @@ class ValBatchBuilder:
                 boxes.append(np.zeros((0, 4), np.float32))
                 classes.append(np.zeros((0,), np.int32))
                 continue
-            record = self.source[int(index)]
-            h0, w0 = record["image"].shape[:2]
-            image = resize_long_side(record["image"], self.imgsz)
+            record = resized_record(self.source, int(index), self.imgsz)  # from the image cache if any
+            h0, w0 = record["orig_hw"]
+            image = record["image"]
             h, w = image.shape[:2]
             lb = letterbox_params((h, w), (out_h, out_w), scaleup=False)
             apply_letterbox(image, lb, out=images[slot])

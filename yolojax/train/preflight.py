@@ -4,8 +4,10 @@ Each refusal is a :class:`ConfigError` whose message is one line naming the fiel
 directory, raised before the model is built and compiled: a data.yaml split that names no
 path or a path that does not exist (checked in well under a second, before any image is
 read), a workdir that cannot be written, results.png that cannot be drawn, a split in which
-no image passes the label scan. The splits are opened once per run (the label-scan summary
-and every skipped file are logged once each), and validation reuses the opened val split.
+no image passes the label scan, an image cache (``data.cache``) without the memory or disk
+space it needs (the needed and available figures). The splits are opened once per run (the
+label-scan summary and every skipped file are logged once each), and validation reuses the
+opened val split (and its image cache).
 """
 
 from __future__ import annotations
@@ -67,3 +69,29 @@ def check_plot_output(workdir: Path) -> None:
         probe.unlink()
     except Exception as e:  # noqa: BLE001 - any failure means results.png cannot be drawn
         raise ConfigError(f"results.png cannot be drawn in {workdir}: {type(e).__name__}: {e}") from None
+
+
+def open_image_cache(cache: Any, imgsz: int, train_source: Any, val_source: Any | None) -> tuple[Any, Any | None]:
+    """The train (and val) sources with ``data.cache``'s image cache, built now: the room for
+    both is checked first (ultralytics' margins) and refused in one line with the needed and
+    available figures (:func:`yolojax.data.image_cache.open_image_cache`). ultralytics' trainer
+    caches the validation images too."""
+    from yolojax.data.image_cache import open_image_cache as open_cache
+
+    sources, names = [train_source], ["train"]
+    if val_source is not None:
+        sources.append(val_source)
+        names.append("val")
+    try:
+        cached = open_cache(cache, imgsz, sources, names)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    return cached[0], cached[1] if val_source is not None else None
+
+
+def close_image_cache(*sources: Any) -> None:
+    """Remove the RAM image cache of each cached source (it also goes when garbage-collected)."""
+    for source in sources:
+        close = getattr(type(source), "close", None)
+        if close is not None:
+            close(source)

@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
-from yolojax.train.preflight import ConfigError, check_plot_output, check_split_paths, check_writable, open_split
+from yolojax.train.preflight import (ConfigError, check_plot_output, check_split_paths, check_writable,
+                                     close_image_cache, open_image_cache, open_split)
 
 logger = logging.getLogger("yolojax.train")
 
@@ -103,6 +104,15 @@ def prepare_data(config: Any) -> Path:
     return yaml_path
 
 
+def _cache_mode_or_none(value: Any) -> str | None:
+    from yolojax.data.image_cache import cache_mode
+
+    try:
+        return cache_mode(value)
+    except ValueError:
+        return None
+
+
 def check_config(config: Any) -> None:
     """Refuse settings that cannot serve, with a one-line reason."""
     from yolojax.data.augment_config import AUGMENT_ON
@@ -126,6 +136,8 @@ def check_config(config: Any) -> None:
     need(config.data.max_boxes >= 0, "data.max_boxes must be >= 0 (0: from the label scan)")
     need(config.val.max_det >= 0, "val.max_det must be >= 0 (0: ultralytics' rule)")
     need(config.data.workers >= 0, "data.workers must be >= 0")
+    need(_cache_mode_or_none(config.data.cache) is not None,
+         f"data.cache must be '', 'ram' or 'disk' (True means 'ram', as ultralytics' cache), got {config.data.cache!r}")
     need(config.data.augment_on in AUGMENT_ON,
          f"data.augment_on must be one of {AUGMENT_ON}, got {config.data.augment_on!r}")
     coordinator = config.distributed.coordinator
@@ -450,6 +462,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         check_plot_output(workdir)
     train_source = open_split(data_yaml, "train")
     val_source = open_split(data_yaml, "val") if config.val.enabled else None
+    train_source, val_source = open_image_cache(config.data.cache, config.imgsz, train_source, val_source)
     try:
         batches = make_train_iterator(
             train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
@@ -653,6 +666,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         if best_ckpt is not None:
             best_ckpt.close()
         batches.close()
+        close_image_cache(train_source, val_source)
     truncation = batches.truncation
     boxes_dropped = truncation.boxes_dropped if truncation is not None else 0
     if boxes_dropped:
