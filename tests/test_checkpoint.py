@@ -325,3 +325,22 @@ def test_train_step_skips_non_finite_batch():
     bad2, m2 = jax.jit(lambda s, b: train_step(s, b, loss_inf))(good, {"image": inf_images})
     assert np.isfinite(float(m2["loss"])) and not np.isfinite(float(m2["grad_norm"]))
     np.testing.assert_array_equal(bad2.params["w"]["kernel"], good.params["w"]["kernel"])
+
+
+def test_unretrieved_errors_of_a_damaged_steps_reads_are_not_logged():
+    """asyncio's "Task exception was never retrieved" of the other reads of a damaged step is
+    dropped once a possibly failing read was prepared; other asyncio errors still show."""
+    import logging
+
+    from yolojax.checkpoint import _quiet_failed_read_callbacks
+
+    def record(message: str, error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,
+                                 (type(error), error, None))
+
+    _quiet_failed_read_callbacks()
+    asyncio_logger = logging.getLogger("asyncio")
+    read_error = ValueError('OUT_OF_RANGE: Error opening "zarr" driver: Error reading "ema.x/.zarray" in OCDBT')
+    assert not asyncio_logger.filter(record("Task exception was never retrieved\nfuture: <Task>", read_error))
+    assert asyncio_logger.filter(record("Task exception was never retrieved\nfuture: <Task>", ValueError("mine")))
+    assert asyncio_logger.filter(record("Exception in callback", read_error))

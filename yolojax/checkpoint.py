@@ -152,14 +152,35 @@ def _drop_closed_loop_callbacks(unraisable: Any) -> None:
 _previous_unraisablehook = sys.unraisablehook
 
 
+class _UnretrievedReadErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of tensorstore reads.
+
+    When one of a step's reads fails, Orbax raises that error and leaves the other reads of
+    the damaged step failing in tasks nobody awaits; asyncio logs each (with a traceback) when
+    the task is collected. The step's failure is already reported in one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        unretrieved = str(record.msg).startswith("Task exception was never retrieved")
+        read_error = isinstance(error, ValueError) and any(
+            marker in str(error) for marker in ('"zarr" driver', "OCDBT", "tensorstore"))
+        return not (unretrieved and read_error)
+
+
+_unretrieved_read_errors = _UnretrievedReadErrors()
+
+
 def _quiet_failed_read_callbacks() -> None:
-    """Install :func:`_drop_closed_loop_callbacks` before a read that may fail (once, for the
-    rest of the process: tensorstore's threads can report the callbacks before the failed read
-    has even raised, or long after it returned)."""
+    """Install :func:`_drop_closed_loop_callbacks` and a filter of asyncio's unretrieved read
+    errors (:class:`_UnretrievedReadErrors`) before a read that may fail (once, for the rest
+    of the process: tensorstore's threads can report the callbacks before the failed read has
+    even raised, or long after it returned)."""
     global _previous_unraisablehook
     if sys.unraisablehook is not _drop_closed_loop_callbacks:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _drop_closed_loop_callbacks
+    logging.getLogger("asyncio").addFilter(_unretrieved_read_errors)  # a no-op when already added
 
 
 def read_newest_intact(directory: str | os.PathLike, read: Callable[[int], T]) -> tuple[int, T, list[tuple[int, str]]]:
