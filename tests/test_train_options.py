@@ -256,3 +256,15 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path, data_yaml, cache_dir, scri
     assert summary["checkpoint_step"] == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "mAP50-95" in r] == [1]  # validated before stopping, as ultralytics
+
+
+def test_new_options_define_the_run_and_old_workdirs_still_resume(tmp_path):
+    from yolojax.train.preflight import ConfigError
+    from yolojax.train.run import check_resumable
+
+    current = small_config(tmp_path / "data.yaml", tmp_path).to_dict()
+    old = {k: v for k, v in current.items() if k not in ("cutmix", "bgr", "cls_pw", "rect", "multi_scale")}
+    check_resumable(old, current, tmp_path)  # written before these options existed: their defaults
+    with pytest.raises(ConfigError, match="freeze"):
+        check_resumable({**current, "freeze": "5"}, current, tmp_path)
+    check_resumable({**current, "patience": 7, "time": 2.0, "save_period": 3}, current, tmp_path)

@@ -172,8 +172,15 @@ RUN_DEFINING = ("model", "weights", "dtype", "imgsz", "batch_size", "epochs", "s
                 "fraction", "single_cls", "classes", "rect", "multi_scale", "freeze")
 
 
-def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
-    """Refuse to resume a workdir whose checkpoint was written with other run settings."""
+def check_resumable(saved: dict, current: dict, workdir: Path, defaults: dict | None = None) -> None:
+    """Refuse to resume a workdir whose checkpoint was written with other run settings. A
+    setting missing from ``saved`` (a run from before it existed) counts as its value in
+    ``defaults`` (the config's defaults, configs/base.py, when not given)."""
+    if defaults is None:
+        from yolojax.cli import _configs_dir, load_config_file
+
+        defaults = load_config_file(_configs_dir() / "base.py").to_dict()
+    saved = {**{k: defaults[k] for k in RUN_DEFINING if k in defaults and k not in saved}, **saved}
     diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in RUN_DEFINING if saved.get(k) != current.get(k)]
     # data.workers: the saved data position (Grain's iterator state) has another form with
     # worker processes, and per worker count.
@@ -446,10 +453,10 @@ def build_data(config: Any, data_yaml: Path, names: list[str], process_index: in
                    batches.steps_per_epoch, total)
 
 
-def load_pretrained(config: Any) -> tuple[Any, dict, str]:
-    """(variables or None, their info, the scale to train) from ``config.weights``."""
+def load_pretrained(config: Any) -> tuple[Any, dict]:
+    """(variables or None, their info) from ``config.weights``."""
     if not config.weights:
-        return None, {}, config.model.scale
+        return None, {}
     from yolojax.convert import load_weights
 
     try:
@@ -459,7 +466,7 @@ def load_pretrained(config: Any) -> tuple[Any, dict, str]:
     if winfo.get("scale") and winfo["scale"] != config.model.scale:
         logger.warning("weights are YOLOv8%s; training YOLOv8%s (config.model.scale) with the layers that fit",
                        winfo["scale"], config.model.scale)
-    return pretrained, winfo, config.model.scale
+    return pretrained, winfo
 
 
 @dataclasses.dataclass
@@ -516,10 +523,11 @@ def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config
         if copied == 0:
             raise ConfigError(f"weights {config.weights}: no array fits YOLOv8{scale}")
     try:
-        logger.info("freeze=%r: %d parameter arrays frozen (%s)", config.freeze,
-                    check_frozen(variables["params"], frozen, config.freeze), ", ".join(frozen))
+        count = check_frozen(variables["params"], frozen, config.freeze)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.freeze:
+        logger.info("freeze=%s: %d parameter arrays frozen (%s)", config.freeze, count, ", ".join(frozen))
     state = TrainState.create(model.apply, variables, recipe)
     loss_fn = DetectionLoss(num_classes=num_classes, reg_max=config.model.reg_max, box=config.box, cls=config.cls,
                             dfl=config.dfl, class_weights=loss_class_weights(config.cls_pw, data.batches.source,
@@ -758,7 +766,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     if config.model.num_classes not in (-1, 0, 1 if config.single_cls else len(names)):
         raise ConfigError(f"model.num_classes={config.model.num_classes} but {data_yaml} has {len(names)} classes")
     check_split_paths(data_yaml, ("train", "val") if config.val.enabled else ("train",))
-    pretrained, winfo, _ = load_pretrained(config)
+    pretrained, winfo = load_pretrained(config)
     process_index, process_count = jax.process_index(), jax.process_count()
     if config.batch_size % process_count:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
@@ -774,7 +782,11 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         raise
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=1) + "\n")
-    run = _Run(config, workdir, config_dict, data, model, is_main)
+    try:
+        run = _Run(config, workdir, config_dict, data, model, is_main)
+    except Exception:
+        data.batches.close()
+        raise
     try:
         start_step = run.resume()
         assert int(jax.device_get(run.state.step)) == start_step, "checkpoint step mismatch"
@@ -816,6 +828,9 @@ def main() -> None:
                   f"{summary['workdir']}/checkpoints/{summary['checkpoint_step']} (re-run to resume)", file=sys.stderr)
         else:
             best = f", checkpoints_best/{summary['best_step']}" if summary["best_step"] is not None else ""
+            if summary["stopped_early"] is not None:
+                print(f"stopped early ({summary['stopped_early']}) at step {summary['step']} of "
+                      f"{summary['total_steps']}", file=sys.stderr)
             print(f"done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, tensorboard/, "
                   f"checkpoints/{summary['checkpoint_step']}{best}", file=sys.stderr)
 
