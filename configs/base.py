@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 2            # batches buffered per worker
     c.data.max_boxes = 0           # M, box rows per image; 0: from the label scan (no box dropped); N: a cap
     c.data.mosaic_pool = "batch"   # mosaic partners from the same 'batch' or the whole 'dataset'
+    c.data.augment_on = "host"     # host | device: where augmentation's pixel work runs (docs/data.md)
     # ultralytics' dataset options (data/base.py, data/build.py):
     c.fraction = 1.0               # train images used: a ratio in (0, 1], or a count when > 1 (the first, sorted)
     c.single_cls = False           # every label becomes class 0; val is class-agnostic (one class)
@@ -125,6 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
     c.log_every_steps = 10
     c.progress = True              # tqdm progress bar
+    c.plots = True                 # after training: labels.jpg, train_batch*.jpg, the final validation's plots
     c.max_nonfinite = 10           # stop after this many non-finite losses in a row
     # Persistent XLA compilation cache: 'auto' (~/.cache/yolojax/jax), a directory, or 'off'.
     c.compile_cache = "auto"

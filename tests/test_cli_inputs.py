@@ -81,6 +81,8 @@ def test_predict_reads_video_frames_and_writes_an_annotated_video(tmp_path, weig
     assert yj_predict.main(args) == 0
     captured = capsys.readouterr()
     err = stderr_lines(captured)  # (lines in [] are FFmpeg's own, about broken.mp4)
+    assert sum(" summary (fused): " in e for e in err) == 1, err  # ultralytics' model line
+    err = [e for e in err if " summary (fused): " not in e]
     assert len(err) == 3, err  # each skipped file, named with its reason
     assert any(f"{source}: 1 files skipped, neither images nor videos" in e and str(source / "notes.txt") in e
                for e in err)
@@ -153,7 +155,8 @@ def test_val_cli_shows_the_label_scan_once_and_why_metrics_are_zero(tmp_path, we
     assert yj_val.main(args) == 0
     err = stderr_lines(capsys.readouterr())
     labels_dir = tmp_path / "ds" / "labels" / "val"
-    assert err == [f"INFO yolojax.data.label_scan: label scan {labels_dir}: 3 images: 3 label files found (0 empty), "
+    assert err[0].startswith("INFO yolojax.val: YOLOv8n summary (fused): "), err  # as ultralytics, first
+    assert err[1:] == [f"INFO yolojax.data.label_scan: label scan {labels_dir}: 3 images: 3 label files found (0 empty), "
                    "0 missing, 0 corrupt (skipped)"]
     for f in labels_dir.glob("*.txt"):
         f.rename(f.with_suffix(".TXT"))

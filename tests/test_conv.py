@@ -37,8 +37,13 @@ CASES = [  # (B, H, W, Cin), k, Cout, stride
 ]
 
 
+@pytest.mark.parametrize("eigen", [True, False], ids=["eigen", "ynnpack"])
 @pytest.mark.parametrize("shape_x,k,c_out,stride", CASES)
-def test_gradients_equal_autodiff_in_float32(shape_x, k, c_out, stride):
+def test_gradients_equal_autodiff_in_float32(monkeypatch, shape_x, k, c_out, stride, eigen):
+    """Both CPU kernel-gradient policies (XLA's own with Eigen convolutions, matrix products otherwise)."""
+    import yolojax.ops.conv as conv
+
+    monkeypatch.setattr(conv, "cpu_convolutions_use_eigen", lambda: eigen)
     x, kernel, dy = random_case(shape_x, k, c_out, stride)
     want = jax.jit(lambda x, w, dy: jax.vjp(lambda a, b: xla_conv(a, b, stride), x, w)[1](dy))(x, kernel, dy)
     got = jax.jit(lambda x, w, dy: jax.vjp(lambda a, b: conv2d(a, b, stride), x, w)[1](dy))(x, kernel, dy)
@@ -46,7 +51,10 @@ def test_gradients_equal_autodiff_in_float32(shape_x, k, c_out, stride):
         assert g.shape == w.shape and g.dtype == w.dtype
         assert relative_error(g, w) < 1e-5
     y = jax.jit(lambda x, w: conv2d(x, w, stride))(x, kernel)
-    np.testing.assert_array_equal(y, xla_conv(x, kernel, stride))
+    if k == 1 and stride == 1:  # a matrix product on CPU: the same sums in another order
+        np.testing.assert_allclose(y, xla_conv(x, kernel, stride), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(y, xla_conv(x, kernel, stride))
 
 
 @pytest.mark.parametrize("shape_x,k,c_out,stride", [CASES[0], CASES[1], CASES[2], CASES[5]])
@@ -92,3 +100,17 @@ def test_refuses_even_or_mismatched_kernels():
         conv2d(x, jnp.zeros((2, 2, 4, 8)))
     with pytest.raises(ValueError, match="odd square"):
         conv2d(x, jnp.zeros((3, 3, 5, 8)))
+
+
+def test_portable_convolutions_trace_plain_convolutions():
+    """Inside portable_convolutions() the jaxpr holds plain convolutions only (what jax2onnx
+    converts), and the values are the same."""
+    from yolojax.ops.conv import portable_convolutions
+
+    x, kernel, _ = random_case((1, 8, 8, 4), 1, 6, 1)
+    with portable_convolutions():
+        jaxpr = str(jax.make_jaxpr(lambda a, b: conv2d(a, b, 1))(x, kernel))
+        y = conv2d(x, kernel, 1)
+    assert "conv_general_dilated" in jaxpr and "platform_index" not in jaxpr and "custom_vjp" not in jaxpr
+    assert "platform_index" in str(jax.make_jaxpr(lambda a, b: conv2d(a, b, 1))(x, kernel))  # outside: CPU paths
+    np.testing.assert_allclose(y, xla_conv(x, kernel, 1), rtol=1e-5, atol=1e-6)

@@ -22,7 +22,7 @@ import pytest
 from yolojax import export as yj_export
 from yolojax import torch_pickle
 from yolojax.convert import load_ultralytics, read_torch_file
-from yolojax.models import YOLOv8
+from yolojax.models import YOLOv8, default_cls_width
 from yolojax.predict import Predictor, letterbox_for_predict
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -125,7 +125,7 @@ def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
     np.testing.assert_allclose(theirs[:, 4:], ours[:, 4:], atol=1e-4)
     np.testing.assert_allclose(theirs[:, :4], ours[:, :4], atol=1e-2)
     reread, reread_info = load_ultralytics(path)
-    assert reread_info == info
+    assert reread_info == {**info, "cls_width": default_cls_width("n", 3)}  # the head's width, read back
     for a, b in zip(jax.tree.leaves(reread), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -139,7 +139,7 @@ def test_pt_export_round_trips_through_ultralytics(tmp_path):
     images = _assets()
     out = tmp_path / "yolov8n_yolojax.pt"
     assert yj_export.main(["--weights", str(WEIGHTS), "--format", "pt", "--out", str(out)]) == 0
-    ours = Predictor(WEIGHTS)(images)
+    ours = Predictor(WEIGHTS, rect=False)(images)
     yolo = ultralytics.YOLO(str(out))
     theirs = [{"classes": r.boxes.cls.int().tolist(), "boxes_xyxy": r.boxes.xyxy.numpy(),
                "scores": r.boxes.conf.numpy()}
@@ -148,7 +148,7 @@ def test_pt_export_round_trips_through_ultralytics(tmp_path):
     coco8 = shutil.copytree(COCO8, tmp_path / "coco8")
     ref = yolo.val(data=str(coco8 / "coco8.yaml"), imgsz=640, batch=16, rect=False, plots=False, device="cpu",
                    verbose=False, project=str(tmp_path / "val"))
-    mine = validate(WEIGHTS, shutil.copytree(COCO8, tmp_path / "mine") / "coco8.yaml", verbose=False)
+    mine = validate(WEIGHTS, shutil.copytree(COCO8, tmp_path / "mine") / "coco8.yaml", rect=False, verbose=False)
     assert abs(ref.box.map50 - mine["mAP50"]) < 0.005 and abs(ref.box.map - mine["mAP50-95"]) < 0.005
     # Every ultralytics export target is one step away: `yolo export model=out format=torchscript`.
     script = ultralytics.YOLO(str(out)).export(format="torchscript", imgsz=640)
@@ -199,7 +199,7 @@ def test_onnx_boxes_after_nms_equal_yolojax_and_ultralytics(onnx_model):
 
     images = _assets()
     detector = OnnxDetector(onnx_model)
-    ours = Predictor(WEIGHTS)(images)
+    ours = Predictor(WEIGHTS, rect=False)(images)  # a fixed-size model takes square letterboxes, as ultralytics
     _assert_same_detections(Predictor(model_fn=detector, info=detector.info)(images), ours)
     # ultralytics' own ONNX consumer reads the file unchanged.
     results = ultralytics.YOLO(str(onnx_model), task="detect").predict([str(p) for p in images], verbose=False)
@@ -217,7 +217,7 @@ def test_yolojax_predict_command_runs_onnx_models(onnx_model, tmp_path):
     bus = _assets()[0]
     assert cli.main(["predict", f"model={onnx_model}", f"source={bus}", f"project={tmp_path}", "name=p"]) == 0
     written = json.loads((tmp_path / "p" / "predictions.json").read_text())
-    _assert_same_detections(written, Predictor(WEIGHTS)([bus]))
+    _assert_same_detections(written, Predictor(WEIGHTS, rect=False)([bus]))
 
 
 @needs_shared
@@ -228,7 +228,7 @@ def test_onnx_val_map_equals_yolojax_val(onnx_model, tmp_path):
     detector = OnnxDetector(onnx_model)
     data = shutil.copytree(COCO8, tmp_path / "coco8") / "coco8.yaml"
     via_onnx = validate(data=data, model_fn=detector, info=detector.info, verbose=False)
-    via_jax = validate(WEIGHTS, data, verbose=False)
+    via_jax = validate(WEIGHTS, data, rect=False, verbose=False)  # the fixed-size model validates square
     assert via_onnx["mAP50"] == pytest.approx(via_jax["mAP50"], abs=1e-6)
     assert via_onnx["mAP50-95"] == pytest.approx(via_jax["mAP50-95"], abs=1e-6)
 

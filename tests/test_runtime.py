@@ -103,3 +103,43 @@ def test_progress_bar_leaves_the_compile_out_of_its_rate():
     assert bar.desc.startswith("epoch 1/1")
     assert bar.format_dict["elapsed"] < 0.25  # the bar's clock restarted after the compile
     bar.close()
+
+
+def test_wants_eigen_convolutions_leaves_user_settings_and_unknown_releases_alone():
+    from yolojax.runtime import EIGEN_CONVOLUTIONS_JAXLIB, wants_eigen_convolutions
+
+    known = EIGEN_CONVOLUTIONS_JAXLIB[0]
+    assert wants_eigen_convolutions({}, known)
+    assert wants_eigen_convolutions({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, known)
+    assert not wants_eigen_convolutions({"YOLOJAX_XLA_CPU_FLAGS": "0"}, known)
+    assert not wants_eigen_convolutions({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=default"}, known)
+    assert not wants_eigen_convolutions({}, (known[0], known[1] + 1))  # XLA aborts on a flag it lacks
+    assert not wants_eigen_convolutions({}, None)
+
+
+_FLAG_SCRIPT = """
+import os, sys
+import yolojax
+import jax, jax.numpy as jnp
+from yolojax.runtime import cpu_convolutions_use_eigen
+x = jnp.ones((1, 8, 8, 4)); w = jnp.ones((3, 3, 4, 2))
+y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+print(os.environ.get("XLA_FLAGS", ""), cpu_convolutions_use_eigen(), float(y[0, 4, 4, 0]), sep="|")
+"""
+
+
+@pytest.mark.parametrize("opt_out", ["1", "0"])
+def test_import_yolojax_adds_the_eigen_flag_before_jax_starts(opt_out):
+    """``import yolojax`` adds the flag (after the user's own flags), XLA accepts it and
+    convolutions still compute; YOLOJAX_XLA_CPU_FLAGS=0 leaves XLA_FLAGS as it was."""
+    from yolojax.runtime import EIGEN_CONVOLUTIONS_FLAG, EIGEN_CONVOLUTIONS_JAXLIB, _jaxlib_release
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "YOLOJAX_XLA_CPU_FLAGS": opt_out, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", _FLAG_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    flags, eigen, value = out.stdout.strip().split("|")
+    assert float(value) == 36.0
+    added = opt_out == "1" and _jaxlib_release() in EIGEN_CONVOLUTIONS_JAXLIB
+    assert flags.split() == ["--xla_force_host_platform_device_count=2"] + ([EIGEN_CONVOLUTIONS_FLAG] if added else [])
+    assert eigen == str(added)

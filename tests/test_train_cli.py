@@ -224,6 +224,12 @@ def test_end_to_end_three_epochs(reference_run):
     assert np.mean(losses[-STEPS_PER_EPOCH:]) < losses[0]  # the loss falls
     assert (workdir / "results.png").stat().st_size > 1000
     assert (workdir / "config.json").is_file()
+    # plots=True (the default): ultralytics' run plots, under its names
+    # train_batch6-8: the first batches after mosaic closes (epoch 3 of 3), as ultralytics' plot_idx
+    plots = ["labels.jpg", *(f"train_batch{i}.jpg" for i in (0, 1, 2, 6, 7, 8)), "val_batch0_labels.jpg",
+             "val_batch0_pred.jpg", "confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve.png",
+             "BoxP_curve.png", "BoxR_curve.png", "BoxF1_curve.png"]
+    assert all((workdir / name).stat().st_size > 5000 for name in plots)
     scalars = assert_tensorboard_matches_metrics(workdir)
     assert sorted(scalars["train/loss"]) == list(range(1, total + 1))
     assert {"train/box", "train/cls", "train/dfl", "train/lr", "train/images_per_s"} <= set(scalars)
@@ -244,11 +250,15 @@ def test_run_output_says_each_thing_once_and_no_noise(reference_run):
     err = "".join(line + "\n" for line in reference_stderr(reference_run).read_text().splitlines()
                   if not line.startswith("WARNING absl: Waiting for previous save to complete"))
     lines = [line for line in err.splitlines() if line.strip()]
-    assert sum("label scan" in line for line in lines) == 2, err  # train and val; 3 validations ran
+    # the scan summaries (not "max_boxes=... from the label scan"): train and val; 3 validations ran
+    assert sum("yolojax.data.label_scan: label scan" in line for line in lines) == 2, err
     assert sum("optimizer=auto chose AdamW with lr0=0.001 and momentum=0.9" in line for line in lines) == 1, err
     for noise in ("WARNING", "Traceback", "leaked shared_memory", "Unable to initialize backend", "absl"):
         assert noise not in err, (noise, err)
     assert lines[-1].startswith("done: 9 steps")
+    summary = [line for line in lines if " summary: " in line]  # ultralytics' model summary line, once
+    assert len(summary) == 1 and summary[0].endswith("YOLOv8n summary: 129 layers, 3,012,018 parameters, "
+                                                     "3,012,002 gradients, 8.2 GFLOPs"), err
     resolved = json.loads((reference_run / "config.json").read_text())["resolved"]
     # 24 images, batch 8, 6 classes, 3 epochs: AdamW at round(0.002 * 5 / (4 + 6), 6), accumulate
     # round(64 / 8) = 8 batches, decay 5e-4 * 8 * 8 / 64, warmup round(min(3, 3 - 1) * 3) iterations.

@@ -12,7 +12,13 @@ and prefetched batches are excluded (warm-up batches); each round builds, warms 
 and closes one pipeline after the other (alternating which goes first), so they never run
 at the same time; the rate is total images / total time over the rounds. CPU time per
 image (all processes, during the timed batches) is printed too: it is robust to other load
-on the machine. The last line is ``speedup: X.XX`` (yolojax / ultralytics images/s).
+on the machine. The line ``speedup: X.XX`` gives yolojax / ultralytics images/s.
+
+``device+ram`` is yolojax with ``augment_on='device'`` reading images that were decoded and
+long-side resized into memory before timing (:class:`PredecodedSource`): the host only draws
+the parameters, moves the boxes and copies the source images into the batch. Its line gives
+the host CPU per image; the pixel work it leaves to the train step is timed apart
+(``jit(render_batch)`` on this machine's default JAX backend, one batch at a time).
 ultralytics and torch are imported only here, as the oracle.
 """
 
@@ -28,8 +34,9 @@ from pathlib import Path
 
 import yaml
 
-from yolojax.data import load_data_yaml, make_train_iterator
+from yolojax.data import load_data_yaml, make_train_iterator, yolo_source
 from yolojax.data.data_yaml import image_to_label_paths, list_image_files
+from yolojax.data.image_io import resize_long_side
 from yolojax.data.synthetic import write_synthetic_dataset
 
 
@@ -59,6 +66,57 @@ def yolojax_batches(data_yaml: str, imgsz: int, batch: int, workers: int, mosaic
     batches = make_train_iterator(data_yaml, imgsz=imgsz, batch_size=batch, epochs=1000, seed=0, workers=workers,
                                   mosaic_pool=mosaic_pool, process_index=0, process_count=1)
     return batches.iterator, batches.close
+
+
+class PredecodedSource:
+    """A source whose images were decoded and long-side resized to imgsz up front (held in
+    memory); the rest of the source (labels, names, shapes) is the wrapped one's."""
+
+    def __init__(self, source, imgsz: int):
+        self._source = source
+        self._records = []
+        for i in range(len(source)):
+            record = dict(source[i])
+            record["image"] = resize_long_side(record["image"], imgsz)
+            self._records.append(record)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._records[int(index)]
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+
+def device_ram_batches(data_yaml: str, imgsz: int, batch: int, workers: int, mosaic_pool: str):
+    """Device-mode batches (parameters + source images, no pixel work) from pre-decoded images."""
+    source = PredecodedSource(yolo_source(data_yaml, "train"), imgsz)
+    batches = make_train_iterator(source, imgsz=imgsz, batch_size=batch, epochs=1000, seed=0, workers=workers,
+                                  mosaic_pool=mosaic_pool, process_index=0, process_count=1, augment_on="device")
+    return batches.iterator, batches.close
+
+
+def device_render_ms(data_yaml: str, imgsz: int, batch: int, mosaic_pool: str,
+                     repeats: int = 3) -> tuple[float, float]:
+    """(wall, CPU) milliseconds per image of the pixel work of device mode (``jit(render_batch)``,
+    compiled first), on JAX's default backend; CPU time is this process's (all its threads)."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from yolojax.data.device_augment import render_batch  # pylint: disable=import-outside-toplevel
+
+    iterator, close = device_ram_batches(data_yaml, imgsz, batch, 0, mosaic_pool)
+    batches = [jax.device_put({k: v for k, v in next(iterator).items() if k.startswith("aug_")})
+               for _ in range(repeats + 1)]
+    close()
+    render = jax.jit(render_batch)
+    render(batches[0]).block_until_ready()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for b in batches[1:]:
+        render(b).block_until_ready()
+    images = repeats * batch
+    return 1000 * (time.perf_counter() - start) / images, 1000 * (time.process_time() - cpu_start) / images
 
 
 def ultralytics_batches(data_yaml: str, imgsz: int, batch: int, workers: int):
@@ -129,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         builders = {
             "yolojax": lambda: yolojax_batches(data_yaml, args.imgsz, args.batch, args.workers, args.mosaic_pool),
             "ultralytics": lambda: ultralytics_batches(data_yaml, args.imgsz, args.batch, args.workers),
+            "device+ram": lambda: device_ram_batches(data_yaml, args.imgsz, args.batch, args.workers,
+                                                     args.mosaic_pool),
         }
         warmup = args.warmup if args.warmup is not None else 4 * args.workers + 2
         seconds = {name: 0.0 for name in builders}
@@ -146,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[name] += dt
                 rates[name] = args.batches * args.batch / dt
             print(f"round {r}: " + "   ".join(f"{k} {v:7.1f} img/s" for k, v in sorted(rates.items())), flush=True)
+        render_ms = device_render_ms(data_yaml, args.imgsz, args.batch, args.mosaic_pool)
     t_ours, t_theirs = seconds["yolojax"], seconds["ultralytics"]
     images = args.rounds * args.batches * args.batch
     rate_ours, rate_theirs = images / t_ours, images / t_theirs
@@ -155,7 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ultralytics: {rate_theirs:.1f} img/s, {1000 * cpu['ultralytics'] / images:.1f} CPU ms/img")
     print(f"cpu efficiency: {cpu['ultralytics'] / cpu['yolojax']:.2f}  (ultralytics CPU time / yolojax CPU time)")
     print(f"speedup: {rate_ours / rate_theirs:.2f}")
+    print(device_lines(cpu["device+ram"], cpu["ultralytics"], images, render_ms))
     return 0
+
+
+def device_lines(cpu_device: float, cpu_ultralytics: float, images: int, render_ms: tuple[float, float]) -> str:
+    """The device+ram report: host CPU per image and per core, beside ultralytics', and the
+    pixel work per image left to the train step."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    ms = 1000 * cpu_device / images
+    return (f"device+ram: {ms:.2f} ms host CPU per image, {1000 / ms:.0f} img/s per host core "
+            f"(images decoded into memory before timing)\n"
+            f"device+ram vs ultralytics host CPU per image: {cpu_ultralytics / cpu_device:.1f}x less\n"
+            f"device augmentation in the step: {render_ms[0]:.2f} ms per image, {render_ms[1]:.2f} ms CPU "
+            f"(jit(render_batch) on {jax.default_backend()})")
 
 
 if __name__ == "__main__":

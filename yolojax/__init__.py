@@ -1,6 +1,10 @@
 """yolojax: Ultralytics YOLOv8 object detection in JAX/Flax."""
 
+from yolojax.runtime import configure_xla_cpu
+
 __version__ = "0.1.0"
+
+configure_xla_cpu()  # before JAX starts its backend: XLA reads XLA_FLAGS once
 
 
 def load_weights(path):

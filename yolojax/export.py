@@ -139,9 +139,11 @@ def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str 
         raise ValueError(f"batch must be >= 1, got {batch}")
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be within 11..{onnx.defs.onnx_opset_version()} (installed onnx), got {opset}")
+    from yolojax.ops.conv import portable_convolutions
+
     spec = [("batch" if dynamic else batch, 3, h, w)]
     logger.info("converting YOLOv8%s to ONNX with jax2onnx (about a minute on a CPU) ...", info["scale"])
-    with _quiet_converter():
+    with _quiet_converter(), portable_convolutions():
         proto = to_onnx(onnx_graph_fn(variables, info), spec, model_name=f"yolov8{info['scale']}", opset=opset,
                         input_names=["images"], output_names=["output0"])
     # jax2onnx annotates some broadcast intermediates of a batch > 1 graph with batch 1, which

@@ -70,7 +70,9 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.nda
     return float(ap), mpre, mrec
 
 
-def _smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
+def smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
+    """Box-filter ``y`` (1-D) over a window of ``f`` of its length (odd, edges padded with the end
+    values); ultralytics' ``smooth``, used to pick the max-F1 confidence and in the curve plots."""
     nf = round(len(y) * f * 2) // 2 + 1
     p = np.ones(nf // 2)
     yp = np.concatenate((p * y[0], y, p * y[-1]), 0)
@@ -143,7 +145,7 @@ def ap_per_class(
                 prec_values.append(np.interp(x, mrec, mpre))
     prec_values = np.array(prec_values) if prec_values else np.zeros((1, 1000))
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
-    i = _smooth(f1_curve.mean(0), 0.1).argmax() if nc else 0
+    i = smooth(f1_curve.mean(0), 0.1).argmax() if nc else 0
     p, r, f1 = p_curve[:, i], r_curve[:, i], f1_curve[:, i]
     tp_count = (r * nt).round()
     fp_count = (tp_count / (p + eps) - tp_count).round()
@@ -268,51 +270,3 @@ class ConfusionMatrix:
         for d, dc in enumerate(pred_classes):
             if d not in matched:
                 self.matrix[dc, bg] += 1
-
-
-def save_plots(results: Mapping[str, Any], names: Sequence[str], out_dir, confusion: ConfusionMatrix | None = None):
-    """PR_curve.png and confusion_matrix.png (normalised by true class) into ``out_dir``; needs matplotlib.
-
-    Returns the written paths (empty when matplotlib is missing)."""
-    from pathlib import Path
-
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    res: APResult = results["ap_result"]
-    fig, ax = plt.subplots(figsize=(9, 6), tight_layout=True)
-    if len(res.classes):
-        py = np.asarray(res.prec_values)
-        for i, c in enumerate(res.classes):
-            if len(res.classes) < 21:
-                ax.plot(res.x, py[i], linewidth=1, label=f"{names[c]} {res.ap[i, 0]:.3f}")
-            else:
-                ax.plot(res.x, py[i], linewidth=1, color="grey")
-        ax.plot(res.x, py.mean(0), linewidth=3, color="blue", label=f"all classes {res.ap[:, 0].mean():.3f} mAP@0.5")
-        ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1), title="Precision-Recall Curve")
-    fig.savefig(out_dir / "PR_curve.png", dpi=150)
-    plt.close(fig)
-    written.append(out_dir / "PR_curve.png")
-    if confusion is not None:
-        m = confusion.matrix / (confusion.matrix.sum(0, keepdims=True) + 1e-9)
-        labels = list(names) + ["background"]
-        n = len(labels)
-        fig, ax = plt.subplots(figsize=(max(6, n * 0.15 + 4), max(5, n * 0.15 + 3)), tight_layout=True)
-        im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
-        if n <= 30:
-            ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-            ax.set_yticks(range(n), labels, fontsize=7)
-        ax.set(xlabel="True", ylabel="Predicted", title="Confusion Matrix (normalised)")
-        fig.colorbar(im, ax=ax)
-        fig.savefig(out_dir / "confusion_matrix.png", dpi=150)
-        plt.close(fig)
-        written.append(out_dir / "confusion_matrix.png")
-    return written

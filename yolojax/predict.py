@@ -229,15 +229,20 @@ class Predictor:
             if weights is None:
                 raise ValueError("give weights or variables and info")
             from yolojax.convert import load_weights
+            from yolojax.models.summary import loaded_summary_line
 
             variables, info = load_weights(weights)
+            logger.info("%s", loaded_summary_line(info))
         if imgsz < STRIDE or imgsz % STRIDE:
             raise ValueError(f"imgsz {imgsz} must be a positive multiple of {STRIDE}")
         if not (0 <= conf <= 1 and 0 <= iou <= 1):
             raise ValueError("conf and iou must be within [0, 1]")
         self.info = dict(info)
         self.names = list(info["names"])
-        self.imgsz, self.rect = int(imgsz), bool(rect)
+        # As ultralytics' predictor (8.4.190 engine/predictor.py): a fixed-size exported model
+        # takes square imgsz letterboxes whatever rect says.
+        fixed_size = model_fn is not None and getattr(model_fn, "input_hw", None) is not None
+        self.imgsz, self.rect = int(imgsz), bool(rect) and not fixed_size
         self.variables = jax.device_put(variables)
         if model_fn is not None:
             from yolojax.val import make_predict_fn

@@ -216,30 +216,40 @@ def validate(
       {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl} from pycocotools over
       every image and annotation of the file, and ``coco_file``: {notes (the checks' warning
       lines), yolojax_labels {clipped, dropped, duplicates, crowd}: annotations yolojax's own
-      mAP changed or left out, images, images_predicted}. With ``plots_dir``: PR_curve.png
-      and confusion_matrix.png there (needs matplotlib).
+      mAP changed or left out, images, images_predicted}. With ``plots_dir``: ultralytics'
+      validation plots there (:mod:`yolojax.plots.validation`: val_batch{0,1,2}_labels.jpg /
+      _pred.jpg, confusion_matrix.png, confusion_matrix_normalized.png, BoxP_curve.png,
+      BoxR_curve.png, BoxF1_curve.png, BoxPR_curve.png), their paths under ``plots`` and the
+      confusion matrix counts under ``confusion_matrix``. Loading ``weights`` logs ultralytics'
+      fused model summary line (verbose).
 
     Raises:
       ValueError: bad input in one line, e.g. a COCO JSON inconsistency (naming the file, the
         field and the id), checked before the weights load and the model runs.
     """
     from yolojax.data import make_val_iterator
-    from yolojax.metrics import ConfusionMatrix, DetectionMetrics, save_plots
+    from yolojax.metrics import DetectionMetrics
 
     if predictions_json is not None and not is_coco_json(data):
         raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
     coco_file = _check_coco_json(data, images) if is_coco_json(data) else None  # a bad file fails before the model
-    source = _open_source(data, split) if coco_file is None else None
     if model_fn is not None:
         if info is None:
             raise ValueError("model_fn needs info (names, num_classes)")
         variables = {}
+        # ultralytics 8.4.190 engine/validator.py: a fixed-size exported model validates square
+        rect = rect and getattr(model_fn, "input_hw", None) is None
     elif variables is None or info is None:
         if weights is None:
             raise ValueError("give weights or variables and info")
         from yolojax.convert import load_weights
 
-        variables, info = load_weights(weights)
+        variables, info = load_weights(weights)  # unreadable weights fail before the label scan's report
+        if verbose:
+            from yolojax.models.summary import loaded_summary_line
+
+            logger.info("%s", loaded_summary_line(info))
+    source = _open_source(data, split) if coco_file is None else None
     coco = _CocoCollector.open(coco_file, images, info, categories_by_order) if coco_file is not None else None
     source = coco.dataset.source if coco is not None else source
     if imgsz % 32:
@@ -256,20 +266,23 @@ def validate(
     if source_names and len(source_names) != int(info["num_classes"]):
         raise ValueError(f"{data} has {len(source_names)} classes but the model has {info['num_classes']}")
     metrics = DetectionMetrics(names)
-    confusion = ConfusionMatrix(len(names), conf=conf) if plots_dir is not None else None
+    plots = None
+    if plots_dir is not None:
+        from yolojax.plots.validation import ValidationPlots
+
+        plots = ValidationPlots(plots_dir, names, conf, getattr(batches.source, "image_paths", None))
     t0 = time.perf_counter()
     n_images = 0
     try:
-        for b in batches:
+        for batch_index, b in enumerate(batches):
             dets = predict(variables, place(b["image"]))
             boxes, scores, classes, count = (np.asarray(a) for a in dets)
+            if plots is not None:
+                plots.add_batch(batch_index, b, boxes, scores, classes, count)
             for s in np.flatnonzero(b["valid"]):
                 n = int(count[s])
                 m = b["mask"][s]
                 metrics.update(boxes[s, :n], scores[s, :n], classes[s, :n], b["boxes"][s][m], b["classes"][s][m])
-                if confusion is not None:
-                    confusion.update(boxes[s, :n], scores[s, :n], classes[s, :n], b["boxes"][s][m],
-                                     b["classes"][s][m])
                 if coco is not None:
                     coco.add(b, s, boxes[s, :n], scores[s, :n], classes[s, :n])
                 n_images += 1
@@ -280,9 +293,9 @@ def validate(
     results["speed_ms_per_image"] = 1000 * elapsed / max(n_images, 1)
     results["settings"] = {"imgsz": imgsz, "batch": batch, "conf": conf, "iou": iou, "max_det": max_det, "rect": rect,
                            "split": split}
-    if plots_dir is not None:
-        results["plots"] = [str(p) for p in save_plots(results, names, plots_dir, confusion)]
-        results["confusion_matrix"] = confusion.matrix.astype(int).tolist()
+    if plots is not None:
+        results["plots"] = [str(p) for p in plots.finish(results)]
+        results["confusion_matrix"] = plots.confusion.matrix.astype(int).tolist()
     if verbose:
         print(format_table(results))
     if coco is not None:
@@ -378,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="data.yaml split")
     p.add_argument("--workers", type=int, default=0, help="data worker processes")
     p.add_argument("--json", default=None, help="write results to this JSON file")
-    p.add_argument("--plots", default=None, metavar="DIR", help="write PR_curve.png and confusion_matrix.png here")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="write ultralytics' validation plots here: val_batch*_labels/pred.jpg, confusion_matrix*.png, "
+                        "Box{P,R,F1,PR}_curve.png")
     p.add_argument("--predictions", default=None, metavar="JSON",
                    help="COCO JSON data: write the detections here in COCO results format")
     p.add_argument("--categories-by-order", action="store_true",

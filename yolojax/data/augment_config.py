@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+AUGMENT_ON = ("host", "device")  # data.augment_on: where augmentation's pixel work runs
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:

@@ -24,9 +24,11 @@ import cv2
 import grain
 import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
+from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder, check_device_options
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources import DetectionSource, yolo_source
@@ -79,10 +81,24 @@ class Batches:
 
         Grain's closed iterator keeps those batches in reference cycles; collecting them now
         unlinks their shared memory, which Python's resource_tracker would otherwise report
-        at exit as "leaked shared_memory objects" (and unlink itself).
+        at exit as "leaked shared_memory objects" (and unlink itself). Grain unlinks them on a
+        background thread, so this waits for that thread before returning.
         """
         self.iterator.close()
         gc.collect()
+        _wait_for_shared_memory_unlinks()
+
+
+def _wait_for_shared_memory_unlinks() -> None:
+    """Wait until Grain's deletion thread has closed and unlinked every array freed so far.
+
+    Grain (0.2.x ``SharedMemoryArray.enable_async_del``) hands freed arrays to a one-thread
+    pool; a no-op queued behind them returns once they are done. Without this, arrays freed
+    just before exit are still linked when the interpreter stops the thread.
+    """
+    deletion_pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access - no public drain
+    if deletion_pool is not None:
+        deletion_pool.apply(int)
 
 
 def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -210,6 +226,8 @@ def make_train_iterator(
     mosaic_pool: str = "batch",
     rect: bool = False,
     multi_scale: float = 0.0,
+    augment_on: str = "host",
+    augment_groups: int = 1,
 ) -> Batches:
     """Augmented training batches for `epochs` epochs.
 
@@ -231,26 +249,42 @@ def make_train_iterator(
       mosaic_pool: mosaic / mixup partners from the same local 'batch' or the whole 'dataset'.
       rect: ultralytics' rect training: images sorted by aspect ratio, each batch its own
         shape (``set_rectangle`` with pad 0), no shuffle when the shapes differ, no mosaic,
-        mixup or cutmix (:func:`train_schedule`).
+        mixup or cutmix (:func:`train_schedule`); host mode only.
       multi_scale: resize each batch to a random stride multiple within imgsz * (1 +- it)
-        (:mod:`yolojax.data.multi_scale`); 0: off.
+        (:mod:`yolojax.data.multi_scale`); 0: off; host mode only.
+      augment_on: 'host' (the images augmented here) or 'device' (the same draws and boxes;
+        the source images and parameters shipped instead of ``image``, rendered in the train
+        step: :mod:`yolojax.data.device_params`, :func:`yolojax.data.device_augment.render_batch`).
+      augment_groups: device mode: 'data' shards this process feeds (the local batch splits
+        into that many groups, each shipping its own source images).
 
     Returns:
       :class:`Batches` of dicts: image uint8 (b, H, W, 3) RGB (H = W = imgsz unless rect or
-      multi_scale), boxes float32 (b, M, 4) xyxy pixels, classes int32 (b, M), mask bool
-      (b, M), with b = batch_size / process_count.
+      multi_scale; device mode: the ``aug_*`` arrays instead), boxes float32 (b, M, 4) xyxy
+      pixels, classes int32 (b, M), mask bool (b, M), with b = batch_size / process_count.
+
+    Raises:
+      ValueError: imgsz not a multiple of 32; an unknown ``augment_on``; device mode with an
+        option it cannot render (:func:`check_device_options`).
     """
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
+    aug = aug or AugmentConfig()
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
+    if augment_on == "device":
+        check_device_options(aug, rect, multi_scale)
     source = _as_source(data, "train")
     process_index, process_count = _process_index_and_count(process_index, process_count)
     schedule = train_schedule(source, batch_size, epochs, seed, process_index, process_count, imgsz, rect)
     if len(source) < batch_size:
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
-    aug = aug or AugmentConfig()
     max_boxes = train_max_boxes(source, aug, epochs, max_boxes, rect)
-    builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0,
-                                multi_scale=multi_scale)
+    if augment_on == "device":
+        builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, workers > 0, augment_groups)
+    else:
+        builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0,
+                                    multi_scale=multi_scale)
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,

@@ -5,10 +5,13 @@ YOLOv8's convolutions are NHWC / HWIO with 'same' padding ``k // 2`` and stride 
 how it computes them differs on the CPU backend (other backends keep XLA's own convolution
 and transpose rules, chosen at lowering time by ``lax.platform_dependent``):
 
-* kernel gradient: XLA:CPU lowers it to a convolution whose window is the whole output
-  (e.g. 80x80), which ran at 2-3 GFLOP/s here. Instead it is computed as matrix products of
-  shifted copies of the input and the output gradient (:func:`kernel_grad`). Measured on a
-  2-core x86 CPU: 20-40x faster for 1x1 kernels, 3-5x for 3x3.
+* kernel gradient: XLA:CPU's YNNPACK convolutions lower it to a convolution whose window is
+  the whole output (e.g. 80x80), which ran at 2-3 GFLOP/s here. A 1x1 kernel's gradient is
+  always one matrix product on CPU (20-40x faster); a larger kernel keeps XLA's gradient when
+  XLA runs convolutions on Eigen (:func:`yolojax.runtime.configure_xla_cpu`, the default:
+  the fastest there, 2.3 against 2.5 s for a yolov8n step at batch 8, 640 px) and otherwise
+  takes matrix products of shifted copies of the input and the output gradient
+  (:func:`kernel_grad`, 3-5x faster than YNNPACK's).
 * input gradient of a strided convolution: XLA dilates the output gradient with zeros and
   convolves it (s*s times the necessary work). Instead, each of the s*s output phases
   (positions r = s*m + a) is a small stride-1 convolution of the output gradient with the
@@ -21,23 +24,57 @@ Both equal plain autodiff's gradients up to float rounding (tests/test_conv.py).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from yolojax.runtime import cpu_convolutions_use_eigen
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
-# Kernels with Cin * Cout up to this keep XLA's own kernel gradient on CPU: for so few
-# channels it measured 1.5-3x faster than the per-tap products (3->16, 16->8, 16->16 at
-# 160-640 px), while from 16->32 up the products win 3x.
+# Without Eigen convolutions, k x k kernels with Cin * Cout up to this keep XLA's own kernel
+# gradient on CPU: for so few channels it measured 1.5-3x faster than the matrix products
+# (3->16, 16->8, 16->16 at 160-640 px), while from 16->32 up the products win 3x.
 NATIVE_KERNEL_GRAD_MAX_CHANNELS = 256
+
+
+_PORTABLE = contextvars.ContextVar("yolojax_portable_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def portable_convolutions() -> Iterator[None]:
+    """Within this context :func:`conv2d` traces to XLA's plain convolution, with neither the
+    CPU-specific paths nor the custom gradient: for converters that translate primitives one
+    by one (jax2onnx knows no ``platform_index``), and whose graphs must hold plain Conv ops;
+    and inside ``shard_map`` (the pmap path), where the two backward branches would differ in
+    their manual-axis types (XLA's transpose sums a replicated kernel's gradient itself)."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     p = kernel.shape[0] // 2
     return lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS)
+
+
+def _xla_conv_f32_sums(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """:func:`_xla_conv` summing in float32 whatever the input dtype (as GPUs and TPUs do for
+    bfloat16): Eigen's CPU convolution sums bfloat16 inputs in bfloat16 otherwise, which
+    moved yolov8n's class scores by up to 0.11 against float32."""
+    if jnp.finfo(x.dtype).bits >= 32:
+        return _xla_conv(x, kernel, stride)
+    p = kernel.shape[0] // 2
+    y = lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS,
+                                 preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
 
 
 def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -46,9 +83,10 @@ def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    native = partial(_xla_conv, stride=stride)
     if kernel.shape[0] == 1 and stride == 1:
-        return lax.platform_dependent(x, kernel, cpu=_pointwise, default=lambda x, k: _xla_conv(x, k, 1))
-    return _xla_conv(x, kernel, stride)
+        return lax.platform_dependent(x, kernel, cpu=_pointwise, default=native)
+    return lax.platform_dependent(x, kernel, cpu=partial(_xla_conv_f32_sums, stride=stride), default=native)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
@@ -69,6 +107,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     k = kernel.shape[0]
     if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 or kernel.shape[2] != x.shape[-1]:
         raise ValueError(f"conv2d needs an odd square (k, k, {x.shape[-1]}, Cout) kernel, got {kernel.shape}")
+    if _PORTABLE.get():
+        return _xla_conv(x, kernel, stride)
     return _conv2d(x, kernel, stride)
 
 
@@ -89,7 +129,7 @@ def _conv2d_bwd(stride, residuals, dy):
 
     def cpu(x, kernel, dy):
         k, _, c_in, c_out = kernel.shape
-        if c_in * c_out <= NATIVE_KERNEL_GRAD_MAX_CHANNELS:
+        if k > 1 and (cpu_convolutions_use_eigen() or c_in * c_out <= NATIVE_KERNEL_GRAD_MAX_CHANNELS):
             dw = jax.vjp(lambda b: _xla_conv(x, b, stride), kernel)[1](dy)[0]
         else:
             dw = kernel_grad(x, dy, k, stride)

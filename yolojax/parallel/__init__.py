@@ -13,13 +13,13 @@ from yolojax.parallel.rules import (
 )
 from yolojax.parallel.step import (
     MODES, constrained_apply, init_sharded_state, make_jit_train_step, make_parallel_train_step,
-    make_pmap_train_step, place_batch, process_batch_rows, shard_array, shard_state,
+    local_data_shards, make_pmap_train_step, place_batch, process_batch_rows, shard_array, shard_state,
 )
 
 __all__ = [
     "AXES", "DATA", "MODEL", "MODES", "RULE_SETS", "TACTICS", "batch_sharding",
     "constrained_apply", "follow", "get_rules", "init_sharded_state", "initialize_distributed",
-    "is_main_process", "local_batch_size", "make_jit_train_step", "make_mesh",
+    "is_main_process", "local_batch_size", "local_data_shards", "make_jit_train_step", "make_mesh",
     "make_parallel_train_step", "make_pmap_train_step", "mesh_from_config", "path_str",
     "per_device_bytes", "place_batch", "process_batch_rows", "process_count", "process_index",
     "replicated", "resolve_axis_sizes", "shard_array", "shard_state", "sharding_table",

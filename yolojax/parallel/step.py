@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from yolojax.ops.conv import portable_convolutions
 from yolojax.parallel.mesh import DATA, MODEL, batch_sharding, replicated
 from yolojax.parallel.rules import Rules, state_shardings
 from yolojax.train.step import train_step
@@ -69,6 +70,14 @@ def process_batch_rows(global_batch_size: int, mesh: Mesh) -> slice:
     if hi - lo != len(rows):
         raise ValueError("this process's batch rows are not contiguous on this mesh")
     return slice(lo, hi)
+
+
+def local_data_shards(mesh: Mesh, global_batch_size: int) -> int:
+    """How many distinct 'data' shards of the global batch this process's devices hold (the
+    groups of a device-mode batch, :mod:`yolojax.data.device_params`)."""
+    sharding = batch_sharding(mesh)
+    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+    return len({index[0].indices(global_batch_size) for index in index_map.values()})
 
 
 def place_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
@@ -151,7 +160,8 @@ def make_pmap_train_step(loss_fn: Callable, mesh: Mesh, model: Any | None = None
     def step(state, batch):
         module = model if model is not None else _module_of(state.apply_fn)
         inner = state.replace(apply_fn=module.clone(bn_axis_name=DATA).apply)
-        new_state, metrics = train_step(inner, batch, ploss, axis_name=DATA)
+        with portable_convolutions():  # XLA's own convolution gradients inside shard_map
+            new_state, metrics = train_step(inner, batch, ploss, axis_name=DATA)
         return new_state.replace(apply_fn=state.apply_fn), metrics
 
     mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))

@@ -1,11 +1,27 @@
-"""Optimiser recipe, EMA, TrainState and the jit-compiled train step."""
+"""Optimiser recipe, EMA, TrainState and the jit-compiled train step.
 
-from yolojax.train.ema import ema_decay, ema_update
-from yolojax.train.optim import Recipe, hyperparams, lr_factor, make_optimizer, make_recipe, param_groups
-from yolojax.train.state import TrainState
-from yolojax.train.step import clip_coefficient, make_train_step, train_step
+The names load on first use (PEP 562), so that ``python -m yolojax.train`` and its data
+worker processes start without importing JAX, Flax and optax first.
+"""
 
-__all__ = [
-    "Recipe", "TrainState", "clip_coefficient", "ema_decay", "ema_update", "hyperparams",
-    "lr_factor", "make_optimizer", "make_recipe", "make_train_step", "param_groups", "train_step",
-]
+import importlib
+
+_SUBMODULE = {
+    "ema_decay": "ema", "ema_update": "ema",
+    "Recipe": "optim", "hyperparams": "optim", "lr_factor": "optim", "make_optimizer": "optim",
+    "make_recipe": "optim", "param_groups": "optim",
+    "TrainState": "state",
+    "clip_coefficient": "step", "make_train_step": "step", "train_step": "step",
+}
+
+__all__ = sorted(_SUBMODULE)
+
+
+def __getattr__(name: str):
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module 'yolojax.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"yolojax.train.{_SUBMODULE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,9 @@
 """``python -m yolojax.train --config configs/yolov8s.py --workdir DIR``: see :mod:`yolojax.train.run`."""
 
-from yolojax.train.run import main
-
 if __name__ == "__main__":
+    from yolojax.runtime import reexec_with_hugepage_malloc
+
+    reexec_with_hugepage_malloc()  # before the heavy imports, which a re-exec would repeat
+    from yolojax.train.run import main
+
     main()

@@ -28,7 +28,12 @@ train step, then trains with a progress bar. In DIR:
   (``load_weights``, ``yolojax.val --weights``) like DIR itself, which gives the latest;
 * ``config.json`` (the config, and under ``"resolved"`` the values derived from it, also
   logged once: :func:`yolojax.train.optim.resolved_settings`, the class count, the val batch)
-  and ``results.png`` (losses, lr and validation curves).
+  and ``results.png`` (losses, lr and validation curves);
+* with ``plots`` (default True, as ultralytics): ``labels.jpg``, ``train_batch*.jpg`` and the
+  final validation's plots (confusion matrices, Box P/R/F1/PR curves, val_batch*_labels/pred.jpg),
+  written after training (:mod:`yolojax.plots.run`).
+
+The model summary line (ultralytics' format, :mod:`yolojax.models.summary`) is logged at start.
 
 Before the first step everything is checked (:mod:`yolojax.train.preflight`): the config, the
 data.yaml splits, the weights, the workdir and the plot output.
@@ -100,6 +105,8 @@ def prepare_data(config: Any) -> Path:
 
 def check_config(config: Any) -> None:
     """Refuse settings that cannot serve, with a one-line reason."""
+    from yolojax.data.augment_config import AUGMENT_ON
+
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(msg)
@@ -119,6 +126,8 @@ def check_config(config: Any) -> None:
     need(config.data.max_boxes >= 0, "data.max_boxes must be >= 0 (0: from the label scan)")
     need(config.val.max_det >= 0, "val.max_det must be >= 0 (0: ultralytics' rule)")
     need(config.data.workers >= 0, "data.workers must be >= 0")
+    need(config.data.augment_on in AUGMENT_ON,
+         f"data.augment_on must be one of {AUGMENT_ON}, got {config.data.augment_on!r}")
     check_option_values(config)
     coordinator = config.distributed.coordinator
     need(not coordinator or (":" in coordinator and coordinator.rsplit(":", 1)[1].isdigit()),
@@ -131,7 +140,11 @@ def check_config(config: Any) -> None:
 
 def check_option_values(config: Any) -> None:
     """Refuse bad values of ultralytics' train options (patience, time, save_period, fraction,
-    freeze, classes, multi_scale, rect, cutmix, bgr, cls_pw), naming the field."""
+    freeze, classes, multi_scale, rect, cutmix, bgr, cls_pw), naming the field; with
+    ``data.augment_on='device'`` also rect, multi_scale, cutmix and bgr, which only host mode
+    renders (:func:`yolojax.data.device_batches.check_device_options`)."""
+    from yolojax.data.augment_config import AugmentConfig
+    from yolojax.data.device_batches import check_device_options
     from yolojax.data.subset import fraction_count, parse_classes
     from yolojax.train.freeze import parse_freeze
 
@@ -148,6 +161,8 @@ def check_option_values(config: Any) -> None:
         fraction_count(config.fraction, 1)
         parse_freeze(config.freeze)
         parse_classes(config.classes, 1 << 30)
+        if config.data.augment_on == "device":
+            check_device_options(AugmentConfig.from_config(config), config.rect, config.multi_scale)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -366,6 +381,13 @@ class _Stop:
         self._previous = {}
 
 
+def _augment_groups(config) -> int:
+    """Device-mode groups of the local batch: the 'data' shards this process feeds."""
+    from yolojax.parallel import local_data_shards, mesh_from_config
+
+    return local_data_shards(mesh_from_config(config), config.batch_size)
+
+
 def _make_step(config, loss_fn, state):
     """(step_fn, state placed on the mesh, its shardings, place_batch) for config.mesh and
     config.parallel."""
@@ -445,7 +467,8 @@ def build_data(config: Any, data_yaml: Path, names: list[str], process_index: in
             aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=config.data.workers,
             threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
             process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool,
-            rect=config.rect, multi_scale=config.multi_scale)
+            rect=config.rect, multi_scale=config.multi_scale, augment_on=config.data.augment_on,
+            augment_groups=_augment_groups(config))
     except (ValueError, FileNotFoundError, OSError) as e:
         raise ConfigError(f"dataset {data_yaml}: {e}") from None
     total = batches.num_steps if not config.max_steps else min(config.max_steps, batches.num_steps)
@@ -489,6 +512,7 @@ def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config
 
     from yolojax.loss import DetectionLoss
     from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models.summary import model_summary
     from yolojax.train import TrainState, make_recipe
     from yolojax.train.freeze import check_frozen, frozen_layer_names
     from yolojax.train.optim import describe_recipe, resolved_settings
@@ -513,6 +537,7 @@ def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config
                    dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32, frozen=frozen)
     info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": config.model.reg_max,
             "cls_width": cls_width}
+    logger.info("%s", model_summary(model).line())
     variables = init_variables(model, config.seed)
     if pretrained is not None:
         variables, copied, kept, remapped = transfer_pretrained(
@@ -718,7 +743,9 @@ def _steps(run: _Run, start_step: int, stop: _Stop) -> tuple[int, Any]:
 
 
 def finish_run(run: _Run, step: int, stopped: Any) -> dict:
-    """After the loop (and :meth:`_Run.close`): report dropped boxes, draw results.png;
+    """After the loop (and :meth:`_Run.close`): report dropped boxes, draw results.png and,
+    with ``plots`` unless a signal stopped the run (early stopping and ``time`` still plot,
+    as ultralytics' final evaluation), the run plots (:func:`yolojax.plots.run.write_run_plots`);
     returns the summary :func:`train` returns."""
     batches, config = run.data.batches, run.config
     truncation = batches.truncation
@@ -733,6 +760,13 @@ def finish_run(run: _Run, step: int, stopped: Any) -> dict:
             plot_results(metrics_path, run.workdir / "results.png")
         except Exception as e:  # noqa: BLE001 - a plot must never fail a run
             logger.warning("results.png not written: %s", e)
+    if run.is_main and config.plots and not isinstance(stopped, int):
+        import jax
+
+        from yolojax.plots.run import write_run_plots
+
+        write_run_plots(config, run.workdir, batches.source, batches.max_boxes, run.data.val_source,
+                        jax.device_get(run.state.ema), run.model.info, config.val.batch_size or 2 * config.batch_size)
     return {"step": step, "total_steps": run.data.total_steps,
             "stopped_by_signal": stopped if isinstance(stopped, int) else None,
             "stopped_early": stopped if isinstance(stopped, str) else None,

@@ -44,14 +44,21 @@ class TrainState(struct.PyTreeNode):
         params = jax.tree.map(jnp.asarray, variables["params"])
         batch_stats = jax.tree.map(jnp.asarray, variables["batch_stats"])
         tx = make_optimizer(recipe, params)
+
+        @jax.jit  # one program (cached across runs) instead of one small program per leaf shape
+        def fresh(params, batch_stats):
+            ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})  # own buffers
+            return tx.init(params), jax.tree.map(jnp.zeros_like, params), ema
+
+        opt_state, grad_accum, ema = fresh(params, batch_stats)
         return cls(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=batch_stats,
-            opt_state=tx.init(params),
-            grad_accum=jax.tree.map(jnp.zeros_like, params),
+            opt_state=opt_state,
+            grad_accum=grad_accum,
             last_opt_step=jnp.full((), -1, jnp.int32),
-            ema=jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}),
+            ema=ema,
             ema_updates=jnp.zeros((), jnp.int32),
             apply_fn=apply_fn,
             tx=tx,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from yolojax.data.device_augment import batch_images
 from yolojax.train.ema import ema_update
 from yolojax.train.freeze import frozen_mask
 from yolojax.train.optim import hyperparams, set_hyperparams
@@ -28,7 +29,9 @@ def train_step(
     Args:
       state: the current :class:`TrainState`.
       batch: DESIGN.md's train batch: ``image`` uint8 (B, H, W, 3), ``boxes`` float32
-        (B, M, 4) xyxy pixels, ``classes`` int32 (B, M), ``mask`` bool (B, M).
+        (B, M, 4) xyxy pixels, ``classes`` int32 (B, M), ``mask`` bool (B, M); or a
+        device-mode batch (``aug_*`` arrays in place of ``image``, rendered here by
+        :func:`yolojax.data.device_augment.render_batch`).
       loss_fn: ``loss_fn(feats, batch) -> (total, {"box", "cls", "dfl"})``, e.g. a
         :class:`yolojax.loss.DetectionLoss`.
       axis_name: set only inside ``jax.shard_map`` (check_vma=True) over the batch axis
@@ -53,7 +56,7 @@ def train_step(
     """
     recipe = state.recipe
     hp = hyperparams(recipe, state.step)
-    images = batch["image"].astype(jnp.float32) / 255.0
+    images = batch_images(batch).astype(jnp.float32) / 255.0
     batch_size = images.shape[0]
     if axis_name is not None:
         batch_size = batch_size * jax.lax.psum(1, axis_name)

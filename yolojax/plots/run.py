@@ -1,0 +1,127 @@
+"""The plots of a finished training run (``config.plots``, ultralytics' ``plots=True``).
+
+Into the run directory, as ultralytics' trainer writes them into its save_dir:
+
+* ``labels.jpg``: the training split's labels (:mod:`yolojax.plots.labels`);
+* ``train_batch0.jpg`` .. ``train_batch2.jpg``: the first three training batches of the run
+  (process 0's share), rebuilt from the seed exactly as the run drew them, and as ultralytics
+  the first three after mosaic closes (``train_batch{(epochs - close_mosaic) * steps per
+  epoch + 0..2}.jpg``, :func:`train_plot_steps`);
+* the final validation's plots (:mod:`yolojax.plots.validation`) from the best checkpoint
+  (``checkpoints_best/``) when there is one, else the given final weights, as ultralytics'
+  final evaluation validates best.pt.
+
+Each plot that fails is named in a warning; none fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yolojax.plots import guarded
+from yolojax.plots.batches import plot_batch
+from yolojax.plots.labels import plot_labels
+
+logger = logging.getLogger(__name__)
+
+TRAIN_BATCHES = 3  # ultralytics' trainer plots batches 0, 1, 2
+
+
+def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, max_boxes: int, val_source: Any,
+                    variables: Any, info: Mapping[str, Any], val_batch: int) -> list[Path]:
+    """Write labels.jpg, train_batch*.jpg and (with ``val_source``) the validation plots into ``workdir``.
+
+    Args:
+      config: the run's config (imgsz, batch_size, epochs, seed, augmentation, data, val fields).
+      train_source: the training source the run used (its ``labels``, a LabelTable, for labels.jpg).
+      max_boxes: the run's box padding M (``Batches.max_boxes``).
+      val_source: the validation source, or None (no validation plots).
+      variables: the final weights ({"params", "batch_stats"}, host arrays).
+      info: the model's info (scale, num_classes, names, reg_max, cls_width).
+      val_batch: the validation batch size.
+
+    Returns:
+      the files written.
+    """
+    workdir = Path(workdir)
+    names = list(info["names"])
+    written = [guarded("labels.jpg", _labels_plot, train_source, names, workdir / "labels.jpg")]
+    written += guarded("train_batch*.jpg", _train_batches, config, train_source, max_boxes, names, workdir) or []
+    if val_source is not None:
+        written += guarded("validation plots", _validation_plots, config, workdir, val_source, variables, info,
+                           val_batch) or []
+    return [p for p in written if p is not None]
+
+
+def _labels_plot(source: Any, names: list[str], path: Path) -> Path:
+    labels = source.labels
+    xyxy = np.asarray(labels.boxes_xyxy, np.float64).reshape(-1, 4)
+    xywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+    return plot_labels(xywh, labels.classes, names, path)
+
+
+def train_plot_steps(epochs: int, close_mosaic: int, steps_per_epoch: int, num_steps: int) -> list[int]:
+    """The 0-based steps whose batches ultralytics' trainer plots (its ``plot_idx``): 0, 1, 2, and with
+    ``close_mosaic`` the first three of the epochs without mosaic, ``(epochs - close_mosaic) *
+    steps_per_epoch + 0..2``; only steps of the run (< ``num_steps``)."""
+    steps = set(range(TRAIN_BATCHES))
+    if close_mosaic:
+        base = (epochs - close_mosaic) * steps_per_epoch
+        steps |= {base + k for k in range(TRAIN_BATCHES)}
+    return sorted(s for s in steps if 0 <= s < num_steps)
+
+
+def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], workdir: Path) -> list[Path]:
+    """The run's batches of :func:`train_plot_steps`, drawn again (same seed, no workers) and plotted
+    as ``train_batch{step}.jpg``."""
+    import jax
+
+    from yolojax.data import AugmentConfig, make_train_iterator
+
+    def batches_from(step: int):
+        return make_train_iterator(
+            source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
+            aug=AugmentConfig.from_config(config), max_boxes=max_boxes, workers=0, prefetch=1, start_step=step,
+            process_index=0, process_count=jax.process_count(), mosaic_pool=config.data.mosaic_pool,
+            rect=config.rect, multi_scale=config.multi_scale)
+
+    first = batches_from(0)
+    first.close()
+    written, batches, next_step = [], None, None
+    try:
+        for step in train_plot_steps(config.epochs, config.close_mosaic, first.steps_per_epoch, first.num_steps):
+            if step != next_step:  # a new run of consecutive steps
+                if batches is not None:
+                    batches.close()
+                batches = batches_from(step)
+            b = next(batches.iterator)
+            next_step = step + 1
+            mask = np.asarray(b["mask"])
+            written.append(plot_batch(b["image"], [bx[m] for bx, m in zip(b["boxes"], mask)],
+                                      [c[m] for c, m in zip(b["classes"], mask)], workdir / f"train_batch{step}.jpg",
+                                      names))
+    finally:
+        if batches is not None:
+            batches.close()
+    return written
+
+
+def _validation_plots(config: Any, workdir: Path, val_source: Any, variables: Any, info: Mapping[str, Any],
+                      val_batch: int) -> list[Path]:
+    from yolojax.checkpoint import BEST_DIR, latest_complete_step
+    from yolojax.val import validate
+
+    if latest_complete_step(workdir / BEST_DIR) is not None:
+        from yolojax.convert import load_weights
+
+        variables, info = load_weights(workdir / BEST_DIR)
+    results = validate(data=val_source, variables=variables, info=info, imgsz=config.imgsz, batch=val_batch,
+                       conf=config.val.conf, iou=config.val.iou, max_det=config.val.max_det or None,
+                       rect=config.val.rect, workers=0, verbose=False, plots_dir=workdir)
+    return [Path(p) for p in results["plots"]]
