@@ -171,6 +171,7 @@ def small_config(data_yaml, cache_dir, **overrides):
     c.checkpoint.every_steps, c.checkpoint.async_save = 0, False
     c.fraction, c.single_cls, c.freeze = 0.5, True, "2"
     c.nbs, c.warmup_epochs = 4, 0.0  # an optimiser update at full lr every step: unfrozen weights move
+    c.plots = False  # the plots themselves: tests/test_plots.py, test_train_cli.py
     for k, v in overrides.items():
         setattr(c, k, v)
     return c
@@ -248,14 +249,38 @@ def _leaves(tree):
     return jax.tree.leaves(tree)
 
 
-def test_time_limit_stops_with_a_checkpoint(tmp_path, data_yaml, cache_dir, scripted_validation):
+def test_time_limit_stops_with_a_checkpoint(tmp_path, data_yaml, cache_dir, scripted_validation, monkeypatch):
+    from yolojax.plots import run as run_plots
     from yolojax.train.run import train
 
-    summary = train(small_config(data_yaml, cache_dir, time=1e-9), tmp_path / "run")
+    plotted = []
+    monkeypatch.setattr(run_plots, "write_run_plots", lambda *args: plotted.append(args))
+    summary = train(small_config(data_yaml, cache_dir, time=1e-9, plots=True), tmp_path / "run")
     assert (summary["step"], summary["stopped_early"]) == (1, "time")
     assert summary["checkpoint_step"] == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "mAP50-95" in r] == [1]  # validated before stopping, as ultralytics
+    # an early stop still plots (ultralytics' final evaluation), with the run's own selected data
+    (config, workdir, source, max_boxes, val_source, _, info, _), = plotted
+    assert workdir == tmp_path / "run" and tuple(source.names) == ("item",) and len(source) == 8
+    assert info["names"] == ["item"] and not np.asarray(val_source.labels.classes).any()
+
+
+def test_device_mode_refuses_host_only_options(tmp_path):
+    from yolojax.train.preflight import ConfigError
+    from yolojax.train.run import check_config
+
+    device = {"fraction": 0.5, "single_cls": True, "freeze": "2", "classes": "[0]", "cls_pw": 0.5, "patience": 3,
+              "time": 1.0, "save_period": 2}
+    config = small_config(tmp_path / "data.yaml", tmp_path, **device)
+    config.data.augment_on = "device"
+    check_config(config)  # the selection, stopping and loss options work in device mode
+    for field, value in (("rect", True), ("multi_scale", 0.5), ("cutmix", 0.5), ("bgr", 0.5)):
+        refused = small_config(tmp_path / "data.yaml", tmp_path, **{field: value})
+        check_config(refused)  # host mode takes it
+        refused.data.augment_on = "device"
+        with pytest.raises(ConfigError, match=f"augment_on='device' cannot render {field}:"):
+            check_config(refused)
 
 
 def test_new_options_define_the_run_and_old_workdirs_still_resume(tmp_path):
