@@ -55,7 +55,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yolojax.checkpoint import complete_steps
 from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
 from yolojax.train.callbacks import EarlyStopping, TimeLimit, period_epoch
 from yolojax.train.preflight import ConfigError, check_plot_output, check_split_paths, check_writable, open_split
@@ -747,6 +746,8 @@ def finish_run(run: _Run, step: int, stopped: Any) -> dict:
     with ``plots`` unless a signal stopped the run (early stopping and ``time`` still plot,
     as ultralytics' final evaluation), the run plots (:func:`yolojax.plots.run.write_run_plots`);
     returns the summary :func:`train` returns."""
+    from yolojax.checkpoint import complete_steps
+
     batches, config = run.data.batches, run.config
     truncation = batches.truncation
     boxes_dropped = truncation.boxes_dropped if truncation is not None else 0
