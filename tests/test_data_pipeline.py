@@ -310,30 +310,34 @@ import sys
 import jax
 from yolojax.data import make_train_iterator
 
-def run(data_yaml, consumed):
-    batches = make_train_iterator(data_yaml, imgsz=64, batch_size=4, epochs=2, max_boxes=8, workers=2,
+def run(data_yaml, consumed, epochs):
+    batches = make_train_iterator(data_yaml, imgsz=64, batch_size=4, epochs=epochs, max_boxes=8, workers=2,
                                   process_index=0, process_count=1)
     for _ in range(consumed):
         placed = jax.device_put(next(batches.iterator))  # JAX keeps the buffers it placed until exit
     batches.close()
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]))
+    run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
     print("done")
 """
 
 
-@pytest.mark.parametrize("consumed", [3, 12])  # stopped early (batches still prefetched), all of them
-def test_worker_shared_memory_is_not_reported_leaked(broken_yaml, tmp_path, consumed):
+@pytest.mark.parametrize("consumed, epochs", [
+    (3, 2),  # stopped early: batches still prefetched
+    (12, 2),  # all of them
+    (1, 12),  # stopped at once in a long run: the workers still building ahead
+])
+def test_worker_shared_memory_is_not_reported_leaked(broken_yaml, tmp_path, consumed, epochs):
     """Batches from worker processes come in shared memory: neither the ones the run used (still
-    referenced by JAX at exit) nor the ones prefetched but never used leak ("resource_tracker:
-    There appear to be N leaked shared_memory objects")."""
+    referenced by JAX at exit) nor the ones prefetched or being built but never used leak
+    ("resource_tracker: There appear to be N leaked shared_memory objects")."""
     script = tmp_path / "run.py"  # worker processes are spawned: the script must be importable
     script.write_text(_SHARED_MEMORY_SCRIPT)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get(
         "PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script), str(broken_yaml), str(consumed)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, str(script), str(broken_yaml), str(consumed), str(epochs)],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
     assert "leaked shared_memory" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -11,10 +11,11 @@ import pytest
 
 from yolojax.runtime import (
     HUGEPAGE_TUNABLE,
+    KEEP_FREED_MEMORY_TUNABLES,
     compilation_cache_dir,
     default_cache_root,
     transparent_hugepage_mode,
-    wants_hugepage_reexec,
+    malloc_tunables,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,28 +31,51 @@ def test_transparent_hugepage_mode_reads_the_bracketed_word(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc tunables are Linux-only")
-def test_wants_hugepage_reexec_only_where_it_helps():
+def test_malloc_tunables_keep_freed_memory_and_add_huge_pages_where_they_help():
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    assert wants_hugepage_reexec({}, "madvise")
-    assert wants_hugepage_reexec({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise")
-    assert not wants_hugepage_reexec({"GLIBC_TUNABLES": HUGEPAGE_TUNABLE}, "madvise")  # already done
-    assert not wants_hugepage_reexec({"YOLOJAX_HUGEPAGES": "0"}, "madvise")
-    assert not wants_hugepage_reexec({}, "always")
-    assert not wants_hugepage_reexec({}, "never")
-    assert not wants_hugepage_reexec({}, None)
+    keep = list(KEEP_FREED_MEMORY_TUNABLES)
+    assert malloc_tunables({}, "madvise") == keep + [HUGEPAGE_TUNABLE]
+    assert malloc_tunables({}, "always") == keep
+    assert malloc_tunables({}, "never") == keep
+    assert malloc_tunables({}, None) == keep
+    assert malloc_tunables({"YOLOJAX_HUGEPAGES": "0"}, "madvise") == keep
+    assert malloc_tunables({"YOLOJAX_MALLOC_TUNABLES": "0"}, "madvise") == []
+    # the user's own setting of a tunable wins; the others are still added
+    assert malloc_tunables({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "madvise") == [
+        keep[0], keep[2], HUGEPAGE_TUNABLE]
+    assert malloc_tunables({"GLIBC_TUNABLES": ":".join(keep + [HUGEPAGE_TUNABLE])}, "madvise") == []
 
 
-def test_reexec_sets_the_tunable_once_and_keeps_the_arguments():
-    code = ("import os, sys; from yolojax.runtime import reexec_with_hugepage_malloc; "
-            "reexec_with_hugepage_malloc(); print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "YOLOJAX_HUGEPAGES")}
+def test_reexec_sets_the_tunables_once_and_keeps_the_arguments():
+    code = ("import os, sys; from yolojax.runtime import reexec_with_malloc_tunables; "
+            "reexec_with_malloc_tunables(); print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", "YOLOJAX_HUGEPAGES", "YOLOJAX_MALLOC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", code, "a", "b=1"], capture_output=True, text=True, env=env,
                          cwd=ROOT, check=True).stdout.strip()
-    expected = HUGEPAGE_TUNABLE if wants_hugepage_reexec(env, transparent_hugepage_mode()) else ""
+    expected = ":".join(malloc_tunables(env, transparent_hugepage_mode()))
     assert out == f"{expected} ['a', 'b=1']"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc tunables are Linux-only")
+def test_freed_large_blocks_stay_in_the_process():
+    """With the tunables, a freed 64 MiB block is reused by the next allocation without new
+    page faults; without them glibc unmaps it and the next one faults every page again."""
+    code = ("import resource, numpy as np\n"
+            "def faults():\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "a = np.ones(64 << 18, np.float32); del a\n"
+            "before = faults(); a = np.ones(64 << 18, np.float32); print(faults() - before)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "YOLOJAX_MALLOC_TUNABLES")}
+    plain = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                               check=True).stdout)
+    env["GLIBC_TUNABLES"] = ":".join(KEEP_FREED_MEMORY_TUNABLES)
+    kept = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              check=True).stdout)
+    assert plain > 100 and kept * 10 < plain, (plain, kept)
 
 
 def test_compilation_cache_dir_settings(monkeypatch, tmp_path):

@@ -20,8 +20,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from side_by_side import Worker, alternate
-from yolojax.runtime import reexec_with_hugepage_malloc
+from side_by_side import Worker, alternate, ultralytics_environ
+from yolojax.runtime import reexec_with_malloc_tunables
 
 
 def _ultralytics_checkpoint(scale: str, directory: Path) -> Path:
@@ -66,13 +66,15 @@ def ultralytics_forward(checkpoint: str, batch: int, imgsz: int, threads: int) -
 
 
 def main() -> None:
-    reexec_with_hugepage_malloc()  # as yolojax's commands do; both workers inherit it
+    reexec_with_malloc_tunables()  # as yolojax's commands do (the ultralytics worker: see --same-malloc)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--same-malloc", action="store_true",
+                        help="give ultralytics yolojax's glibc malloc tunables too (default: glibc's defaults)")
     args = parser.parse_args()
 
     import torch
@@ -86,7 +88,8 @@ def main() -> None:
             checkpoint = str(_ultralytics_checkpoint(scale, Path(tmp)))
             for batch in args.batches:
                 ours = Worker(yolojax_forward, checkpoint, batch, args.imgsz)
-                theirs = Worker(ultralytics_forward, checkpoint, batch, args.imgsz, args.threads)
+                theirs = Worker(ultralytics_forward, checkpoint, batch, args.imgsz, args.threads,
+                                environ=ultralytics_environ(args.same_malloc))
                 compile_s = ours.first_run_seconds()
                 theirs.first_run_seconds()
                 jax_s, torch_s = alternate(ours, theirs, args.rounds)

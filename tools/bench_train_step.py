@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from side_by_side import Worker, alternate
-from yolojax.runtime import reexec_with_hugepage_malloc
+from side_by_side import Worker, alternate, ultralytics_environ
+from yolojax.runtime import reexec_with_malloc_tunables
 
 
 def random_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int = 8,
@@ -114,13 +114,15 @@ def ultralytics_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: 
 
 
 def main() -> None:
-    reexec_with_hugepage_malloc()  # as yolojax's commands do; both workers inherit it
+    reexec_with_malloc_tunables()  # as yolojax's commands do (the ultralytics worker: see --same-malloc)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--same-malloc", action="store_true",
+                        help="give ultralytics yolojax's glibc malloc tunables too (default: glibc's defaults)")
     parser.add_argument("--boxes", type=int, default=8, help="real boxes per image")
     parser.add_argument("--max-boxes", type=int, default=0, help="box rows per image (padding; 0: --boxes)")
     args = parser.parse_args()
@@ -129,13 +131,14 @@ def main() -> None:
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} with "
           f"{args.threads} threads; batch {args.batch} at {args.imgsz}, {args.boxes} boxes per image in "
-          f"{args.max_boxes or args.boxes} rows; each in its own process; load average {os.getloadavg()[0]:.2f}")
+          f"{args.max_boxes or args.boxes} rows; each in its own process; ultralytics with "
+          f"{'the same' if args.same_malloc else 'glibc default'} malloc settings; load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':8} {'compile s':>9} {'yolojax s':>9} {'ultralytics s':>13} {'ratio':>6}")
     ratios = []
     shape = (args.batch, args.imgsz, args.boxes, args.max_boxes)
     for scale in args.scales:
         ours = Worker(yolojax_step, scale, *shape)
-        theirs = Worker(ultralytics_step, scale, *shape, args.threads)
+        theirs = Worker(ultralytics_step, scale, *shape, args.threads, environ=ultralytics_environ(args.same_malloc))
         compile_s = ours.first_run_seconds()
         theirs.first_run_seconds()
         jax_s, torch_s = alternate(ours, theirs, args.rounds)

@@ -12,9 +12,10 @@ threads.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 
 def _serve(conn, build: Callable[..., Callable[[], None]], build_args: tuple) -> None:
@@ -31,13 +32,23 @@ def _serve(conn, build: Callable[..., Callable[[], None]], build_args: tuple) ->
 
 
 class Worker:
-    """A process that builds ``build(*args)`` -> a no-argument ``run`` callable and times it."""
+    """A process that builds ``build(*args)`` -> a no-argument ``run`` callable and times it.
 
-    def __init__(self, build: Callable[..., Callable[[], None]], *args):
+    ``environ`` changes the worker's environment variables (None: unset), e.g. to start it
+    without the parent's ``GLIBC_TUNABLES``; glibc and XLA read theirs at process start.
+    """
+
+    def __init__(self, build: Callable[..., Callable[[], None]], *args,
+                 environ: Mapping[str, str | None] | None = None):
         context = mp.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, build, args), daemon=True)
-        self.process.start()
+        saved = {name: os.environ.get(name) for name in environ or {}}
+        try:
+            _update_environ(environ or {})
+            self.process.start()
+        finally:
+            _update_environ(saved)
 
     def first_run_seconds(self) -> float:
         """Seconds of the first run (it includes compilation); waits until the worker is built."""
@@ -50,6 +61,27 @@ class Worker:
     def close(self) -> None:
         self.conn.send(None)
         self.process.join(timeout=60)
+
+
+def ultralytics_environ(same_malloc: bool) -> dict[str, str | None]:
+    """Environment changes for the ultralytics worker: without the glibc tunables that
+    yolojax's commands add (``yolo train`` runs with glibc's defaults), or, with
+    ``same_malloc``, unchanged (the parent's tunables, as the yolojax worker gets them)."""
+    from yolojax.runtime import HUGEPAGE_TUNABLE, KEEP_FREED_MEMORY_TUNABLES
+
+    if same_malloc:
+        return {}
+    ours = {*KEEP_FREED_MEMORY_TUNABLES, HUGEPAGE_TUNABLE}
+    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours]
+    return {"GLIBC_TUNABLES": ":".join(kept) or None}
+
+
+def _update_environ(changes: Mapping[str, str | None]) -> None:
+    for name, value in changes.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def alternate(a: Worker, b: Worker, rounds: int) -> tuple[float, float]:

@@ -397,9 +397,9 @@ def help_text() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``yolojax`` console command; returns the exit status (2: bad command line, 1: bad input)."""
     if argv is None:
-        from yolojax.runtime import reexec_with_hugepage_malloc
+        from yolojax.runtime import reexec_with_malloc_tunables
 
-        reexec_with_hugepage_malloc()
+        reexec_with_malloc_tunables()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["detect"]:  # ultralytics' optional task word
         args = args[1:]

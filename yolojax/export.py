@@ -39,7 +39,7 @@ import numpy as np
 
 from yolojax.cli import OneLineErrorParser, configure_logging, error_line
 from yolojax.onnx_runtime import INSTALL_HINT
-from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
+from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def build_parser() -> OneLineErrorParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m yolojax.export``; returns the exit status (1 with a one-line error)."""
     if argv is None:
-        reexec_with_hugepage_malloc()
+        reexec_with_malloc_tunables()
     args = build_parser().parse_args(argv)
     enable_compilation_cache(args.compile_cache)
     show_progress()

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from yolojax.cli import OneLineErrorParser, configure_logging, ensure_writable_dir
-from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
+from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 
 logger = logging.getLogger(__name__)
 
@@ -445,7 +445,7 @@ def _summary(results: Sequence[Mapping[str, Any]], out: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
-        reexec_with_hugepage_malloc()
+        reexec_with_malloc_tunables()
     args = build_parser().parse_args(argv)
     enable_compilation_cache(args.compile_cache)
     configure_logging()

@@ -1,11 +1,15 @@
 """Process set-up shared by the command-line entry points (train, val, predict, export).
 
-* :func:`reexec_with_hugepage_malloc`: XLA:CPU allocates each run's temporary buffers
-  afresh (glibc serves large blocks with mmap), so every train step first-touches its whole
-  working set again: ~500k page faults per yolov8n step at batch 8 and 640 px, about a
-  sixth of the step on a 2-core machine. glibc's ``glibc.malloc.hugetlb=1`` tunable backs
-  those blocks with transparent huge pages (512x fewer faults); glibc reads tunables only at
-  start-up, hence the re-exec.
+* :func:`reexec_with_malloc_tunables`: XLA:CPU allocates each run's temporary buffers
+  afresh, and glibc serves blocks over 32 MiB with mmap and unmaps them when freed, so
+  every train step first-touches its whole working set again (~500k page faults per
+  yolov8n step at batch 8 and 640 px). Alone on a machine that cost about a sixth of the
+  step; taking turns with another process's work (ultralytics' step in
+  tools/bench_train_step.py) the kernel's work per fault grew and a 2.3 s step took
+  4.6-5.2 s, 3.3-4.5 s of it system time. :data:`KEEP_FREED_MEMORY_TUNABLES` make glibc keep freed blocks in its heap for the
+  next step (the steady-state step then faults almost nothing: 0.0-0.1 s system time), and
+  ``glibc.malloc.hugetlb=1`` backs the heap with transparent huge pages. glibc reads
+  tunables only at start-up, hence the re-exec.
 * :func:`enable_compilation_cache`: JAX's persistent compilation cache, so a second run of
   the same program (train step, forward, NMS) loads its executable instead of compiling it.
 * :func:`configure_xla_cpu` (run by ``import yolojax``): XLA:CPU (jaxlib 0.10) hands each
@@ -25,6 +29,11 @@ from pathlib import Path
 logger = logging.getLogger("yolojax")
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+KEEP_FREED_MEMORY_TUNABLES = (
+    "glibc.malloc.mmap_max=0",  # large blocks from the heap, not from mmap ...
+    "glibc.malloc.arena_max=1",  # ... of the one arena (other arenas' heaps still mmap them) ...
+    "glibc.malloc.trim_threshold=1099511627776",  # ... which is never trimmed back to the kernel
+)
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # A line such as ``always [madvise] never``: the bracketed word is the active mode.
 
@@ -42,26 +51,35 @@ def transparent_hugepage_mode(setting: Path = THP_SETTING) -> str | None:
     return None
 
 
-def wants_hugepage_reexec(environ: dict[str, str] | os._Environ, thp_mode: str | None) -> bool:
-    """Whether re-executing with :data:`HUGEPAGE_TUNABLE` would change anything: glibc on
-    Linux, THP in "madvise" mode (with "always" every large block gets huge pages anyway),
-    the tunable not yet set, and ``YOLOJAX_HUGEPAGES`` not "0"."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or thp_mode != "madvise":
-        return False
-    if environ.get("YOLOJAX_HUGEPAGES", "1") == "0":
-        return False
-    return "glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
+def malloc_tunables(environ: dict[str, str] | os._Environ, thp_mode: str | None) -> list[str]:
+    """The glibc tunables :func:`reexec_with_malloc_tunables` adds to ``GLIBC_TUNABLES``.
+
+    None off glibc on Linux or with ``YOLOJAX_MALLOC_TUNABLES=0``. Otherwise
+    :data:`KEEP_FREED_MEMORY_TUNABLES`, plus :data:`HUGEPAGE_TUNABLE` where THP is in
+    "madvise" mode (with "always" every large block gets huge pages anyway) and
+    ``YOLOJAX_HUGEPAGES`` is not "0". A tunable the user's ``GLIBC_TUNABLES`` already sets
+    is left as the user set it, so a process that re-executed once gets an empty list.
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return []
+    if environ.get("YOLOJAX_MALLOC_TUNABLES", "1") == "0":
+        return []
+    wanted = list(KEEP_FREED_MEMORY_TUNABLES)
+    if thp_mode == "madvise" and environ.get("YOLOJAX_HUGEPAGES", "1") != "0":
+        wanted.append(HUGEPAGE_TUNABLE)
+    already = {t.split("=")[0] for t in environ.get("GLIBC_TUNABLES", "").split(":") if t}
+    return [t for t in wanted if t.split("=")[0] not in already]
 
 
-def reexec_with_hugepage_malloc() -> None:
-    """Re-execute this process (same interpreter, same ``sys.orig_argv``) with glibc's
-    huge-page malloc tunable, where :func:`wants_hugepage_reexec` says it helps; otherwise
-    return. Call it first thing in a command's ``main`` when it is the process's entry point
-    (never from library code or tests: it replaces the process). ``YOLOJAX_HUGEPAGES=0``
-    turns it off."""
-    if not wants_hugepage_reexec(os.environ, transparent_hugepage_mode()):
+def reexec_with_malloc_tunables() -> None:
+    """Re-execute this process (same interpreter, same ``sys.orig_argv``) with
+    :func:`malloc_tunables` added to ``GLIBC_TUNABLES``; return where there are none to add.
+    Call it first thing in a command's ``main`` when it is the process's entry point (never
+    from library code or tests: it replaces the process)."""
+    added = malloc_tunables(os.environ, transparent_hugepage_mode())
+    if not added:
         return
-    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t] + [HUGEPAGE_TUNABLE]
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t] + added
     env = {**os.environ, "GLIBC_TUNABLES": ":".join(tunables)}
     sys.stdout.flush()
     sys.stderr.flush()

@@ -82,7 +82,8 @@ class Batches:
         Grain's closed iterator keeps those batches in reference cycles; collecting them now
         unlinks their shared memory, which Python's resource_tracker would otherwise report
         at exit as "leaked shared_memory objects" (and unlink itself). Grain unlinks them on a
-        background thread, so this waits for that thread before returning.
+        background thread, so this waits for that thread. (Batches a worker built but never
+        sent cannot hold shared memory: see :func:`builds_in_shared_memory`.)
         """
         self.iterator.close()
         gc.collect()
@@ -138,12 +139,27 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     keep_freed_memory()
 
 
+def builds_in_shared_memory(workers: int, threads: int) -> bool:
+    """Whether the batch builders write their image arrays straight into shared memory.
+
+    Only in worker processes (``workers > 0``) that build one batch at a time
+    (``threads <= 1``): batches a worker's thread pool had built ahead would still hold their
+    shared memory when the worker stops, and nothing would unlink it. With more threads the
+    builders use plain arrays and Grain copies each batch into shared memory as it sends it.
+    """
+    return workers > 0 and threads <= 1
+
+
 def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: int, prefetch: int,
              reporter: TruncationReporter) -> grain.DatasetIterator:
     if not 0 <= start_step <= num_steps:
         raise ValueError(f"start_step {start_step} outside [0, {num_steps}]")
     batches = grain.MapDataset.range(start_step, num_steps).map(builder)
-    stream = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch))
+    # A worker building one batch at a time needs no thread pool: it builds while the main
+    # process consumes its queue of ``prefetch`` batches (see builds_in_shared_memory).
+    in_thread_buffer = 0 if builds_in_shared_memory(workers, threads) else prefetch
+    stream = batches.to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=in_thread_buffer))
     if workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's multiprocessing reads absl flags; use their defaults
             flags.FLAGS.mark_as_parsed()
@@ -281,10 +297,11 @@ def make_train_iterator(
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
     max_boxes = train_max_boxes(source, aug, epochs, max_boxes, rect)
     if augment_on == "device":
-        builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, workers > 0, augment_groups)
+        builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool,
+                                     builds_in_shared_memory(workers, threads), augment_groups)
     else:
-        builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool, shared_memory=workers > 0,
-                                    multi_scale=multi_scale)
+        builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool,
+                                    shared_memory=builds_in_shared_memory(workers, threads), multi_scale=multi_scale)
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,
@@ -341,7 +358,8 @@ def make_val_iterator(
     else:
         order, batch_shapes = np.arange(len(source), dtype=np.int64), None
     schedule = ValSchedule(order, batch_size, process_index, process_count, batch_shapes)
-    builder = ValBatchBuilder(source, schedule, imgsz, max_boxes, shared_memory=workers > 0)
+    builder = ValBatchBuilder(source, schedule, imgsz, max_boxes,
+                              shared_memory=builds_in_shared_memory(workers, threads))
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter)

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yolojax.runtime import enable_compilation_cache, reexec_with_hugepage_malloc
+from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 from yolojax.train.callbacks import EarlyStopping, TimeLimit, period_epoch
 from yolojax.train.preflight import ConfigError, check_plot_output, check_split_paths, check_writable, open_split
 from yolojax.train.progress import NonFiniteLossError, StepProgress, finite_or_none
@@ -837,7 +837,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
 
 
 def main() -> None:
-    reexec_with_hugepage_malloc()
+    reexec_with_malloc_tunables()
     from absl import app, flags
     from ml_collections import config_flags
 
