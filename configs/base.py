@@ -33,6 +33,12 @@ def get_config() -> ml_collections.ConfigDict:
     # image.npy files beside the images. Same batches bit for bit; refused when the room is
     # short (docs/data.md, "Image cache").
     c.data.cache = ""
+    # ultralytics' dataset options (data/base.py, data/build.py):
+    c.fraction = 1.0               # train images used: a ratio in (0, 1], or a count when > 1 (the first, sorted)
+    c.single_cls = False           # every label becomes class 0; val is class-agnostic (one class)
+    c.classes = ""                 # keep only these class ids' labels, e.g. "0" or "[0, 2, 3]" ('' keeps all)
+    c.rect = False                 # train on rect batches (sorted by aspect ratio, no shuffle, no mosaic/mixup/cutmix)
+    c.multi_scale = 0.0            # each batch resized to a random multiple of 32 in imgsz * (1 +- multi_scale)
     # Built-in synthetic shapes dataset: when root is set and data.yaml is empty, the dataset
     # is written there in YOLO format (once) and used as data.yaml.
     c.data.synthetic = ml_collections.ConfigDict()
@@ -49,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 16              # global batch
     c.epochs = 100
     c.max_steps = 0                # 0: no cap
+    c.patience = 100               # early stop after this many epochs without a better val mAP50-95 (0: off)
+    c.time = 0.0                   # hours: stop (checkpoint, validate) once training has run this long (0: off)
+    c.save_period = -1             # also keep the epoch-end checkpoint of every Nth epoch (< 1: off)
     c.seed = 0
 
     # Optimiser (ultralytics' trainer arithmetic, see yolojax/train/optim.py).
@@ -62,11 +71,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_bias_lr = 0.1
     c.cos_lr = False
     c.nbs = 64
+    # Layers whose params and BatchNorm statistics stay fixed: the first N layers ("10"), or a
+    # list of layer indices / names ("[0, 1, '22.cv2']"); '.dfl' is always frozen.
+    c.freeze = ""
 
     # Loss gains.
     c.box = 7.5
     c.cls = 0.5
     c.dfl = 1.5
+    c.cls_pw = 0.0                 # class weights (1 / label count) ** cls_pw in the cls BCE, mean 1 (0: off; <= 1)
 
     # Augmentation.
     c.hsv_h = 0.015
@@ -81,6 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.fliplr = 0.5
     c.mosaic = 1.0
     c.mixup = 0.0
+    c.cutmix = 0.0                 # probability of CutMix (a patch of another mosaic view pasted in)
+    c.bgr = 0.0                    # probability of feeding the image with its channels swapped (BGR)
     c.close_mosaic = 10
 
     # Validation after each epoch, with the EMA weights.

@@ -156,6 +156,16 @@ class _RecordingNumpy:
                 outer.log.append(("beta", value))
                 return value
 
+            def randint(self, *args):  # CutMix's rectangle centre
+                value = np.random.randint(*args)
+                outer.log.append(("integers", value))
+                return value
+
+            def choice(self, a):  # CutMix's rectangle among the free ones
+                value = np.random.choice(a)
+                outer.log.append(("choice", value))
+                return value
+
             def __getattr__(self, name):
                 return getattr(np.random, name)
 
@@ -189,6 +199,14 @@ class ReplayRng:
     def beta(self, a, b):
         return self.take("beta")
 
+    def integers(self, low, high=None):
+        return self.take("integers")
+
+    def choice(self, a):
+        value = self.take("choice")
+        assert value in a, (value, a)
+        return value
+
 
 def ultralytics_sample(dataset, index, monkeypatch):
     """dataset[index] through ultralytics' transforms, and the draws they made."""
@@ -216,13 +234,16 @@ SAMPLE_CASES = {
     "mosaic": {},
     "mosaic + perspective": {"degrees": 10.0, "shear": 5.0, "perspective": 0.0005, "flipud": 0.5},
     "mosaic + mixup": {"mixup": 1.0, "flipud": 0.5, "scale": 0.9},
+    "mosaic + cutmix": {"cutmix": 1.0, "scale": 0.9},
+    "no mosaic, mixup + cutmix": {"mosaic": 0.0, "mixup": 0.5, "cutmix": 1.0},
+    "bgr": {"mosaic": 0.0, "bgr": 0.5},
 }
 
 
 @pytest.mark.parametrize("case", list(SAMPLE_CASES))
 def test_training_samples_equal_ultralytics_for_the_same_draws(shapes_yaml, case, monkeypatch):
-    """ultralytics' v8_transforms (its YOLODataset, draws recorded) and yolojax's draw -> boxes -> pixels
-    (the draws replayed): the same draw sequence, boxes within 1e-3 px, pixels within +-1 on >= 99.9%."""
+    """ultralytics' v8_transforms and Format (its YOLODataset, draws recorded) and yolojax's draw -> boxes ->
+    pixels (the draws replayed): the same draw sequence, boxes within 1e-3 px, pixels within +-1 on >= 99.9%."""
     imgsz, hyp = 160, SAMPLE_CASES[case]
     theirs = ultralytics_dataset(shapes_yaml, "train", imgsz, augment=True, batch_size=16, hyp=hyp)
     source = yolo_source(shapes_yaml, "train")
@@ -238,18 +259,21 @@ def test_training_samples_equal_ultralytics_for_the_same_draws(shapes_yaml, case
     aug = AugmentConfig(**hyp)
     random.seed(0)
     np.random.seed(0)
-    shares, box_errors, boxes_seen = [], [], 0
+    shares, box_errors, boxes_seen, cuts, swaps = [], [], 0, 0, 0
     for k in range(12):
         index = (7 * k) % len(theirs)
         item, log = ultralytics_sample(theirs, index, monkeypatch)
         rng = ReplayRng(log)
         pick = lambda r, n: [to_ours(j) for j in r.take("pick")]  # noqa: E731
-        params = draw_sample(to_ours(index), lambda i: load(i).size_hw, pick, rng, aug, imgsz, mixing=True)
-        # ultralytics' Format draws once more (its bgr swap), after the transforms yolojax mirrors
-        assert [kind for kind, _ in log[rng.position:]] == ["uniform"], log[rng.position:]
-        boxes, classes = sample_boxes(params, lambda i: (load(i).boxes, load(i).classes))
+        labels_of = lambda i: (load(i).boxes, load(i).classes)  # noqa: E731
+        params = draw_sample(to_ours(index), lambda i: load(i).size_hw, pick, rng, aug, imgsz, mixing=True,
+                             labels_of=labels_of)
+        assert rng.position == len(log), log[rng.position:]  # every draw, Format's bgr check the last
+        cuts += params.cutmix is not None and params.cutmix.area is not None
+        swaps += params.bgr
+        boxes, classes = sample_boxes(params, labels_of)
         image = render_sample(params, lambda i: load(i).image)
-        their_image = item["img"].numpy().transpose(1, 2, 0)  # Format turned BGR into RGB
+        their_image = item["img"].numpy().transpose(1, 2, 0)  # Format turned BGR into RGB (unless bgr drawn)
         assert image.shape == their_image.shape
         shares.append(float((np.abs(image.astype(int) - their_image).max(-1) <= 1).mean()))
         their_boxes = item_boxes_xyxy(item, imgsz)
@@ -264,6 +288,10 @@ def test_training_samples_equal_ultralytics_for_the_same_draws(shapes_yaml, case
     assert min(shares) >= PIXEL_SHARE
     assert max(box_errors) <= BOX_TOL_PX
     assert boxes_seen > 12
+    if "cutmix" in case:
+        assert cuts >= 2  # rectangles were pasted (not every draw finds a free one)
+    if "bgr" in hyp:
+        assert 0 < swaps < 12
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -299,3 +327,83 @@ def test_unaugmented_training_batch_equals_ultralytics_on_coco8(tmp_path):
         np.testing.assert_allclose(batch["boxes"][slot][mask], item_boxes_xyxy(item, imgsz), atol=BOX_TOL_PX)
         seen.add(matches[0])
     assert len(seen) == 8
+
+
+def test_rect_training_batches_and_samples_equal_ultralytics(shapes_yaml, monkeypatch):
+    """rect=True training: ultralytics' batch shapes (set_rectangle, pad 0) and image order, one
+    fixed order every epoch, no mosaic, and each sample equal to ultralytics' for the same draws."""
+    from yolojax.data.pipeline import train_schedule
+
+    imgsz, batch_size = 160, 4
+    cfg = get_cfg(overrides={"imgsz": imgsz, "rect": True})
+    theirs = YOLODataset(img_path=str(shapes_yaml.parent / "images" / "train"), imgsz=imgsz, augment=True, hyp=cfg,
+                         rect=True, batch_size=batch_size, stride=32, pad=0.0,
+                         data={"names": dict(enumerate(SHAPE_NAMES)), "channels": 3})
+    source = yolo_source(shapes_yaml, "train")
+    schedule = train_schedule(source, batch_size, 3, 0, 0, 1, imgsz, rect=True)
+    n = len(source) // batch_size * batch_size  # yolojax drops the last partial batch
+    np.testing.assert_array_equal(schedule.batch_shapes_hw, theirs.batch_shapes)
+    assert len({tuple(s) for s in theirs.batch_shapes}) > 1
+    for epoch in range(2):
+        order = np.concatenate([schedule.image_indices(epoch * schedule.steps_per_epoch + k)[2]
+                                for k in range(schedule.steps_per_epoch)])
+        assert [source.image_paths[i] for i in order] == list(theirs.im_files[:n])
+    batches = make_train_iterator(source, imgsz=imgsz, batch_size=batch_size, epochs=3, aug=AugmentConfig(),
+                                  rect=True, **LOCAL)
+    for step, batch in zip(range(3), batches.iterator):
+        assert batch["image"].shape[1:3] == tuple(theirs.batch_shapes[step])
+    batches.close()
+
+    loaded = {}
+
+    def load(i):
+        if i not in loaded:
+            loaded[i] = load_image(source, i, imgsz)
+        return loaded[i]
+
+    random.seed(1)
+    np.random.seed(1)
+    for position in (0, 5, 13, 22, 30, 41):
+        item, log = ultralytics_sample(theirs, position, monkeypatch)
+        rng = ReplayRng(log)
+        out_hw = schedule.out_hw(position // batch_size, imgsz)
+        labels_of = lambda i: (load(i).boxes, load(i).classes)  # noqa: E731
+        params = draw_sample(int(schedule.order[position]), lambda i: load(i).size_hw, None, rng, AugmentConfig(),
+                             imgsz, mixing=False, out_hw=out_hw, labels_of=labels_of)
+        assert rng.position == len(log) and len(params.source_indices) == 1
+        image = render_sample(params, lambda i: load(i).image)
+        their_image = item["img"].numpy().transpose(1, 2, 0)
+        assert image.shape == their_image.shape == (*out_hw, 3)
+        assert (np.abs(image.astype(int) - their_image).max(-1) <= 1).mean() >= PIXEL_SHARE
+        boxes, classes = sample_boxes(params, labels_of)
+        h, w = out_hw
+        cx, cy, bw, bh = item["bboxes"].numpy().T * np.array([[w], [h], [w], [h]])
+        their_boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).reshape(-1, 4)
+        np.testing.assert_allclose(boxes, their_boxes, atol=BOX_TOL_PX)
+        np.testing.assert_array_equal(classes, item["cls"].numpy().reshape(-1))
+
+
+def test_fraction_classes_single_cls_select_as_ultralytics(shapes_yaml):
+    """fraction keeps ultralytics' first images (ratio and count); classes and single_cls leave
+    ultralytics' labels, image for image."""
+    from yolojax.data.subset import select_labels
+
+    for fraction in (0.25, 7.0):
+        theirs = YOLODataset(img_path=str(shapes_yaml.parent / "images" / "train"), imgsz=64, augment=False,
+                             hyp=get_cfg(), fraction=int(fraction) if fraction > 1 else fraction,
+                             data={"names": dict(enumerate(SHAPE_NAMES)), "channels": 3})
+        ours = yolo_source(shapes_yaml, "train", fraction=fraction)
+        assert list(ours.image_paths) == list(theirs.im_files) and len(ours) == (12 if fraction < 1 else 7)
+    full = yolo_source(shapes_yaml, "train")
+    for classes, single_cls in (([1, 3], False), (None, True), ([2], True)):
+        theirs = YOLODataset(img_path=str(shapes_yaml.parent / "images" / "train"), imgsz=64, augment=False,
+                             hyp=get_cfg(), classes=classes, single_cls=single_cls,
+                             data={"names": dict(enumerate(SHAPE_NAMES)), "channels": 3})
+        ours = select_labels(full, classes, single_cls)
+        assert ours.names == (("item",) if single_cls else full.names)
+        kept = 0
+        for label, path in zip(theirs.labels, theirs.im_files):
+            i = ours.image_paths.index(path)
+            np.testing.assert_array_equal(ours.labels.classes_of(i), label["cls"].reshape(-1))
+            kept += len(label["cls"])
+        assert kept == len(ours.labels.classes) and 0 < kept < len(full.labels.classes) or classes is None

@@ -179,3 +179,28 @@ def test_device_pipeline_is_deterministic_and_resumes_exactly():
             assert expected.keys() == other.keys()
             for key in expected:
                 np.testing.assert_array_equal(expected[key], other[key], err_msg=key)
+
+
+@needs_coco8
+def test_device_pipeline_with_selected_labels_and_fraction():
+    from yolojax.data.sources import yolo_source
+    from yolojax.data.subset import select_labels
+
+    source = select_labels(yolo_source(COCO8, "train", fraction=0.5), [0, 45], single_cls=True)
+    assert len(source) == 2
+    kw = dict(imgsz=S, batch_size=2, epochs=1, seed=1, **LOCAL)
+    host = make_train_iterator(source, **kw)
+    device = make_train_iterator(source, augment_on="device", **kw)
+    a, b = next(host.iterator), next(device.iterator)
+    for key in ("boxes", "classes", "mask"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["mask"].any() and not a["classes"].any()
+    assert_close(a["image"], np.asarray(_render(b)), 0.95)
+
+
+def test_device_mode_refuses_host_only_options_before_reading_data(tmp_path):
+    missing = tmp_path / "absent.yaml"  # never opened: the refusal comes first
+    for kw, name in ((dict(rect=True), "rect"), (dict(multi_scale=0.5), "multi_scale"),
+                     (dict(aug=AugmentConfig(cutmix=0.3)), "cutmix"), (dict(aug=AugmentConfig(bgr=0.5)), "bgr")):
+        with pytest.raises(ValueError, match=f"cannot render {name}:"):
+            make_train_iterator(missing, imgsz=S, augment_on="device", **kw)

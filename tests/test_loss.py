@@ -58,7 +58,7 @@ def stable_topk(torch):
         torch.topk = original
 
 
-def ultralytics_criterion(ul, nc, gains=(7.5, 0.5, 1.5)):
+def ultralytics_criterion(ul, nc, gains=(7.5, 0.5, 1.5), class_weights=None):
     """v8DetectionLoss built on a stand-in exposing what its __init__ reads."""
     torch = ul.torch
 
@@ -71,6 +71,8 @@ def ultralytics_criterion(ul, nc, gains=(7.5, 0.5, 1.5)):
                 stride=torch.tensor(STRIDES, dtype=torch.float32), nc=nc, reg_max=REG_MAX
             )
             self.model = [head]
+            if class_weights is not None:
+                self.class_weights = torch.tensor(class_weights, dtype=torch.float32)
 
     return ul.loss.v8DetectionLoss(Stub())
 
@@ -133,9 +135,9 @@ def to_batch(ul, rows, b, m, h, w):
     return batch
 
 
-def run_ultralytics(ul, feats, rows, nc, grad=False):
+def run_ultralytics(ul, feats, rows, nc, grad=False, class_weights=None):
     torch = ul.torch
-    crit = ultralytics_criterion(ul, nc)
+    crit = ultralytics_criterion(ul, nc, class_weights=class_weights)
     levels = [torch.tensor(f).permute(0, 3, 1, 2).contiguous().requires_grad_(grad) for f in feats]
     b, no = levels[0].shape[:2]
     flat = torch.cat([x.reshape(b, no, -1) for x in levels], -1)
@@ -207,6 +209,37 @@ def test_loss_matches_ultralytics(ul, h, w, nc, plain, border):
     np.testing.assert_array_equal(fg, ref["fg"])
     np.testing.assert_array_equal(np.asarray(asg.target_gt_idx)[fg], ref["gt_idx"][fg])
     np.testing.assert_allclose(np.asarray(asg.target_bboxes)[fg], ref["tboxes"][fg], rtol=1e-6)
+
+
+def test_cls_pw_weights_and_loss_match_ultralytics(ul):
+    """cls_pw: ultralytics' DetectionTrainer weights (1 / count) ** cls_pw, mean 1, and its
+    class-weighted BCE; a class without labels gets the mean weight."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from yolojax.loss.class_weights import class_weights
+
+    counts = np.array([40, 3, 0, 7], np.float32)
+    for cls_pw in (0.0, 0.5, 1.0):
+        trainer = types.SimpleNamespace(args=types.SimpleNamespace(cls_pw=cls_pw))
+        theirs = DetectionTrainer.compute_class_weights(trainer, counts)
+        ours_w = class_weights(counts, cls_pw)
+        if cls_pw == 0:
+            assert ours_w is None
+            continue
+        np.testing.assert_allclose(ours_w, theirs / theirs.mean(), rtol=1e-6)
+    with pytest.raises(ValueError, match="cls_pw"):
+        class_weights(counts, 1.5)
+
+    h, w, nc, b, m = 128, 96, 4, 3, 20
+    rng = np.random.default_rng(5)
+    feats = random_feats(rng, b, h, w, nc, plain=False)
+    rows = random_targets(rng, [2, 9, 20], nc, border=False)
+    weights = class_weights(counts, 1.0)
+    ref = run_ultralytics(ul, feats, rows, nc, class_weights=weights)
+    _, parts, _ = ours(DetectionLoss(nc, class_weights=weights), feats, to_batch(ul, rows, b, m, h, w))
+    unweighted = run_ultralytics(ul, feats, rows, nc)["items"]["cls"]
+    assert rel_err(float(parts["cls"]), ref["items"]["cls"]) < 1e-5
+    assert rel_err(ref["items"]["cls"], unweighted) > 5e-4  # the weights matter at this precision
 
 
 @pytest.mark.parametrize("topk2", [None, 4])

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
+PERIOD_DIR = "checkpoints_period"  # save_period: the epoch-end steps kept every save_period epochs
 ITEMS = ("state", "data", "meta", "config")
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "grad_accum", "last_opt_step", "ema",
                 "ema_updates")

@@ -126,6 +126,9 @@ TRAIN_KEYS: dict[str, str] = {
     "scale": "scale", "shear": "shear", "perspective": "perspective", "flipud": "flipud", "fliplr": "fliplr",
     "mosaic": "mosaic", "mixup": "mixup", "close_mosaic": "close_mosaic", "val": "val.enabled", "conf": "val.conf",
     "iou": "val.iou", "max_det": "val.max_det", "cache": "data.cache", "augment_on": "data.augment_on",
+    "patience": "patience", "time": "time", "save_period": "save_period", "fraction": "fraction", "freeze": "freeze",
+    "single_cls": "single_cls", "classes": "classes", "multi_scale": "multi_scale", "rect": "rect",
+    "cutmix": "cutmix", "bgr": "bgr", "cls_pw": "cls_pw",
 }
 RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
 

@@ -22,7 +22,9 @@ class AugmentConfig:
       flipud, fliplr: flip probabilities.
       mosaic: probability of a 4-image mosaic.
       mixup: probability of MixUp (after mosaic + perspective).
-      close_mosaic: the last N epochs train without mosaic and mixup.
+      cutmix: probability of CutMix (after MixUp, :mod:`yolojax.data.cutmix`).
+      bgr: probability of swapping the channels to BGR (ultralytics' ``Format``, last).
+      close_mosaic: the last N epochs train without mosaic, mixup and cutmix.
     """
 
     hsv_h: float = 0.015
@@ -37,6 +39,8 @@ class AugmentConfig:
     fliplr: float = 0.5
     mosaic: float = 1.0
     mixup: float = 0.0
+    cutmix: float = 0.0
+    bgr: float = 0.0
     close_mosaic: int = 10
 
     @classmethod
@@ -53,5 +57,5 @@ class AugmentConfig:
         return cls(**values)
 
     def mixing_on(self, epoch: int, epochs: int) -> bool:
-        """Whether `epoch` (0-based) of `epochs` may still use mosaic and mixup (not closed yet)."""
+        """Whether `epoch` (0-based) of `epochs` may still use mosaic, mixup and cutmix (not closed yet)."""
         return epoch < epochs - self.close_mosaic

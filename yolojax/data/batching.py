@@ -57,10 +57,11 @@ def label_counts(source: Any) -> np.ndarray | None:
     return np.asarray(counts(), np.int64) if callable(counts) else None
 
 
-def sample_box_bound(max_labels: int, mosaic: bool, mixup: bool) -> int:
+def sample_box_bound(max_labels: int, mosaic: bool, mixup: bool, cutmix: bool = False) -> int:
     """The most boxes one training sample can hold when no image has more than `max_labels`:
-    a mosaic holds 4 images' boxes, mixup 2 views' (cropping and the candidate filter only drop)."""
-    return int(max_labels) * (4 if mosaic else 1) * (2 if mixup else 1)
+    a mosaic holds 4 images' boxes, mixup and cutmix add a view each (cropping and the
+    candidate filter only drop)."""
+    return int(max_labels) * (4 if mosaic else 1) * (1 + int(mixup) + int(cutmix))
 
 
 def pad_labels(

@@ -14,7 +14,26 @@ from yolojax.data.sources import DetectionSource
 from yolojax.data.train_batches import TrainBatchBuilder, load_image
 from yolojax.data.train_sample import LoadedImage, draw_sample, sample_boxes
 
-__all__ = ["AUGMENT_ON", "DeviceBatchBuilder"]
+__all__ = ["AUGMENT_ON", "DeviceBatchBuilder", "check_device_options"]
+
+
+def check_device_options(aug: AugmentConfig, rect: bool = False, multi_scale: float = 0.0) -> None:
+    """Refuse the training options device mode cannot render, before any work.
+
+    The device render (:func:`yolojax.data.device_augment.render_batch`) writes every sample
+    at imgsz x imgsz from at most 2 views (mosaic tiles, MixUp) with HSV and flips; it has no
+    CutMix paste, no BGR channel swap, and one compiled output shape, so rect batch shapes
+    and multi-scale resizes (a new shape per batch) stay host-mode options.
+
+    Raises:
+      ValueError: ``rect``, ``multi_scale`` > 0, ``aug.cutmix`` > 0 or ``aug.bgr`` > 0,
+        naming the config field.
+    """
+    refused = [name for name, on in (("rect", rect), ("multi_scale", multi_scale > 0), ("cutmix", aug.cutmix > 0),
+                                     ("bgr", aug.bgr > 0)) if on]
+    if refused:
+        raise ValueError(f"data.augment_on='device' cannot render {', '.join(refused)}: use data.augment_on='host' "
+                         f"or turn {'them' if len(refused) > 1 else 'it'} off")
 
 
 class DeviceBatchBuilder(TrainBatchBuilder):

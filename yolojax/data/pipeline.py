@@ -28,7 +28,7 @@ from grain.multiprocessing import SharedMemoryArray
 
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
-from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder
+from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder, check_device_options
 from yolojax.data.image_cache import CachedSource, open_image_cache
 from yolojax.data.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
@@ -184,7 +184,8 @@ def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: in
     return iter(stream.map(reporter))
 
 
-def train_max_boxes(source: DetectionSource, aug: AugmentConfig, epochs: int, max_boxes: int | None) -> int:
+def train_max_boxes(source: DetectionSource, aug: AugmentConfig, epochs: int, max_boxes: int | None,
+                    rect: bool = False) -> int:
     """The training box padding M: `max_boxes` when given (with a warning naming the images whose
     labels exceed it), else from the label scan (:func:`yolojax.data.batching.sample_box_bound`,
     bucketed), so that no box is ever dropped.
@@ -205,13 +206,35 @@ def train_max_boxes(source: DetectionSource, aug: AugmentConfig, epochs: int, ma
     if counts is None:
         raise ValueError(f"{type(source).__name__} cannot count its labels without reading every record: "
                          "pass max_boxes")
-    mixing = aug.mixing_on(0, epochs)
+    mixing = aug.mixing_on(0, epochs) and not rect
     most = int(counts.max()) if len(counts) else 0
-    bound = sample_box_bound(most, mosaic=mixing and aug.mosaic > 0, mixup=mixing and aug.mixup > 0)
+    bound = sample_box_bound(most, mosaic=mixing and aug.mosaic > 0, mixup=mixing and aug.mixup > 0,
+                             cutmix=mixing and aug.cutmix > 0)
     m = bucket_boxes(bound)
     logger.info("max_boxes=%d from the label scan (at most %d labels per image, at most %d per sample)", m, most,
                 bound)
     return m
+
+
+def train_schedule(source: DetectionSource, batch_size: int, epochs: int, seed: int, process_index: int,
+                   process_count: int, imgsz: int, rect: bool) -> TrainSchedule:
+    """The training schedule; with ``rect`` ultralytics' ``set_rectangle`` (pad 0.0 for
+    training, stride 32) gives the order and the batch shapes, and the order is fixed unless
+    every batch has the same shape (ultralytics keeps the shuffle then).
+
+    Raises:
+      ValueError: ``rect`` with a source that has no image shapes.
+    """
+    if not rect:
+        return TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
+    shapes = source.image_shapes_hw
+    if shapes is None:
+        raise ValueError("rect training needs the image shapes, which this source does not have")
+    order, batch_shapes = rect_batch_shapes(shapes, batch_size, imgsz, stride=32, pad=0.0)
+    if (batch_shapes == batch_shapes[0]).all():
+        logger.info("rect: every batch is %dx%d; the images are still shuffled", *batch_shapes[0])
+        order = None
+    return TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count, order, batch_shapes)
 
 
 def make_train_iterator(
@@ -231,6 +254,8 @@ def make_train_iterator(
     process_count: int | None = None,
     mosaic_pool: str = "batch",
     cache: str | bool | None = "",
+    rect: bool = False,
+    multi_scale: float = 0.0,
     augment_on: str = "host",
     augment_groups: int = 1,
 ) -> Batches:
@@ -256,6 +281,11 @@ def make_train_iterator(
         every worker maps) or "disk" (ultralytics' .npy files beside the images); True means
         "ram" (:mod:`yolojax.data.image_cache`). The batches are the same bit for bit. A
         source already cached is used as it is.
+      rect: ultralytics' rect training: images sorted by aspect ratio, each batch its own
+        shape (``set_rectangle`` with pad 0), no shuffle when the shapes differ, no mosaic,
+        mixup or cutmix (:func:`train_schedule`); host mode only.
+      multi_scale: resize each batch to a random stride multiple within imgsz * (1 +- it)
+        (:mod:`yolojax.data.multi_scale`); 0: off; host mode only.
       augment_on: 'host' (the images augmented here) or 'device' (the same draws and boxes;
         the source images and parameters shipped instead of ``image``, rendered in the train
         step: :mod:`yolojax.data.device_params`, :func:`yolojax.data.device_augment.render_batch`).
@@ -263,27 +293,33 @@ def make_train_iterator(
         into that many groups, each shipping its own source images).
 
     Returns:
-      :class:`Batches` of dicts: image uint8 (b, imgsz, imgsz, 3) RGB (device mode: the
-      ``aug_*`` arrays instead), boxes float32 (b, M, 4) xyxy pixels, classes int32 (b, M),
-      mask bool (b, M), with b = batch_size / process_count.
+      :class:`Batches` of dicts: image uint8 (b, H, W, 3) RGB (H = W = imgsz unless rect or
+      multi_scale; device mode: the ``aug_*`` arrays instead), boxes float32 (b, M, 4) xyxy
+      pixels, classes int32 (b, M), mask bool (b, M), with b = batch_size / process_count.
+
+    Raises:
+      ValueError: imgsz not a multiple of 32; an unknown ``augment_on``; device mode with an
+        option it cannot render (:func:`check_device_options`).
     """
     if imgsz % 32:
         raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
+    aug = aug or AugmentConfig()
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
+    if augment_on == "device":
+        check_device_options(aug, rect, multi_scale)
     source, owns_cache = _cached(_as_source(data, "train"), cache, imgsz, "train")
     process_index, process_count = _process_index_and_count(process_index, process_count)
-    schedule = TrainSchedule(len(source), batch_size, epochs, seed, process_index, process_count)
+    schedule = train_schedule(source, batch_size, epochs, seed, process_index, process_count, imgsz, rect)
     if len(source) < batch_size:
         logger.info("%d training images < batch size %d: images repeat within a batch", len(source), batch_size)
-    aug = aug or AugmentConfig()
-    max_boxes = train_max_boxes(source, aug, epochs, max_boxes)
+    max_boxes = train_max_boxes(source, aug, epochs, max_boxes, rect)
     if augment_on == "device":
         builder = DeviceBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool,
                                      builds_in_shared_memory(workers, threads), augment_groups)
     else:
         builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool,
-                                    shared_memory=builds_in_shared_memory(workers, threads))
+                                    shared_memory=builds_in_shared_memory(workers, threads), multi_scale=multi_scale)
     reporter = TruncationReporter(max_boxes)
     iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,

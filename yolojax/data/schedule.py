@@ -7,6 +7,10 @@ number of processes. An epoch has max(1, N // B) steps (the remainder is dropped
 N < B positions wrap around the permutation. Every record's randomness comes from a
 generator seeded by (seed, epoch, position), independent of workers and processes.
 
+Rect training (ultralytics' ``rect=True``): the images sorted by aspect ratio, batch k of
+every epoch the same images (ultralytics turns the shuffle off when the batch shapes differ)
+with its own canvas shape.
+
 Validation: images in source order (or sorted by aspect ratio for 'rect' batches), the
 last global batch padded with invalid slots.
 """
@@ -55,6 +59,10 @@ class TrainSchedule:
       epochs: number of epochs.
       seed: shuffle / augmentation seed.
       process_index, process_count: this process and the number of processes.
+      order: int64 (N,) a fixed image order used by every epoch (rect training), or None:
+        a fresh permutation per epoch.
+      batch_shapes_hw: int64 (ceil(N / B), 2) the canvas (H, W) of each batch of an epoch
+        (rect training), or None: square.
     """
 
     num_images: int
@@ -63,6 +71,8 @@ class TrainSchedule:
     seed: int
     process_index: int = 0
     process_count: int = 1
+    order: np.ndarray | None = None
+    batch_shapes_hw: np.ndarray | None = None
 
     def __post_init__(self):
         _check_split(self.global_batch, self.process_index, self.process_count)
@@ -93,8 +103,15 @@ class TrainSchedule:
     def image_indices(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(epoch, positions (b,), source indices (b,)) of this process's batch at `step`."""
         epoch, positions = self.positions(step)
-        order = epoch_permutation(self.seed, epoch, self.num_images)
+        order = self.order if self.order is not None else epoch_permutation(self.seed, epoch, self.num_images)
         return epoch, positions, order[positions % self.num_images]
+
+    def out_hw(self, step: int, imgsz: int) -> tuple[int, int]:
+        """The canvas (h, w) of the batch at ``step``: its rect shape, else (imgsz, imgsz)."""
+        if self.batch_shapes_hw is None:
+            return imgsz, imgsz
+        h, w = self.batch_shapes_hw[int(step) % self.steps_per_epoch]
+        return int(h), int(w)
 
 
 @dataclasses.dataclass(frozen=True)

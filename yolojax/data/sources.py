@@ -26,6 +26,7 @@ from yolojax.data.data_yaml import image_to_label_paths, list_image_files, load_
 from yolojax.data.image_io import read_image_rgb
 from yolojax.data.label_scan import ScanReport, scan_yolo_split
 from yolojax.data.label_table import LabelTable
+from yolojax.data.subset import fraction_count
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def warn_if_unlabelled(labels: LabelTable, image_paths: Sequence[str], where: st
     return True
 
 
-def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: bool = True) -> FileDetectionSource:
+def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: bool = True,
+                fraction: float = 1.0) -> FileDetectionSource:
     """The `split` of an ultralytics data.yaml as a source, after the (cached) label scan.
 
     The scan's summary and every skipped file are logged, and a split without any label is
@@ -127,6 +129,8 @@ def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: b
       data_yaml: path to the data.yaml.
       split: 'train', 'val' or 'test'.
       use_cache: read/write the label scan cache beside the labels.
+      fraction: ultralytics' ``fraction``: only the first images of the sorted list, before
+        the label scan (:func:`yolojax.data.subset.fraction_count`); 1.0: all.
 
     Returns:
       A :class:`FileDetectionSource` of the images that passed the scan.
@@ -134,7 +138,7 @@ def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: b
     Raises:
       ValueError: one line naming the yaml and the split: it names no path, a path does not
         exist (:func:`yolojax.data.data_yaml.split_paths`), no image was found or none passed
-        the scan.
+        the scan; a bad ``fraction``.
     """
     spec = load_data_yaml(data_yaml)
     paths = split_paths(spec, split)
@@ -142,6 +146,8 @@ def yolo_source(data_yaml: str | os.PathLike, split: str = "train", use_cache: b
         image_paths = list_image_files(paths)
     except FileNotFoundError as e:
         raise ValueError(f"{spec.yaml_path}: '{split}:' {e}") from None
+    if fraction != 1.0:
+        image_paths = image_paths[:fraction_count(fraction, len(image_paths))]
     label_paths = image_to_label_paths(image_paths)
     scan = scan_yolo_split(image_paths, label_paths, spec.num_classes, use_cache=use_cache)
     example = ""

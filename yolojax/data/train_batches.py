@@ -9,6 +9,7 @@ import numpy as np
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.batching import new_image_batch, pad_labels
 from yolojax.data.image_cache import resized_record
+from yolojax.data.multi_scale import draw_size, rescale_batch, scaled_shape
 from yolojax.data.schedule import TrainSchedule, record_rng
 from yolojax.data.sources import DetectionSource
 from yolojax.data.train_sample import LoadedImage, draw_sample, render_sample, sample_boxes
@@ -37,6 +38,10 @@ class TrainBatchBuilder:
         'dataset' (uniform over the whole source, like ultralytics with cache='ram').
       shared_memory: allocate the image batch in shared memory (set when the builder runs in
         Grain worker processes: saves copying the batch once more).
+      multi_scale: ultralytics' ``multi_scale`` (:mod:`yolojax.data.multi_scale`); 0: off.
+
+    With a rect schedule (``schedule.batch_shapes_hw``) each batch has its rect shape and
+    mosaic, mixup and cutmix are off (ultralytics' dataset with ``rect``).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class TrainBatchBuilder:
         max_boxes: int,
         mosaic_pool: str = "batch",
         shared_memory: bool = False,
+        multi_scale: float = 0.0,
     ):
         if mosaic_pool not in MOSAIC_POOLS:
             raise ValueError(f"mosaic_pool must be one of {MOSAIC_POOLS}, not {mosaic_pool!r}")
@@ -58,6 +64,7 @@ class TrainBatchBuilder:
         self.max_boxes = int(max_boxes)
         self.mosaic_pool = mosaic_pool
         self.shared_memory = shared_memory
+        self.multi_scale = float(multi_scale)
         self.area_thr = 0.01 if getattr(source, "has_polygons", False) else 0.1
 
     def _picker(self, indices: np.ndarray, slot: int):
@@ -75,7 +82,9 @@ class TrainBatchBuilder:
 
     def __call__(self, step: int) -> dict[str, Any]:
         epoch, positions, indices = self.schedule.image_indices(int(step))
-        mixing = self.aug.mixing_on(epoch, self.schedule.epochs)
+        rect = self.schedule.batch_shapes_hw is not None
+        mixing = self.aug.mixing_on(epoch, self.schedule.epochs) and not rect
+        out_hw = self.schedule.out_hw(int(step), self.imgsz)
         loaded: dict[int, LoadedImage] = {}
 
         def load(i: int) -> LoadedImage:
@@ -83,16 +92,22 @@ class TrainBatchBuilder:
                 loaded[i] = load_image(self.source, i, self.imgsz)
             return loaded[i]
 
-        images = new_image_batch((len(indices), self.imgsz, self.imgsz, 3), self.shared_memory)
+        images = new_image_batch((len(indices), *out_hw, 3), self.shared_memory)
+        labels_of = lambda i: (load(i).boxes, load(i).classes)  # noqa: E731
         boxes, classes = [], []
         for slot, (pos, index) in enumerate(zip(positions, indices)):
             rng = record_rng(self.schedule.seed, epoch, pos)
             params = draw_sample(int(index), lambda i: load(i).size_hw, self._picker(indices, slot), rng, self.aug,
-                                 self.imgsz, mixing)
-            b, c = sample_boxes(params, lambda i: (load(i).boxes, load(i).classes), self.area_thr)
+                                 self.imgsz, mixing, out_hw=out_hw, labels_of=labels_of, area_thr=self.area_thr)
+            b, c = sample_boxes(params, labels_of, self.area_thr)
             render_sample(params, lambda i: load(i).image, out=images[slot])
             boxes.append(b)
             classes.append(c)
         batch = {"image": images}
         batch.update(pad_labels(boxes, classes, self.max_boxes))
+        if self.multi_scale > 0:
+            size = draw_size(self.schedule.seed, int(step), self.imgsz, self.multi_scale)
+            new_hw = scaled_shape(out_hw, size)
+            if new_hw != out_hw:
+                batch = rescale_batch(batch, new_hw, new_image_batch((len(indices), *new_hw, 3), self.shared_memory))
         return batch

@@ -1,8 +1,10 @@
 """One augmented training sample, composed like ultralytics' ``v8_transforms``, in three steps.
 
 Ultralytics' order: Mosaic (probability ``mosaic``) -> random perspective to imgsz x imgsz
--> MixUp (probability ``mixup``, with a second mosaic + perspective view) -> HSV -> flip
-up-down -> flip left-right. Without mosaic (or after ``close_mosaic``) the single image,
+(to the batch's rect shape with ``rect``) -> MixUp (probability ``mixup``, with a second
+mosaic + perspective view) -> CutMix (probability ``cutmix``, a third view,
+:mod:`yolojax.data.cutmix`) -> HSV -> flip up-down -> flip left-right -> channel swap to BGR
+(probability ``bgr``, ultralytics' ``Format``). Without mosaic (or after ``close_mosaic``) the single image,
 resized to imgsz on its long side, goes through the same random perspective (its centre to
 the drawn point near the output centre: a half-pixel shift where the padding is odd).
 
@@ -11,7 +13,8 @@ device) with the same parameters:
 
 (a) :func:`draw_sample` draws every random parameter from the record's generator, in
     ultralytics' order of draws (including the checks ultralytics draws for transforms that
-    are off: MixUp's and CutMix's), needing only the images' sizes;
+    are off: MixUp's, CutMix's and the BGR swap's), needing only the images' sizes (and,
+    when CutMix applies, their labels: its choice depends on the boxes);
 (b) :func:`sample_boxes` moves the labels with those parameters (no pixels);
 (c) :func:`render_sample` does the pixel work with those parameters.
 
@@ -30,6 +33,7 @@ import numpy as np
 from yolojax.data.affine import random_affine_matrix, transform_boxes, warp_layers
 from yolojax.data.augment_config import AugmentConfig
 from yolojax.data.color import flip_lr, flip_lr_boxes, flip_ud, flip_ud_boxes, hsv_gains, random_hsv_with
+from yolojax.data.cutmix import CutMixParams, cutmix_boxes, draw_cutmix, paste_area
 from yolojax.data.mosaic import Tile, full_tile, mosaic_boxes, mosaic_centre, mosaic_tiles
 
 
@@ -86,11 +90,13 @@ class SampleParams:
     """Every random choice of one training sample.
 
     Attributes:
-      out_hw: (imgsz, imgsz).
+      out_hw: (imgsz, imgsz), or the batch's rect shape.
       views: the primary view, and with MixUp the second one.
       mix_ratio: MixUp's r ~ Beta(32, 32), the primary view's weight (1.0 without MixUp).
       hsv_gains: float64 (3,) hue / saturation / value gains, or None (all HSV gains 0).
       flip_ud, flip_lr: the flips.
+      cutmix: the CutMix (its view, rectangle, kept boxes), or None.
+      bgr: the image is fed with its channels swapped (RGB -> BGR).
     """
 
     out_hw: tuple[int, int]
@@ -99,10 +105,13 @@ class SampleParams:
     hsv_gains: np.ndarray | None
     flip_ud: bool
     flip_lr: bool
+    cutmix: CutMixParams | None = None
+    bgr: bool = False
 
     @property
     def source_indices(self) -> tuple[int, ...]:
-        return tuple(i for v in self.views for i in v.indices)
+        cut = self.cutmix.view.indices if self.cutmix is not None else ()
+        return tuple(i for v in self.views for i in v.indices) + tuple(cut)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +149,10 @@ def _applies(rng: np.random.Generator, p: float) -> bool:
 
 
 def draw_view(index: int, size_of: SizeOf, pick: PartnerPicker, rng: np.random.Generator, aug: AugmentConfig,
-              imgsz: int, p_mosaic: float) -> ViewParams:
-    """Mosaic (its check, partners and centre) then the perspective warp's 8 draws."""
+              imgsz: int, p_mosaic: float, out_hw: tuple[int, int] | None = None) -> ViewParams:
+    """Mosaic (its check, partners and centre) then the perspective warp's 8 draws, to
+    ``out_hw`` (default imgsz x imgsz)."""
+    out_h, out_w = out_hw or (imgsz, imgsz)
     if _applies(rng, p_mosaic):
         indices = (int(index), *(int(i) for i in pick(rng, 3)))
         sizes = tuple(tuple(size_of(i)) for i in indices)
@@ -152,37 +163,55 @@ def draw_view(index: int, size_of: SizeOf, pick: PartnerPicker, rng: np.random.G
         sizes = (tuple(size_of(index)),)
         tiles = (full_tile(sizes[0]),)
         canvas_hw = sizes[0]
-    m, s = random_affine_matrix(rng, canvas_hw, (imgsz, imgsz), degrees=aug.degrees, translate=aug.translate,
+    m, s = random_affine_matrix(rng, canvas_hw, (out_w, out_h), degrees=aug.degrees, translate=aug.translate,
                                 scale=aug.scale, shear=aug.shear, perspective=aug.perspective)
     return ViewParams(indices, sizes, tiles, canvas_hw, m, s, bool(aug.perspective))
 
 
 def draw_sample(index: int, size_of: SizeOf, pick: PartnerPicker, rng: np.random.Generator, aug: AugmentConfig,
-                imgsz: int, mixing: bool) -> SampleParams:
+                imgsz: int, mixing: bool, out_hw: tuple[int, int] | None = None, labels_of: LabelsOf | None = None,
+                area_thr: float = 0.1) -> SampleParams:
     """(a) Every random parameter of the sample of source image `index`, in ultralytics' order of draws.
 
     Args:
       index: the primary source index.
       size_of: source index -> (h, w) after the long-side resize to imgsz (no pixels needed).
-      pick: (rng, k) -> k source indices for mosaic / mixup partners.
+      pick: (rng, k) -> k source indices for mosaic / mixup / cutmix partners.
       rng: this record's generator; the only randomness used.
       aug: hyperparameters.
-      imgsz: output side in pixels.
-      mixing: False in the last close_mosaic epochs: no mosaic and no mixup (their checks are
-        still drawn, as ultralytics draws them with probability 0).
+      imgsz: the mosaic size, and the output side unless ``out_hw`` is given.
+      mixing: False in the last close_mosaic epochs (and with rect training): no mosaic,
+        mixup or cutmix (their checks are still drawn, as ultralytics draws them with
+        probability 0).
+      out_hw: the output (h, w) (a rect batch's shape); default (imgsz, imgsz).
+      labels_of: source index -> labels as for :func:`sample_boxes`; needed only when a
+        CutMix applies (its rectangle must avoid the boxes).
+      area_thr: the candidate filter ratio (0.1; 0.01 with polygons), also CutMix's share.
+
+    Raises:
+      ValueError: a CutMix applies and ``labels_of`` is None.
     """
+    out_hw = tuple(out_hw or (imgsz, imgsz))
     p_mosaic = aug.mosaic if mixing else 0.0
-    views = [draw_view(index, size_of, pick, rng, aug, imgsz, p_mosaic)]
+    views = [draw_view(index, size_of, pick, rng, aug, imgsz, p_mosaic, out_hw)]
     mix_ratio = 1.0
     if _applies(rng, aug.mixup if mixing else 0.0):
         other = int(pick(rng, 1)[0])
-        views.append(draw_view(other, size_of, pick, rng, aug, imgsz, p_mosaic))
+        views.append(draw_view(other, size_of, pick, rng, aug, imgsz, p_mosaic, out_hw))
         mix_ratio = float(rng.beta(32.0, 32.0))
-    rng.uniform(0, 1)  # ultralytics' CutMix check (cutmix = 0; yolojax has no CutMix): keeps the draws in step
+    cut = None
+    if _applies(rng, aug.cutmix if mixing else 0.0):
+        if labels_of is None:
+            raise ValueError("cutmix needs labels_of (its rectangle avoids the sample's boxes)")
+        other = int(pick(rng, 1)[0])
+        view = draw_view(other, size_of, pick, rng, aug, imgsz, p_mosaic, out_hw)
+        boxes = np.concatenate([view_boxes(v, labels_of, out_hw, area_thr)[0] for v in views])
+        cut = draw_cutmix(rng, view, boxes, view_boxes(view, labels_of, out_hw, area_thr)[0], out_hw, area_thr)
     gains = hsv_gains(rng, aug.hsv_h, aug.hsv_s, aug.hsv_v)
     flip_ud_ = bool(rng.random() < aug.flipud)
     flip_lr_ = bool(rng.random() < aug.fliplr)
-    return SampleParams((imgsz, imgsz), tuple(views), mix_ratio, gains, flip_ud_, flip_lr_)
+    bgr = _applies(rng, aug.bgr)  # ultralytics' Format keeps BGR unless uniform(0, 1) > bgr
+    return SampleParams(out_hw, tuple(views), mix_ratio, gains, flip_ud_, flip_lr_, cut, bgr)
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,6 +243,9 @@ def sample_boxes(params: SampleParams, labels_of: LabelsOf, area_thr: float = 0.
       area_thr: candidate filter area ratio (0.1; 0.01 for polygon labels like ultralytics).
     """
     parts = [view_boxes(v, labels_of, params.out_hw, area_thr) for v in params.views]
+    if params.cutmix is not None and params.cutmix.area is not None:
+        partner_boxes, partner_classes = view_boxes(params.cutmix.view, labels_of, params.out_hw, area_thr)
+        parts.append((cutmix_boxes(params.cutmix, partner_boxes), partner_classes[params.cutmix.keep]))
     boxes = np.concatenate([b for b, _ in parts]).astype(np.float32)
     classes = np.concatenate([c for _, c in parts]).astype(np.int32)
     h, w = params.out_hw
@@ -241,7 +273,8 @@ def render_view(view: ViewParams, image_of: ImageOf, out_hw: tuple[int, int],
 
 
 def render_sample(params: SampleParams, image_of: ImageOf, out: np.ndarray | None = None) -> np.ndarray:
-    """(c) The sample's pixels: uint8 (imgsz, imgsz, 3) RGB (`out` if given).
+    """(c) The sample's pixels: uint8 (h, w, 3) of ``params.out_hw``, RGB (BGR when
+    ``params.bgr``) (`out` if given).
 
     Args:
       params: from :func:`draw_sample`.
@@ -253,12 +286,16 @@ def render_sample(params: SampleParams, image_of: ImageOf, out: np.ndarray | Non
         image2 = render_view(params.views[1], image_of, params.out_hw)
         r = params.mix_ratio
         image[...] = (image * r + image2 * (1 - r)).astype(np.uint8)  # ultralytics' MixUp.apply_image
+    if params.cutmix is not None and params.cutmix.area is not None:
+        paste_area(image, render_view(params.cutmix.view, image_of, params.out_hw), params.cutmix)
     if params.hsv_gains is not None:
         random_hsv_with(image, params.hsv_gains)
     if params.flip_ud:
         flip_ud(image)
     if params.flip_lr:
         flip_lr(image)
+    if params.bgr:
+        image[...] = image[..., ::-1].copy()
     return image
 
 
@@ -291,7 +328,9 @@ def train_sample(
       area_thr: candidate filter area ratio (0.1; 0.01 for polygon labels like ultralytics).
       out: optional uint8 (imgsz, imgsz, 3) to build the image in (e.g. a slot of the batch).
     """
-    params = draw_sample(index, lambda i: load(i).size_hw, pick, rng, aug, imgsz, mixing)
-    boxes, classes = sample_boxes(params, lambda i: (load(i).boxes, load(i).classes), area_thr)
+    labels_of = lambda i: (load(i).boxes, load(i).classes)  # noqa: E731
+    params = draw_sample(index, lambda i: load(i).size_hw, pick, rng, aug, imgsz, mixing, labels_of=labels_of,
+                         area_thr=area_thr)
+    boxes, classes = sample_boxes(params, labels_of, area_thr)
     image = render_sample(params, lambda i: load(i).image, out)
     return Sample(image, boxes, classes, params.source_indices)

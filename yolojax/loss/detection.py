@@ -58,6 +58,8 @@ class DetectionLoss:
         the global-batch loss: ``psum(total)`` and ``psum(parts)`` equal the numbers of one
         device seeing the whole batch, and so does the psum of the gradients. Leave None
         under jit/GSPMD, where the batch axis is just sharded.
+      class_weights: None, or one float per class multiplying that class's BCE terms
+        (ultralytics' ``cls_pw`` weights, :func:`yolojax.loss.class_weights.class_weights`).
 
     ``loss_fn(feats, batch) -> (total, parts)``:
       feats: sequence of per-level raw head outputs (B, h, w, 4 * reg_max + num_classes),
@@ -81,11 +83,17 @@ class DetectionLoss:
     tal_topk: int = 10
     tal_topk2: int | None = None
     axis_name: str | None = None
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.reg_max <= 1:
             raise ValueError(f"DetectionLoss needs reg_max > 1 (DFL), got {self.reg_max}")
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        if self.class_weights is not None:
+            weights = tuple(float(w) for w in self.class_weights)
+            if len(weights) != self.num_classes:
+                raise ValueError(f"class_weights has {len(weights)} values for {self.num_classes} classes")
+            object.__setattr__(self, "class_weights", weights)
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -150,7 +158,10 @@ class DetectionLoss:
         target_scores_sum = jnp.maximum(target_scores_sum, 1.0)
 
         # Class loss: BCE over every anchor and class.
-        loss_cls = _bce_with_logits(pred_scores, t.target_scores).sum() / target_scores_sum
+        bce = _bce_with_logits(pred_scores, t.target_scores)
+        if self.class_weights is not None:
+            bce = bce * jnp.asarray(self.class_weights, bce.dtype)
+        loss_cls = bce.sum() / target_scores_sum
 
         # Box losses on foreground anchors, weighted by their soft target mass. Background
         # anchors get a harmless dummy box so no NaN/inf can leak into the gradient.

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from yolojax.models.layers import SPPF, C2f, Conv, Detect, upsample_nearest_2x
+from yolojax.models.layers import SPPF, BatchNorm, C2f, Conv, Detect, upsample_nearest_2x
+from yolojax.models.naming import in_frozen_layer, ultralytics_name
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class YOLOv8(nn.Module):
       cls_width: hidden width of the head's class branch; None: :func:`default_cls_width`. An
         ultralytics model fine-tuned to another class count keeps its source's width (e.g. 80
         for yolov8n tuned to 2 classes), so it comes from the weights (``info["cls_width"]``).
+      frozen: ultralytics ``freeze`` name substrings (:mod:`yolojax.train.freeze`): the
+        BatchNorm layers whose ultralytics module name contains one run in eval mode even with
+        ``train=True`` (running statistics, never updated), as ultralytics' ``_model_train``
+        sets them.
 
     Call ``model.apply(variables, images, train)`` with ``images`` float (B, H, W, 3) in [0, 1],
     H and W multiples of 32. ``train=False`` returns (B, N, 4 + num_classes) fp32: box centre
@@ -90,9 +95,16 @@ class YOLOv8(nn.Module):
     param_dtype: Any = jnp.float32
     bn_axis_name: str | None = None
     cls_width: int | None = None
+    frozen: tuple[str, ...] = ()
+
+    def __call__(self, images: jax.Array, train: bool = False):
+        if not (train and self.frozen):
+            return self._forward(images, train)
+        with nn.intercept_methods(_frozen_batchnorm(self.frozen)):
+            return self._forward(images, train)
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False):
+    def _forward(self, images: jax.Array, train: bool):
         if self.scale not in SCALES:
             raise ValueError(f"unknown YOLOv8 scale {self.scale!r}; expected one of {sorted(SCALES)}")
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -129,3 +141,16 @@ class YOLOv8(nn.Module):
         return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", cls_width=self.cls_width, **kw)(
             [out3, out4, out5], train
         )
+
+
+def _frozen_batchnorm(frozen: tuple[str, ...]):
+    """A Flax method interceptor calling each BatchNorm of a frozen layer with train=False."""
+
+    def intercept(next_fun, args, kwargs, context):
+        module = context.module
+        if (context.method_name == "__call__" and isinstance(module, BatchNorm)
+                and in_frozen_layer(ultralytics_name(module.path, leaf=False), frozen)):
+            args = (args[0], False, *args[2:])
+        return next_fun(*args, **kwargs)
+
+    return intercept

@@ -88,7 +88,8 @@ def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], w
         return make_train_iterator(
             source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
             aug=AugmentConfig.from_config(config), max_boxes=max_boxes, workers=0, prefetch=1, start_step=step,
-            process_index=0, process_count=jax.process_count(), mosaic_pool=config.data.mosaic_pool)
+            process_index=0, process_count=jax.process_count(), mosaic_pool=config.data.mosaic_pool,
+            rect=config.rect, multi_scale=config.multi_scale)
 
     first = batches_from(0)
     first.close()

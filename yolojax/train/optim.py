@@ -6,7 +6,8 @@ step can evaluate the schedule inside ``jit``:
 
 * parameter groups: ``weight`` (conv kernels, with weight decay), ``bn`` (BatchNorm scales,
   no decay), ``bias`` (every bias, no decay, its own warmup start lr) and ``frozen`` (the DFL
-  projection, never updated, as ultralytics freezes ``.dfl``);
+  projection, as ultralytics always freezes ``.dfl``, and the layers of ``freeze``: never
+  updated, see :mod:`yolojax.train.freeze`);
 * nominal batch ``nbs`` = 64: gradients accumulate over ``round(nbs / batch_size)`` batches
   and weight decay scales by ``batch_size * accumulate / nbs``;
 * warmup over ``round(min(warmup_epochs, epochs - 1) * iters_per_epoch)`` iterations: lr
@@ -55,6 +56,8 @@ class Recipe:
       accumulate: nominal number of batches whose gradients are summed per update.
       cos_lr: cosine instead of linear per-epoch decay.
       grad_clip_norm: global-norm clip applied to the summed gradient before each update.
+      frozen: ultralytics name substrings of the frozen layers (:mod:`yolojax.train.freeze`);
+        their parameters get no gradient and no update.
     """
 
     optimizer: str
@@ -70,6 +73,7 @@ class Recipe:
     accumulate: int
     cos_lr: bool = False
     grad_clip_norm: float = 10.0
+    frozen: tuple[str, ...] = (".dfl",)
 
 
 def make_recipe(
@@ -89,6 +93,7 @@ def make_recipe(
     warmup_bias_lr: float = 0.1,
     cos_lr: bool = False,
     nbs: int = NBS,
+    frozen: tuple[str, ...] = (".dfl",),
 ) -> Recipe:
     """Resolve ultralytics' trainer arithmetic into a :class:`Recipe`.
 
@@ -120,7 +125,7 @@ def make_recipe(
         optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=decay,
         warmup_iters=warmup_iters, warmup_momentum=warmup_momentum,
         warmup_bias_lr=warmup_bias_lr, epochs=epochs, iters_per_epoch=nb,
-        accumulate=accumulate, cos_lr=cos_lr,
+        accumulate=accumulate, cos_lr=cos_lr, frozen=tuple(frozen),
     )
 
 
@@ -224,12 +229,16 @@ def hyperparams(recipe: Recipe, ni: jax.Array | int) -> dict[str, jax.Array]:
     }
 
 
-def param_groups(params: Any) -> Any:
-    """A pytree like ``params`` whose leaves name each parameter's group (see GROUPS)."""
+def param_groups(params: Any, frozen: tuple[str, ...] = (".dfl",)) -> Any:
+    """A pytree like ``params`` whose leaves name each parameter's group (see GROUPS);
+    ``frozen``: name substrings of the frozen layers (:func:`yolojax.train.freeze.frozen_mask`)."""
+    from yolojax.train.freeze import frozen_mask
+
     flat = traverse_util.flatten_dict(params)
+    is_frozen = traverse_util.flatten_dict(frozen_mask(params, frozen))
 
     def group(path: tuple[str, ...]) -> str:
-        if "dfl" in path:
+        if is_frozen[path]:
             return "frozen"
         if path[-1] == "bias":
             return "bias"
@@ -271,7 +280,7 @@ def make_optimizer(recipe: Recipe, params: Any) -> optax.GradientTransformation:
         "bias": inner(learning_rate=0.0, momentum=recipe.momentum, weight_decay=0.0),
         "frozen": optax.set_to_zero(),
     }
-    return optax.multi_transform(transforms, param_groups(params))
+    return optax.multi_transform(transforms, param_groups(params, recipe.frozen))
 
 
 def set_hyperparams(opt_state: Any, hp: dict[str, jax.Array]) -> Any:

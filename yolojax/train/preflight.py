@@ -34,14 +34,14 @@ def check_split_paths(data_yaml: str | os.PathLike, splits: tuple[str, ...]) -> 
         raise ConfigError(str(e)) from None
 
 
-def open_split(data_yaml: str | os.PathLike, split: str) -> Any:
-    """The ``split`` of ``data_yaml`` as a source (:func:`yolojax.data.yolo_source`): the label
-    scan runs (or its cache loads), its summary and skipped files are logged, a split without
-    labels is warned about."""
+def open_split(data_yaml: str | os.PathLike, split: str, fraction: float = 1.0) -> Any:
+    """The ``split`` of ``data_yaml`` as a source (:func:`yolojax.data.yolo_source`, only the
+    first images with ``fraction``): the label scan runs (or its cache loads), its summary
+    and skipped files are logged, a split without labels is warned about."""
     from yolojax.data import yolo_source
 
     try:
-        return yolo_source(data_yaml, split)
+        return yolo_source(data_yaml, split, fraction=fraction)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e).strip().splitlines()[0]) from None
 

@@ -44,6 +44,7 @@ metrics and TensorBoard events past the resumed step are dropped (they are redon
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -55,17 +56,15 @@ from pathlib import Path
 from typing import Any
 
 from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
+from yolojax.train.callbacks import EarlyStopping, TimeLimit, period_epoch
 from yolojax.train.preflight import (ConfigError, check_plot_output, check_split_paths, check_writable,
                                      close_image_cache, open_image_cache, open_split)
+from yolojax.train.progress import NonFiniteLossError, StepProgress, finite_or_none
 
 logger = logging.getLogger("yolojax.train")
 
 DTYPES = ("float32", "bfloat16")
 SCALES = ("n", "s", "m", "l", "x")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many non-finite losses in a row."""
 
 
 BEST_METRIC = "mAP50-95"  # the validation metric that picks checkpoints_best/ (higher is better)
@@ -140,6 +139,7 @@ def check_config(config: Any) -> None:
          f"data.cache must be '', 'ram' or 'disk' (True means 'ram', as ultralytics' cache), got {config.data.cache!r}")
     need(config.data.augment_on in AUGMENT_ON,
          f"data.augment_on must be one of {AUGMENT_ON}, got {config.data.augment_on!r}")
+    check_option_values(config)
     coordinator = config.distributed.coordinator
     need(not coordinator or (":" in coordinator and coordinator.rsplit(":", 1)[1].isdigit()),
          f"distributed.coordinator must be host:port, got {coordinator!r}")
@@ -147,6 +147,35 @@ def check_config(config: Any) -> None:
     need(config.distributed.process_id >= -1, "distributed.process_id must be >= -1 (-1: from the environment)")
     if config.weights and not Path(config.weights).exists():
         raise ConfigError(f"weights {config.weights} does not exist")
+
+
+def check_option_values(config: Any) -> None:
+    """Refuse bad values of ultralytics' train options (patience, time, save_period, fraction,
+    freeze, classes, multi_scale, rect, cutmix, bgr, cls_pw), naming the field; with
+    ``data.augment_on='device'`` also rect, multi_scale, cutmix and bgr, which only host mode
+    renders (:func:`yolojax.data.device_batches.check_device_options`)."""
+    from yolojax.data.augment_config import AugmentConfig
+    from yolojax.data.device_batches import check_device_options
+    from yolojax.data.subset import fraction_count, parse_classes
+    from yolojax.train.freeze import parse_freeze
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(config.time >= 0, f"time must be >= 0 hours (0: no limit), got {config.time}")
+    for name in ("cutmix", "bgr"):
+        need(0.0 <= config[name] <= 1.0, f"{name} must be a probability in [0, 1], got {config[name]}")
+    need(0.0 <= config.cls_pw <= 1.0, f"cls_pw must be in [0, 1], got {config.cls_pw}")
+    need(0.0 <= config.multi_scale < 1.0, f"multi_scale must be in [0, 1), got {config.multi_scale}")
+    try:
+        fraction_count(config.fraction, 1)
+        parse_freeze(config.freeze)
+        parse_classes(config.classes, 1 << 30)
+        if config.data.augment_on == "device":
+            check_device_options(AugmentConfig.from_config(config), config.rect, config.multi_scale)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def start_distributed(config: Any) -> bool:
@@ -165,11 +194,19 @@ def start_distributed(config: Any) -> bool:
 RUN_DEFINING = ("model", "weights", "dtype", "imgsz", "batch_size", "epochs", "seed", "optimizer", "lr0", "lrf",
                 "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "cos_lr", "nbs",
                 "box", "cls", "dfl", "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear",
-                "perspective", "flipud", "fliplr", "mosaic", "mixup", "close_mosaic")
+                "perspective", "flipud", "fliplr", "mosaic", "mixup", "close_mosaic", "cutmix", "bgr", "cls_pw",
+                "fraction", "single_cls", "classes", "rect", "multi_scale", "freeze")
 
 
-def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
-    """Refuse to resume a workdir whose checkpoint was written with other run settings."""
+def check_resumable(saved: dict, current: dict, workdir: Path, defaults: dict | None = None) -> None:
+    """Refuse to resume a workdir whose checkpoint was written with other run settings. A
+    setting missing from ``saved`` (a run from before it existed) counts as its value in
+    ``defaults`` (the config's defaults, configs/base.py, when not given)."""
+    if defaults is None:
+        from yolojax.cli import _configs_dir, load_config_file
+
+        defaults = load_config_file(_configs_dir() / "base.py").to_dict()
+    saved = {**{k: defaults[k] for k in RUN_DEFINING if k in defaults and k not in saved}, **saved}
     diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in RUN_DEFINING if saved.get(k) != current.get(k)]
     # data.workers: the saved data position (Grain's iterator state) has another form with
     # worker processes, and per worker count.
@@ -293,10 +330,6 @@ class TensorBoardLog:
             self.writer = None
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 def plot_results(metrics_path: Path, out_path: Path) -> Path | None:
     """results.png from metrics.jsonl: box/cls/dfl/total loss, lr and validation curves."""
     import matplotlib
@@ -406,27 +439,371 @@ def _validate(config, val_source, variables, info, batch_size):
                     workers=0, verbose=False)
 
 
+@dataclasses.dataclass
+class RunData:
+    """The data side of a run (:func:`build_data`).
+
+    Attributes:
+      batches: the training :class:`yolojax.data.Batches`.
+      val_source: the val split as a source (None without validation).
+      names: class names the model is trained for (``["item"]`` with ``single_cls``).
+      steps_per_epoch, total_steps: the run's length (``max_steps`` applied).
+    """
+
+    batches: Any
+    val_source: Any
+    names: list[str]
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build_data(config: Any, data_yaml: Path, names: list[str], process_index: int, process_count: int) -> RunData:
+    """Open the splits (``fraction``, ``classes``, ``single_cls`` applied as ultralytics'
+    datasets apply them) and the training iterator. Raises :class:`ConfigError`."""
+    from yolojax.data import AugmentConfig, make_train_iterator
+    from yolojax.data.subset import SINGLE_CLASS_NAMES, parse_classes, select_labels
+
+    try:
+        classes = parse_classes(config.classes, len(names))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    train_source = select_labels(open_split(data_yaml, "train", fraction=config.fraction), classes,
+                                 config.single_cls)
+    val_source = open_split(data_yaml, "val") if config.val.enabled else None
+    if val_source is not None:
+        val_source = select_labels(val_source, classes, config.single_cls)
+    train_source, val_source = open_image_cache(config.data.cache, config.imgsz, train_source, val_source)
+    try:
+        batches = make_train_iterator(
+            train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
+            aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=config.data.workers,
+            threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
+            process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool,
+            rect=config.rect, multi_scale=config.multi_scale, augment_on=config.data.augment_on,
+            augment_groups=_augment_groups(config))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        close_image_cache(train_source, val_source)
+        raise ConfigError(f"dataset {data_yaml}: {e}") from None
+    total = batches.num_steps if not config.max_steps else min(config.max_steps, batches.num_steps)
+    return RunData(batches, val_source, list(SINGLE_CLASS_NAMES) if config.single_cls else names,
+                   batches.steps_per_epoch, total)
+
+
+def load_pretrained(config: Any) -> tuple[Any, dict]:
+    """(variables or None, their info) from ``config.weights``."""
+    if not config.weights:
+        return None, {}
+    from yolojax.convert import load_weights
+
+    try:
+        pretrained, winfo = load_weights(config.weights)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    if winfo.get("scale") and winfo["scale"] != config.model.scale:
+        logger.warning("weights are YOLOv8%s; training YOLOv8%s (config.model.scale) with the layers that fit",
+                       winfo["scale"], config.model.scale)
+    return pretrained, winfo
+
+
+@dataclasses.dataclass
+class RunModel:
+    """The model side of a run (:func:`build_model`): the placed state, the jit step, the
+    state's shardings, the batch placement and the model info saved with checkpoints."""
+
+    state: Any
+    step_fn: Any
+    shardings: Any
+    place: Any
+    info: dict
+
+
+def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config_dict: dict) -> RunModel:
+    """The recipe (logged, and under ``config_dict["resolved"]``), the model (``freeze``
+    applied), its initial or pretrained variables, the loss (``cls_pw`` class weights) and
+    the jit train step on the mesh. Raises :class:`ConfigError`."""
+    import jax.numpy as jnp
+
+    from yolojax.loss import DetectionLoss
+    from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models.summary import model_summary
+    from yolojax.train import TrainState, make_recipe
+    from yolojax.train.freeze import check_frozen, frozen_layer_names
+    from yolojax.train.optim import describe_recipe, resolved_settings
+    from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
+
+    scale, num_classes = config.model.scale, len(data.names)
+    frozen = frozen_layer_names(config.freeze)
+    recipe = make_recipe(
+        epochs=config.epochs, batch_size=config.batch_size, dataset_size=len(data.batches.source),
+        num_classes=num_classes, iters_per_epoch=data.steps_per_epoch, optimizer=config.optimizer, lr0=config.lr0,
+        lrf=config.lrf, momentum=config.momentum, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
+        warmup_momentum=config.warmup_momentum, warmup_bias_lr=config.warmup_bias_lr, cos_lr=config.cos_lr,
+        nbs=config.nbs, frozen=frozen)
+    for line in describe_recipe(recipe, optimizer=config.optimizer, lr0=config.lr0, momentum=config.momentum,
+                                weight_decay=config.weight_decay):
+        logger.info("%s", line)
+    config_dict["resolved"] = {**resolved_settings(recipe), "num_classes": num_classes,
+                               "val_batch_size": config.val.batch_size or 2 * config.batch_size}
+    cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
+    cls_width = cls_width or default_cls_width(scale, num_classes)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=config.model.reg_max, cls_width=cls_width,
+                   dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32, frozen=frozen)
+    info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": config.model.reg_max,
+            "cls_width": cls_width}
+    logger.info("%s", model_summary(model).line())
+    variables = init_variables(model, config.seed)
+    if pretrained is not None:
+        variables, copied, kept, remapped = transfer_pretrained(
+            variables, pretrained, winfo.get("names"), data.names, cls_remap=config.cls_remap)
+        logger.info("transferred %d arrays from %s%s; %d kept fresh%s", copied + remapped, config.weights,
+                    f" ({remapped} class arrays remapped by class name)" if remapped else "", len(kept),
+                    f" (e.g. {kept[0]})" if kept else "")
+        if copied == 0:
+            raise ConfigError(f"weights {config.weights}: no array fits YOLOv8{scale}")
+    try:
+        count = check_frozen(variables["params"], frozen, config.freeze)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.freeze:
+        logger.info("freeze=%s: %d parameter arrays frozen (%s)", config.freeze, count, ", ".join(frozen))
+    state = TrainState.create(model.apply, variables, recipe)
+    loss_fn = DetectionLoss(num_classes=num_classes, reg_max=config.model.reg_max, box=config.box, cls=config.cls,
+                            dfl=config.dfl, class_weights=loss_class_weights(config.cls_pw, data.batches.source,
+                                                                             num_classes))
+    step_fn, state, shardings, place = _make_step(config, loss_fn, state)
+    return RunModel(state, step_fn, shardings, place, info)
+
+
+def loss_class_weights(cls_pw: float, source: Any, num_classes: int) -> tuple[float, ...] | None:
+    """ultralytics' ``cls_pw`` weights from the training labels (after ``classes`` /
+    ``single_cls``) (:func:`yolojax.loss.class_weights.class_weights`); None when off."""
+    if cls_pw == 0:
+        return None
+    import numpy as np
+
+    from yolojax.loss.class_weights import class_weights
+
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        raise ConfigError(f"cls_pw needs the training labels' class counts, which {type(source).__name__} lacks")
+    weights = class_weights(np.bincount(labels.classes, minlength=num_classes)[:num_classes], cls_pw)
+    if weights is not None:
+        logger.info("class weights (cls_pw=%g): %s", cls_pw, ", ".join(f"{w:.3g}" for w in weights))
+    return weights
+
+
+class _Run:
+    """One run's checkpointers, logs and stopping rules around the state, for the loop.
+
+    ``ckpt`` (checkpoints/), ``best`` (checkpoints_best/, or None), ``period``
+    (checkpoints_period/, or None), ``progress`` (:class:`StepProgress`), ``stopper``
+    (:class:`EarlyStopping`), ``timer`` (:class:`TimeLimit`); ``state`` is the live TrainState.
+    """
+
+    def __init__(self, config: Any, workdir: Path, config_dict: dict, data: RunData, model: RunModel, is_main: bool):
+        import jax
+        import jax.numpy as jnp
+
+        from yolojax.checkpoint import BEST_DIR, CHECKPOINTS_DIR, PERIOD_DIR, RunCheckpointer
+
+        self.config, self.workdir, self.config_dict, self.data, self.model = config, workdir, config_dict, data, model
+        self.is_main = is_main
+        self.state = model.state
+        self.ckpt = RunCheckpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep,
+                                    async_save=config.checkpoint.async_save)
+        self.best = self.period = self.progress = self.log = self.tensorboard = None
+        self._best_dir, self._period_dir = workdir / BEST_DIR, workdir / PERIOD_DIR
+        self.stopper = EarlyStopping(config.patience)
+        self.timer = TimeLimit(config.time)
+        self._is_finite = jax.jit(lambda trees: jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)])))
+
+    def resume(self) -> int:
+        """Restore the newest intact checkpoint (if any) and open the logs and the other
+        checkpointers from that step; returns the step to start from."""
+        from yolojax.checkpoint import BestCheckpointer, CheckpointError, RunCheckpointer
+
+        config, start_step, nonfinite_total = self.config, 0, 0
+        try:
+            resumed = self.ckpt.restore_newest_intact(self.state, self.data.batches.iterator, self.model.shardings)
+        except CheckpointError as e:
+            raise ConfigError(f"cannot resume: {e}") from None
+        if resumed is not None:
+            self.state, meta = resumed
+            start_step = int(meta["step"])
+            nonfinite_total = int(meta.get("nonfinite_total", 0))
+            self.stopper.load_state_dict(meta.get("early_stop"))
+            logger.info("resumed from %s/%d", self.ckpt.directory, start_step)
+        self.log = MetricsLog(self.workdir / "metrics.jsonl", start_step, enabled=self.is_main)
+        self.tensorboard = TensorBoardLog(self.workdir / "tensorboard", start_step, enabled=self.is_main)
+        if config.checkpoint.keep_best and config.val.enabled:
+            self.best = BestCheckpointer(self._best_dir, BEST_METRIC, start_step,
+                                         async_save=config.checkpoint.async_save)
+        if config.save_period > 0:
+            self.period = RunCheckpointer(self._period_dir, keep=None, async_save=config.checkpoint.async_save)
+            self.period.drop_after(start_step)
+        self.progress = StepProgress(config, self.log, self.tensorboard, self.data.steps_per_epoch,
+                                     self.data.total_steps, start_step, nonfinite_total,
+                                     show_bar=config.progress and self.is_main)
+        return start_step
+
+    def meta_for(self, step: int) -> dict:
+        return {"step": step, "epoch": step // self.data.steps_per_epoch,
+                "nonfinite_total": self.progress.nonfinite_total, "info": self.model.info,
+                "total_steps": self.data.total_steps, "time": time.time(), "early_stop": self.stopper.state_dict()}
+
+    def save(self, step: int, into: Any = None) -> bool:
+        """Checkpoint ``step`` (into checkpoints/, or ``into``) unless the weights hold
+        non-finite values; returns whether it saved."""
+        self.tensorboard.flush()
+        if not bool(self._is_finite((self.state.params, self.state.batch_stats, self.state.ema))):
+            logger.warning("step %d: the weights hold non-finite values: not checkpointed (latest stays step %s)",
+                           step, self.ckpt.latest_step())
+            return False
+        (into or self.ckpt).save(step, self.state, self.data.batches.iterator, self.meta_for(step), self.config_dict)
+        return True
+
+    def validate(self, step: int, epoch: int, saved: bool) -> dict:
+        """Validate the EMA weights, write the row, offer ``step`` to checkpoints_best/ (when
+        it was ``saved``); returns the row."""
+        import jax
+
+        row = {"epoch": epoch, "step": step}
+        try:
+            results = _validate(self.config, self.data.val_source, jax.device_get(self.state.ema), self.model.info,
+                                self.config.val.batch_size or 2 * self.config.batch_size)
+        except Exception:
+            logger.error("validation at step %d failed; the checkpoint of step %d is kept: re-running resumes "
+                         "after it", step, step)
+            raise
+        for k in ("mAP50", "mAP50-95", "precision", "recall"):
+            row[k] = finite_or_none(float(results[k]))
+        self.progress.validation_row(row)
+        if saved and self.best is not None and self.best.offer(
+                step, row, self.state, self.data.batches.iterator, self.meta_for(step), self.config_dict):
+            logger.info("step %d: best %s so far (%.4g): saved in %s", step, BEST_METRIC, self.best.value,
+                        self.best.directory)
+        return row
+
+    def end_of_epoch(self, step: int, last: bool, saved: bool) -> bool:
+        """After the checkpoint of an epoch's last step (or the run's): the periodic
+        checkpoint, validation when due, early stopping. Returns whether to stop."""
+        config, epoch = self.config, (step - 1) // self.data.steps_per_epoch
+        if self.period is not None and saved and step % self.data.steps_per_epoch == 0 and period_epoch(
+                epoch, config.save_period):
+            self.save(step, into=self.period)
+        if not config.val.enabled:
+            return False
+        due = (epoch + 1) % config.val.every_epochs == 0 or last or self.stopper.possible_stop
+        if not due:
+            return False
+        row = self.validate(step, epoch, saved)
+        return self.stopper(epoch + 1, row["mAP50-95"] or 0.0)
+
+    def close(self) -> None:
+        for closeable in (self.progress, self.tensorboard, self.ckpt, self.best, self.period):
+            if closeable is not None:
+                closeable.close()
+        self.data.batches.close()
+        close_image_cache(self.data.batches.source, self.data.val_source)
+
+
+def train_loop(run: _Run, start_step: int) -> tuple[int, Any]:
+    """Train from ``start_step`` to ``run.data.total_steps``; each epoch end (and the last
+    step, a signal, the time limit) checkpoints before validating. Returns (the step reached,
+    why it stopped early: a signal number, "patience", "time" or None)."""
+    stop = _Stop()
+    stop.install()
+    try:
+        return _steps(run, start_step, stop)
+    finally:
+        stop.restore()
+
+
+def _steps(run: _Run, start_step: int, stop: _Stop) -> tuple[int, Any]:
+    config, data, progress = run.config, run.data, run.progress
+    pending, step = None, start_step  # pending: (step, device metrics) of the previous step, read one step late
+    while step < data.total_steps:
+        batch = run.model.place(next(data.batches.iterator))
+        if step == start_step:
+            run.state, metrics, _ = compile_first_step(run.model.step_fn, run.state, batch, progress.bar)
+            progress.restart_clock()
+        else:
+            run.state, metrics = run.model.step_fn(run.state, batch)
+        step += 1
+        if pending is not None:
+            progress.consume(*pending)
+        pending = (step, metrics)
+        timed_out = run.timer.exceeded()
+        epoch_end = step % data.steps_per_epoch == 0
+        last = step == data.total_steps or timed_out
+        periodic = config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0
+        if not (epoch_end or periodic or last or stop.signum is not None):
+            continue
+        progress.consume(*pending)
+        pending = None
+        saved = run.save(step)  # before validation: a failing validation never loses it
+        no_progress = (epoch_end or last) and run.end_of_epoch(step, last, saved)
+        if timed_out:
+            logger.info("time limit of %g hours reached at step %d", config.time, step)
+            return step, "time"
+        if no_progress and step < data.total_steps:
+            return step, "patience"
+        if stop.signum is not None:
+            return step, stop.signum
+    if pending is not None:
+        progress.consume(*pending)
+    return step, None
+
+
+def finish_run(run: _Run, step: int, stopped: Any) -> dict:
+    """After the loop (and :meth:`_Run.close`): report dropped boxes, draw results.png and,
+    with ``plots`` unless a signal stopped the run (early stopping and ``time`` still plot,
+    as ultralytics' final evaluation), the run plots (:func:`yolojax.plots.run.write_run_plots`);
+    returns the summary :func:`train` returns."""
+    from yolojax.checkpoint import complete_steps
+
+    batches, config = run.data.batches, run.config
+    truncation = batches.truncation
+    boxes_dropped = truncation.boxes_dropped if truncation is not None else 0
+    if boxes_dropped:
+        logger.warning("data.max_boxes=%d dropped %d ground-truth boxes of %d training samples in this run "
+                       "(data.max_boxes=0 sizes it from the label scan and drops none)", config.data.max_boxes,
+                       boxes_dropped, truncation.images_truncated)
+    metrics_path = run.workdir / "metrics.jsonl"
+    if run.is_main and metrics_path.exists():
+        try:
+            plot_results(metrics_path, run.workdir / "results.png")
+        except Exception as e:  # noqa: BLE001 - a plot must never fail a run
+            logger.warning("results.png not written: %s", e)
+    if run.is_main and config.plots and not isinstance(stopped, int):
+        import jax
+
+        from yolojax.plots.run import write_run_plots
+
+        write_run_plots(config, run.workdir, batches.source, batches.max_boxes, run.data.val_source,
+                        jax.device_get(run.state.ema), run.model.info, config.val.batch_size or 2 * config.batch_size)
+    return {"step": step, "total_steps": run.data.total_steps,
+            "stopped_by_signal": stopped if isinstance(stopped, int) else None,
+            "stopped_early": stopped if isinstance(stopped, str) else None,
+            "last": run.progress.last_row, "nonfinite_total": run.progress.nonfinite_total,
+            "boxes_dropped": boxes_dropped, "workdir": str(run.workdir), "checkpoint_step": run.ckpt.latest_step(),
+            "best_step": run.best.latest_step() if run.best is not None else None,
+            "period_steps": complete_steps(run.period.directory) if run.period is not None else []}
+
+
 def train(config: Any, workdir: str | os.PathLike) -> dict:
     """Train per ``config`` in ``workdir`` (resuming when it holds a checkpoint).
 
     Returns a summary: final step, total steps, last metrics, the signal that stopped it
-    (or None), the latest and the best complete checkpoint steps (None when there is none),
-    and the ground-truth boxes a ``data.max_boxes`` cap dropped (0 by default).
+    (or None), ``stopped_early`` ("patience", "time" or None), the latest and the best
+    complete checkpoint steps (None when there is none), the periodic checkpoint steps and
+    the ground-truth boxes a ``data.max_boxes`` cap dropped (0 by default).
     Raises :class:`ConfigError` for settings, datasets, weights or a workdir that cannot
     serve (before any training: :mod:`yolojax.train.preflight`), and
     :class:`NonFiniteLossError`.
     """
     import jax
-    import jax.numpy as jnp
-
-    from yolojax.checkpoint import BEST_DIR, CHECKPOINTS_DIR, BestCheckpointer, CheckpointError, RunCheckpointer
-    from yolojax.data import AugmentConfig, make_train_iterator
-    from yolojax.loss import DetectionLoss
-    from yolojax.models import YOLOv8, default_cls_width
-    from yolojax.models.summary import model_summary
-    from yolojax.train import TrainState, make_recipe
-    from yolojax.train.optim import describe_recipe, resolved_settings
-    from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
 
     check_config(config)
     enable_compilation_cache(config.compile_cache)
@@ -436,23 +813,10 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     check_workdir(workdir, config_dict)
     data_yaml = prepare_data(config)
     names = _read_names(data_yaml)
-    num_classes = len(names)
-    if config.model.num_classes not in (-1, 0, num_classes):
-        raise ConfigError(f"model.num_classes={config.model.num_classes} but {data_yaml} has {num_classes} classes")
+    if config.model.num_classes not in (-1, 0, 1 if config.single_cls else len(names)):
+        raise ConfigError(f"model.num_classes={config.model.num_classes} but {data_yaml} has {len(names)} classes")
     check_split_paths(data_yaml, ("train", "val") if config.val.enabled else ("train",))
-
-    pretrained, scale = None, config.model.scale
-    if config.weights:
-        from yolojax.convert import load_weights
-
-        try:
-            pretrained, winfo = load_weights(config.weights)
-        except ValueError as e:
-            raise ConfigError(str(e).splitlines()[0]) from None
-        if winfo.get("scale") and winfo["scale"] != scale:
-            logger.warning("weights are YOLOv8%s; training YOLOv8%s (config.model.scale) with the layers that fit",
-                           winfo["scale"], scale)
-
+    pretrained, winfo = load_pretrained(config)
     process_index, process_count = jax.process_index(), jax.process_count()
     if config.batch_size % process_count:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
@@ -460,233 +824,26 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     check_writable(workdir)
     if is_main:
         check_plot_output(workdir)
-    train_source = open_split(data_yaml, "train")
-    val_source = open_split(data_yaml, "val") if config.val.enabled else None
-    train_source, val_source = open_image_cache(config.data.cache, config.imgsz, train_source, val_source)
+    data = build_data(config, data_yaml, names, process_index, process_count)
     try:
-        batches = make_train_iterator(
-            train_source, imgsz=config.imgsz, batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
-            aug=AugmentConfig.from_config(config), max_boxes=config.data.max_boxes or None, workers=config.data.workers,
-            threads=config.data.threads, prefetch=config.data.prefetch, start_step=0,
-            process_index=process_index, process_count=process_count, mosaic_pool=config.data.mosaic_pool,
-            augment_on=config.data.augment_on, augment_groups=_augment_groups(config))
-    except (ValueError, FileNotFoundError, OSError) as e:
-        raise ConfigError(f"dataset {data_yaml}: {e}") from None
-    dataset_size = len(batches.source)
-    steps_per_epoch = batches.steps_per_epoch
-    total_steps = batches.num_steps if not config.max_steps else min(config.max_steps, batches.num_steps)
-
-    recipe = make_recipe(
-        epochs=config.epochs, batch_size=config.batch_size, dataset_size=dataset_size, num_classes=num_classes,
-        iters_per_epoch=steps_per_epoch, optimizer=config.optimizer, lr0=config.lr0, lrf=config.lrf,
-        momentum=config.momentum, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
-        warmup_momentum=config.warmup_momentum, warmup_bias_lr=config.warmup_bias_lr, cos_lr=config.cos_lr,
-        nbs=config.nbs)
-    for line in describe_recipe(recipe, optimizer=config.optimizer, lr0=config.lr0, momentum=config.momentum,
-                                weight_decay=config.weight_decay):
-        logger.info("%s", line)
-    val_batch = config.val.batch_size or 2 * config.batch_size
-    config_dict["resolved"] = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": val_batch}
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
-    cls_width = cls_width or default_cls_width(scale, num_classes)
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=config.model.reg_max, dtype=dtype,
-                   cls_width=cls_width)
-    info = {"scale": scale, "num_classes": num_classes, "names": names, "reg_max": config.model.reg_max,
-            "cls_width": cls_width}
-    logger.info("%s", model_summary(model).line())
-    variables = init_variables(model, config.seed)
-    if pretrained is not None:
-        variables, copied, kept, remapped = transfer_pretrained(
-            variables, pretrained, winfo.get("names"), names, cls_remap=config.cls_remap)
-        logger.info("transferred %d arrays from %s%s; %d kept fresh%s", copied + remapped, config.weights,
-                    f" ({remapped} class arrays remapped by class name)" if remapped else "", len(kept),
-                    f" (e.g. {kept[0]})" if kept else "")
-        if copied == 0:
-            batches.close()
-            raise ConfigError(f"weights {config.weights}: no array fits YOLOv8{scale}")
-    state = TrainState.create(model.apply, variables, recipe)
-    loss_fn = DetectionLoss(num_classes=num_classes, reg_max=config.model.reg_max, box=config.box, cls=config.cls,
-                            dfl=config.dfl)
-    step_fn, state, shardings, place = _make_step(config, loss_fn, state)
-
+        model = build_model(config, data, pretrained, winfo, config_dict)
+    except ConfigError:
+        data.batches.close()
+        raise
     if is_main:
         (workdir / "config.json").write_text(json.dumps(config_dict, indent=1) + "\n")
-    ckpt = RunCheckpointer(workdir / CHECKPOINTS_DIR, keep=config.checkpoint.keep,
-                           async_save=config.checkpoint.async_save)
-    start_step, nonfinite_total = 0, 0
     try:
-        resumed = ckpt.restore_newest_intact(state, batches.iterator, shardings)
-    except CheckpointError as e:
-        ckpt.close()
-        batches.close()
-        raise ConfigError(f"cannot resume: {e}") from None
-    if resumed is not None:
-        state, meta = resumed
-        start_step = int(meta["step"])
-        nonfinite_total = int(meta.get("nonfinite_total", 0))
-        logger.info("resumed from %s/%s/%d", workdir, CHECKPOINTS_DIR, start_step)
-    assert int(jax.device_get(state.step)) == start_step, "checkpoint step mismatch"
-    log = MetricsLog(workdir / "metrics.jsonl", start_step, enabled=is_main)
-    tensorboard = TensorBoardLog(workdir / "tensorboard", start_step, enabled=is_main)
-
-    best_ckpt = None
-    if config.checkpoint.keep_best and config.val.enabled:
-        best_ckpt = BestCheckpointer(workdir / BEST_DIR, BEST_METRIC, start_step,
-                                     async_save=config.checkpoint.async_save)
-    state_is_finite = jax.jit(lambda trees: jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)])))
-
-    def meta_for(step: int) -> dict:
-        return {"step": step, "epoch": step // steps_per_epoch, "nonfinite_total": nonfinite_total,
-                "info": info, "total_steps": total_steps, "time": time.time()}
-
-    def save(step: int) -> bool:
-        """Checkpoint ``step`` unless the weights hold non-finite values; returns whether it saved."""
-        tensorboard.flush()
-        if not bool(state_is_finite((state.params, state.batch_stats, state.ema))):
-            logger.warning("step %d: the weights hold non-finite values: not checkpointed (latest stays step %s)",
-                           step, ckpt.latest_step())
-            return False
-        ckpt.save(step, state, batches.iterator, meta_for(step), config_dict)
-        return True
-
-    def offer_best(step: int, val_row: dict) -> None:
-        """Save ``step`` into checkpoints_best/ when ``val_row`` improves on BEST_METRIC."""
-        if best_ckpt is not None and best_ckpt.offer(step, val_row, state, batches.iterator, meta_for(step),
-                                                     config_dict):
-            logger.info("step %d: best %s so far (%.4g): saved in %s", step, BEST_METRIC, best_ckpt.value,
-                        best_ckpt.directory)
-
-    def run_validation(step: int, epoch: int) -> dict:
-        row = {"epoch": epoch, "step": step}
-        try:
-            results = _validate(config, val_source, jax.device_get(state.ema), info, val_batch)
-        except Exception:
-            logger.error("validation at step %d failed; the checkpoint of step %d is kept: re-running resumes "
-                         "after it", step, step)
-            raise
-        for k in ("mAP50", "mAP50-95", "precision", "recall"):
-            row[k] = _finite_or_none(float(results[k]))
-        return row
-
-    stop = _Stop()
-    stop.install()
-    use_bar = config.progress and is_main
-    bar = None
-    if use_bar:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, file=sys.stderr)
-    last_row: dict = {}
-    consecutive = 0
-    pending = None  # (step, device metrics) of the previous step, read one step late
-    t_window, n_window = time.perf_counter(), 0
-    images_per_s = 0.0
-    step = start_step
-    stopped_by = None
-
-    def consume(done_step: int, metrics) -> None:
-        """Count, log and display the metrics of ``done_step``; raise NonFiniteLossError
-        (after logging its row) at ``max_nonfinite`` non-finite losses in a row."""
-        nonlocal consecutive, nonfinite_total, last_row, t_window, n_window, images_per_s
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-            consecutive += 1
-            nonfinite_total += 1
-            logger.warning("step %d: non-finite loss/gradient, update skipped (%d in a row, %d in all)",
-                           done_step, consecutive, nonfinite_total)
-        else:
-            consecutive = 0
-        fatal = consecutive >= config.max_nonfinite
-        n_window += 1
-        if done_step % config.log_every_steps == 0 or done_step == total_steps or fatal:
-            now = time.perf_counter()
-            images_per_s = n_window * config.batch_size / max(now - t_window, 1e-9)
-            t_window, n_window = now, 0
-            last_row = {"step": done_step, "epoch": (done_step - 1) // steps_per_epoch,
-                        **{k: _finite_or_none(m[k]) for k in ("loss", "box", "cls", "dfl", "lr", "grad_norm")},
-                        "images_per_s": round(images_per_s, 2), "nonfinite_total": nonfinite_total}
-            log.write(last_row)
-            tensorboard.write(last_row, "train")
-        if fatal:
-            raise NonFiniteLossError(
-                f"{consecutive} non-finite losses in a row (max_nonfinite={config.max_nonfinite}) at step "
-                f"{done_step}: lower lr0, check the data and weights, or use dtype=float32")
-        if bar is not None:
-            epoch = (done_step - 1) // steps_per_epoch
-            bar.set_description(f"epoch {epoch + 1}/{config.epochs}", refresh=False)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", box=f"{m['box']:.3f}", cls=f"{m['cls']:.3f}",
-                            dfl=f"{m['dfl']:.3f}", lr=f"{m['lr']:.2e}", img_s=f"{images_per_s:.1f}", refresh=False)
-            bar.update(1)
-
+        run = _Run(config, workdir, config_dict, data, model, is_main)
+    except Exception:
+        data.batches.close()
+        raise
     try:
-        while step < total_steps:
-            batch = place(next(batches.iterator))
-            if step == start_step:
-                state, metrics, _ = compile_first_step(step_fn, state, batch, bar)
-                t_window = time.perf_counter()
-            else:
-                state, metrics = step_fn(state, batch)
-            step += 1
-            if pending is not None:
-                consume(*pending)
-            pending = (step, metrics)
-            epoch_end = step % steps_per_epoch == 0
-            periodic = config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0
-            if epoch_end or periodic or step == total_steps or stop.signum is not None:
-                consume(*pending)
-                pending = None
-            saved = False
-            if epoch_end or periodic or step == total_steps or stop.signum is not None:
-                saved = save(step)  # before validation: a failing validation never loses it
-            if epoch_end or step == total_steps:
-                epoch = (step - 1) // steps_per_epoch
-                if config.val.enabled and ((epoch + 1) % config.val.every_epochs == 0 or step == total_steps):
-                    row = run_validation(step, epoch)
-                    log.write(row)
-                    tensorboard.write(row, "val")
-                    if bar is not None:
-                        bar.write("epoch %d step %d: %s" % (epoch + 1, step, ", ".join(
-                            f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step") and v is not None)))
-                    last_row = {**last_row, **row}
-                    if saved:
-                        offer_best(step, row)
-            if stop.signum is not None:
-                stopped_by = stop.signum
-                break
-        if pending is not None:
-            consume(*pending)
+        start_step = run.resume()
+        assert int(jax.device_get(run.state.step)) == start_step, "checkpoint step mismatch"
+        step, stopped = train_loop(run, start_step)
     finally:
-        if bar is not None:
-            bar.close()
-        stop.restore()
-        tensorboard.close()
-        ckpt.close()
-        if best_ckpt is not None:
-            best_ckpt.close()
-        batches.close()
-        close_image_cache(train_source, val_source)
-    truncation = batches.truncation
-    boxes_dropped = truncation.boxes_dropped if truncation is not None else 0
-    if boxes_dropped:
-        logger.warning("data.max_boxes=%d dropped %d ground-truth boxes of %d training samples in this run "
-                       "(data.max_boxes=0 sizes it from the label scan and drops none)", config.data.max_boxes,
-                       boxes_dropped, truncation.images_truncated)
-    if is_main and (workdir / "metrics.jsonl").exists():
-        try:
-            plot_results(workdir / "metrics.jsonl", workdir / "results.png")
-        except Exception as e:  # noqa: BLE001 - a plot must never fail a run
-            logger.warning("results.png not written: %s", e)
-    if is_main and config.plots and stopped_by is None:
-        from yolojax.plots.run import write_run_plots
-
-        write_run_plots(config, workdir, train_source, batches.max_boxes, val_source, jax.device_get(state.ema), info,
-                        val_batch)
-    return {"step": step, "total_steps": total_steps, "stopped_by_signal": stopped_by, "last": last_row,
-            "nonfinite_total": nonfinite_total, "boxes_dropped": boxes_dropped, "workdir": str(workdir),
-            "checkpoint_step": ckpt.latest_step(),
-            "best_step": best_ckpt.latest_step() if best_ckpt is not None else None}
+        run.close()
+    return finish_run(run, step, stopped)
 
 
 # ----------------------------------------------------------------------------------------
@@ -721,6 +878,9 @@ def main() -> None:
                   f"{summary['workdir']}/checkpoints/{summary['checkpoint_step']} (re-run to resume)", file=sys.stderr)
         else:
             best = f", checkpoints_best/{summary['best_step']}" if summary["best_step"] is not None else ""
+            if summary["stopped_early"] is not None:
+                print(f"stopped early ({summary['stopped_early']}) at step {summary['step']} of "
+                      f"{summary['total_steps']}", file=sys.stderr)
             print(f"done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, tensorboard/, "
                   f"checkpoints/{summary['checkpoint_step']}{best}", file=sys.stderr)
 

@@ -10,6 +10,7 @@ import optax
 
 from yolojax.data.device_augment import batch_images
 from yolojax.train.ema import ema_update
+from yolojax.train.freeze import frozen_mask
 from yolojax.train.optim import hyperparams, set_hyperparams
 from yolojax.train.state import TrainState
 
@@ -69,6 +70,10 @@ def train_step(
         return total * batch_size, (total, parts, updates["batch_stats"])
 
     grads, (total, parts, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    # Frozen layers (ultralytics' requires_grad=False) have no gradient: none is accumulated,
+    # clipped or counted in grad_norm.
+    frozen = frozen_mask(state.params, recipe.frozen)
+    grads = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
     if axis_name is not None:
         total, parts = jax.lax.psum((total, parts), axis_name)
     grad_accum = jax.tree.map(jnp.add, state.grad_accum, grads)

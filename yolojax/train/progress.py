@@ -1,0 +1,112 @@
+"""Per-step bookkeeping of a train run: non-finite loss counting, the metrics.jsonl /
+TensorBoard rows every ``log_every_steps``, and the tqdm progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger("yolojax.train")
+
+STEP_KEYS = ("loss", "box", "cls", "dfl", "lr", "grad_norm")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+def finite_or_none(x: float) -> float | None:
+    """``x``, or None when it is NaN or infinite (JSON has no NaN)."""
+    return x if math.isfinite(x) else None
+
+
+class StepProgress:
+    """Consumes each step's metrics (read from the device one step late by the loop).
+
+    Args:
+      config: the run's config (log_every_steps, batch_size, epochs, max_nonfinite, progress).
+      log, tensorboard: :class:`yolojax.train.run.MetricsLog` / ``TensorBoardLog`` to write rows to.
+      steps_per_epoch, total_steps, start_step: the run's length and where this process starts.
+      nonfinite_total: non-finite losses counted before ``start_step`` (from the checkpoint).
+      show_bar: draw the tqdm bar (process 0 with ``config.progress``).
+
+    Attributes:
+      nonfinite_total: non-finite losses so far in the run.
+      last_row: the latest metrics row (train keys, then merged validation keys).
+      bar: the tqdm bar or None.
+    """
+
+    def __init__(self, config: Any, log: Any, tensorboard: Any, steps_per_epoch: int, total_steps: int,
+                 start_step: int, nonfinite_total: int, show_bar: bool):
+        self.config, self.log, self.tensorboard = config, log, tensorboard
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.nonfinite_total = nonfinite_total
+        self.consecutive = 0
+        self.last_row: dict = {}
+        self.images_per_s = 0.0
+        self.restart_clock()
+        self.bar = None
+        if show_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, file=sys.stderr)
+
+    def restart_clock(self) -> None:
+        """Start the images/s window now (after the first step's compile)."""
+        self._t_window, self._n_window = time.perf_counter(), 0
+
+    def consume(self, done_step: int, metrics: Any) -> None:
+        """Count, log and display the metrics of ``done_step``; raise
+        :class:`NonFiniteLossError` (after logging its row) at ``max_nonfinite`` non-finite
+        losses in a row."""
+        import jax
+
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            self.consecutive += 1
+            self.nonfinite_total += 1
+            logger.warning("step %d: non-finite loss/gradient, update skipped (%d in a row, %d in all)",
+                           done_step, self.consecutive, self.nonfinite_total)
+        else:
+            self.consecutive = 0
+        fatal = self.consecutive >= self.config.max_nonfinite
+        self._n_window += 1
+        if done_step % self.config.log_every_steps == 0 or done_step == self.total_steps or fatal:
+            self._write_row(done_step, m)
+        if fatal:
+            raise NonFiniteLossError(
+                f"{self.consecutive} non-finite losses in a row (max_nonfinite={self.config.max_nonfinite}) at step "
+                f"{done_step}: lower lr0, check the data and weights, or use dtype=float32")
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {(done_step - 1) // self.steps_per_epoch + 1}/{self.config.epochs}",
+                                     refresh=False)
+            self.bar.set_postfix(loss=f"{m['loss']:.3f}", box=f"{m['box']:.3f}", cls=f"{m['cls']:.3f}",
+                                 dfl=f"{m['dfl']:.3f}", lr=f"{m['lr']:.2e}", img_s=f"{self.images_per_s:.1f}",
+                                 refresh=False)
+            self.bar.update(1)
+
+    def _write_row(self, done_step: int, m: dict[str, float]) -> None:
+        now = time.perf_counter()
+        self.images_per_s = self._n_window * self.config.batch_size / max(now - self._t_window, 1e-9)
+        self._t_window, self._n_window = now, 0
+        self.last_row = {"step": done_step, "epoch": (done_step - 1) // self.steps_per_epoch,
+                         **{k: finite_or_none(m[k]) for k in STEP_KEYS},
+                         "images_per_s": round(self.images_per_s, 2), "nonfinite_total": self.nonfinite_total}
+        self.log.write(self.last_row)
+        self.tensorboard.write(self.last_row, "train")
+
+    def validation_row(self, row: dict) -> None:
+        """Write a validation row (metrics.jsonl, TensorBoard, a line above the bar)."""
+        self.log.write(row)
+        self.tensorboard.write(row, "val")
+        if self.bar is not None:
+            self.bar.write("epoch %d step %d: %s" % (row["epoch"] + 1, row["step"], ", ".join(
+                f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step") and v is not None)))
+        self.last_row = {**self.last_row, **row}
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
