@@ -33,7 +33,8 @@ def images() -> dict[int, np.ndarray]:
     """Long-side-resized RGB images: coco8's, or (without it) random ones of assorted shapes."""
     files = sorted((COCO8.parent / "images").rglob("*.jpg")) if COCO8.is_file() else []
     if files:
-        return {i: resize_long_side(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), S) for i, f in enumerate(files)}
+        return {i: resize_long_side(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), S)
+                for i, f in enumerate(files)}
     rng = np.random.default_rng(0)
     shapes = [(S, 120), (90, S), (S, S), (S, 47), (33, S), (S, 100), (128, S), (S, 150)]
     return {i: cv2.GaussianBlur(rng.integers(0, 256, (*hw, 3), dtype=np.uint8), (5, 5), 2)

@@ -132,7 +132,8 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} with "
           f"{args.threads} threads; batch {args.batch} at {args.imgsz}, {args.boxes} boxes per image in "
           f"{args.max_boxes or args.boxes} rows; each in its own process; ultralytics with "
-          f"{'the same' if args.same_malloc else 'glibc default'} malloc settings; load average {os.getloadavg()[0]:.2f}")
+          f"{'the same' if args.same_malloc else 'glibc default'} malloc settings; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':8} {'compile s':>9} {'yolojax s':>9} {'ultralytics s':>13} {'ratio':>6}")
     ratios = []
     shape = (args.batch, args.imgsz, args.boxes, args.max_boxes)

@@ -6,9 +6,10 @@
   yolov8n step at batch 8 and 640 px). Alone on a machine that cost about a sixth of the
   step; taking turns with another process's work (ultralytics' step in
   tools/bench_train_step.py) the kernel's work per fault grew and a 2.3 s step took
-  4.6-5.2 s, 3.3-4.5 s of it system time. :data:`KEEP_FREED_MEMORY_TUNABLES` make glibc keep freed blocks in its heap for the
-  next step (the steady-state step then faults almost nothing: 0.0-0.1 s system time), and
-  ``glibc.malloc.hugetlb=1`` backs the heap with transparent huge pages. glibc reads
+  4.6-5.2 s, 3.3-4.5 s of it system time. :data:`KEEP_FREED_MEMORY_TUNABLES` make glibc
+  keep freed blocks in its heap for the next step (the steady-state step then faults almost
+  nothing: 0.0-0.1 s system time), and ``glibc.malloc.hugetlb=1`` backs the heap with
+  transparent huge pages. glibc reads
   tunables only at start-up, hence the re-exec.
 * :func:`enable_compilation_cache`: JAX's persistent compilation cache, so a second run of
   the same program (train step, forward, NMS) loads its executable instead of compiling it.

@@ -157,8 +157,10 @@ def builds_in_shared_memory(workers: int, threads: int) -> bool:
 
     Only in worker processes (``workers > 0``) that build one batch at a time
     (``threads <= 1``): batches a worker's thread pool had built ahead would still hold their
-    shared memory when the worker stops, and nothing would unlink it. With more threads the
-    builders use plain arrays and Grain copies each batch into shared memory as it sends it.
+    shared memory when the worker stops; the pooled blocks of :mod:`yolojax.data.shm_pool`
+    are unlinked by their exiting worker, but the fresh blocks used where pooling is
+    unavailable would not be. With more threads the builders use plain arrays and Grain
+    copies each batch into shared memory as it sends it.
     """
     return workers > 0 and threads <= 1
 

@@ -14,8 +14,8 @@ So each worker keeps its blocks and reuses one once the main process is done wit
 
 Blocks are named ``yjxpool_*``. An exiting worker unlinks its blocks except those the main
 process may still open or hold (sent and not freed), which it marks orphaned: the main
-process unlinks those when it frees them (a file lock on the block orders the two). A block whose name Grain unlinked (batches it discarded on
-``set_state`` or ``close``) is dropped by the worker when it next looks for a free block.
+process unlinks those when it frees them (a file lock on the block orders the two). A block
+whose name Grain unlinked (batches it discarded on ``set_state`` or ``close``) is dropped by the worker when it next looks for a free block.
 Linux only (the blocks are files in ``/dev/shm``); elsewhere workers use fresh blocks.
 """
 
