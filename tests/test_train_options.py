@@ -6,6 +6,7 @@ scripted mAP sequence, so that the stopping epoch is known)."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from pathlib import Path
@@ -293,3 +294,34 @@ def test_new_options_define_the_run_and_old_workdirs_still_resume(tmp_path):
     with pytest.raises(ConfigError, match="freeze"):
         check_resumable({**current, "freeze": "5"}, current, tmp_path)
     check_resumable({**current, "patience": 7, "time": 2.0, "save_period": 3}, current, tmp_path)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("patience", -1, "patience must be >= 0 epochs"), ("time", -0.5, "time must be >= 0 hours"),
+    ("cutmix", 1.5, "cutmix must be a probability"), ("bgr", -0.1, "bgr must be a probability"),
+    ("cls_pw", 2.0, "cls_pw must be in"), ("multi_scale", 1.0, "multi_scale must be in")])
+def test_bad_option_values_are_refused_naming_the_field(tmp_path, field, value, message):
+    from yolojax.train.preflight import ConfigError
+    from yolojax.train.run import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(small_config(tmp_path / "data.yaml", tmp_path, **{field: value}))
+
+
+def test_ram_cache_run_plots_the_batches_it_reached_and_removes_the_cache(tmp_path, data_yaml, cache_dir, caplog):
+    """The train_batch plots read the images through the RAM cache, so it goes only after them;
+    a run stopped by max_steps plots only the batches it trained (not the close_mosaic ones)."""
+    from yolojax.train.run import train
+
+    shm = Path("/dev/shm")
+    before = set(shm.glob("yolojax-ram-cache-*"))
+    config = small_config(data_yaml, cache_dir, plots=True, max_steps=2, close_mosaic=2)
+    config.data.cache = "ram"
+    config.val.enabled = False
+    with caplog.at_level(logging.WARNING):
+        summary = train(config, tmp_path / "run")
+    assert summary["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").glob("train_batch*.jpg")) == ["train_batch0.jpg",
+                                                                                   "train_batch1.jpg"]
+    assert not [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert set(shm.glob("yolojax-ram-cache-*")) <= before

@@ -6,7 +6,8 @@ Into the run directory, as ultralytics' trainer writes them into its save_dir:
 * ``train_batch0.jpg`` .. ``train_batch2.jpg``: the first three training batches of the run
   (process 0's share), rebuilt from the seed exactly as the run drew them, and as ultralytics
   the first three after mosaic closes (``train_batch{(epochs - close_mosaic) * steps per
-  epoch + 0..2}.jpg``, :func:`train_plot_steps`);
+  epoch + 0..2}.jpg``, :func:`train_plot_steps`), each only if the run reached it (ultralytics
+  plots them as it trains);
 * the final validation's plots (:mod:`yolojax.plots.validation`) from the best checkpoint
   (``checkpoints_best/``) when there is one, else the given final weights, as ultralytics'
   final evaluation validates best.pt.
@@ -34,7 +35,8 @@ TRAIN_BATCHES = 3  # ultralytics' trainer plots batches 0, 1, 2
 
 
 def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, max_boxes: int, val_source: Any,
-                    variables: Any, info: Mapping[str, Any], val_batch: int) -> list[Path]:
+                    variables: Any, info: Mapping[str, Any], val_batch: int,
+                    steps_done: int | None = None) -> list[Path]:
     """Write labels.jpg, train_batch*.jpg and (with ``val_source``) the validation plots into ``workdir``.
 
     Args:
@@ -45,6 +47,8 @@ def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, 
       variables: the final weights ({"params", "batch_stats"}, host arrays).
       info: the model's info (scale, num_classes, names, reg_max, cls_width).
       val_batch: the validation batch size.
+      steps_done: the steps the run trained (train batches beyond it are not plotted);
+        None: the whole schedule.
 
     Returns:
       the files written.
@@ -52,7 +56,8 @@ def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, 
     workdir = Path(workdir)
     names = list(info["names"])
     written = [guarded("labels.jpg", _labels_plot, train_source, names, workdir / "labels.jpg")]
-    written += guarded("train_batch*.jpg", _train_batches, config, train_source, max_boxes, names, workdir) or []
+    written += guarded("train_batch*.jpg", _train_batches, config, train_source, max_boxes, names, workdir,
+                       steps_done) or []
     if val_source is not None:
         written += guarded("validation plots", _validation_plots, config, workdir, val_source, variables, info,
                            val_batch) or []
@@ -77,9 +82,10 @@ def train_plot_steps(epochs: int, close_mosaic: int, steps_per_epoch: int, num_s
     return sorted(s for s in steps if 0 <= s < num_steps)
 
 
-def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], workdir: Path) -> list[Path]:
-    """The run's batches of :func:`train_plot_steps`, drawn again (same seed, no workers) and plotted
-    as ``train_batch{step}.jpg``."""
+def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], workdir: Path,
+                   steps_done: int | None) -> list[Path]:
+    """The run's batches of :func:`train_plot_steps` before ``steps_done``, drawn again (same seed,
+    no workers) and plotted as ``train_batch{step}.jpg``."""
     import jax
 
     from yolojax.data import AugmentConfig, make_train_iterator
@@ -93,9 +99,10 @@ def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], w
 
     first = batches_from(0)
     first.close()
+    num_steps = first.num_steps if steps_done is None else min(first.num_steps, steps_done)
     written, batches, next_step = [], None, None
     try:
-        for step in train_plot_steps(config.epochs, config.close_mosaic, first.steps_per_epoch, first.num_steps):
+        for step in train_plot_steps(config.epochs, config.close_mosaic, first.steps_per_epoch, num_steps):
             if step != next_step:  # a new run of consecutive steps
                 if batches is not None:
                     batches.close()

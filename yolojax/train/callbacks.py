@@ -20,7 +20,8 @@ class EarlyStopping:
     [P, R, mAP50, mAP50-95] = [0, 0, 0, 1]).
 
     Args:
-      patience: epochs to wait after the best one; 0 (or less) disables early stopping.
+      patience: epochs to wait after the best one; 0 disables early stopping (the train config
+        refuses a negative one).
 
     The best epoch is the latest with ``fitness > best_fitness`` or any epoch while the best
     fitness is still 0 (ultralytics lets an all-zero early phase move the best epoch).

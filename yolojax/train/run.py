@@ -163,6 +163,7 @@ def check_option_values(config: Any) -> None:
         if not cond:
             raise ConfigError(msg)
 
+    need(config.patience >= 0, f"patience must be >= 0 epochs (0 disables early stopping), got {config.patience}")
     need(config.time >= 0, f"time must be >= 0 hours (0: no limit), got {config.time}")
     for name in ("cutmix", "bgr"):
         need(0.0 <= config[name] <= 1.0, f"{name} must be a probability in [0, 1], got {config[name]}")
@@ -701,11 +702,12 @@ class _Run:
         return self.stopper(epoch + 1, row["mAP50-95"] or 0.0)
 
     def close(self) -> None:
+        """Stop the input pipeline and the writers; the image cache stays open for the run's
+        plots (:func:`train` closes it)."""
         for closeable in (self.progress, self.tensorboard, self.ckpt, self.best, self.period):
             if closeable is not None:
                 closeable.close()
         self.data.batches.close()
-        close_image_cache(self.data.batches.source, self.data.val_source)
 
 
 def train_loop(run: _Run, start_step: int) -> tuple[int, Any]:
@@ -782,7 +784,8 @@ def finish_run(run: _Run, step: int, stopped: Any) -> dict:
         from yolojax.plots.run import write_run_plots
 
         write_run_plots(config, run.workdir, batches.source, batches.max_boxes, run.data.val_source,
-                        jax.device_get(run.state.ema), run.model.info, config.val.batch_size or 2 * config.batch_size)
+                        jax.device_get(run.state.ema), run.model.info, config.val.batch_size or 2 * config.batch_size,
+                        step)
     return {"step": step, "total_steps": run.data.total_steps,
             "stopped_by_signal": stopped if isinstance(stopped, int) else None,
             "stopped_early": stopped if isinstance(stopped, str) else None,
@@ -825,6 +828,17 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     if is_main:
         check_plot_output(workdir)
     data = build_data(config, data_yaml, names, process_index, process_count)
+    try:
+        return _train_on(config, workdir, config_dict, data, pretrained, winfo, is_main)
+    finally:
+        close_image_cache(data.batches.source, data.val_source)  # after the run's plots, which read through it
+
+
+def _train_on(config: Any, workdir: Path, config_dict: dict, data: RunData, pretrained: Any, winfo: dict,
+              is_main: bool) -> dict:
+    """:func:`train` once its data is open: build the model, train, finish (plots, summary)."""
+    import jax
+
     try:
         model = build_model(config, data, pretrained, winfo, config_dict)
     except ConfigError:
