@@ -262,8 +262,9 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path, data_yaml, cache_dir, scri
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "mAP50-95" in r] == [1]  # validated before stopping, as ultralytics
     # an early stop still plots (ultralytics' final evaluation), with the run's own selected data
-    (config, workdir, source, max_boxes, val_source, _, info, _), = plotted
+    (config, workdir, source, max_boxes, val_source, _, info, _, steps_done), = plotted
     assert workdir == tmp_path / "run" and tuple(source.names) == ("item",) and len(source) == 8
+    assert steps_done == 1
     assert info["names"] == ["item"] and not np.asarray(val_source.labels.classes).any()
 
 
