@@ -518,10 +518,12 @@ class RunModel:
     info: dict
 
 
-def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config_dict: dict) -> RunModel:
+def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config_dict: dict,
+                compile_cache: Path | None = None) -> RunModel:
     """The recipe (logged, and under ``config_dict["resolved"]``), the model (``freeze``
     applied), its initial or pretrained variables, the loss (``cls_pw`` class weights) and
-    the jit train step on the mesh. Raises :class:`ConfigError`."""
+    the jit train step on the mesh; with a ``compile_cache`` directory the step is kept there
+    across runs (:mod:`yolojax.train.step_cache`). Raises :class:`ConfigError`."""
     import jax.numpy as jnp
 
     from yolojax.loss import DetectionLoss
@@ -530,6 +532,7 @@ def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config
     from yolojax.train import TrainState, make_recipe
     from yolojax.train.freeze import check_frozen, frozen_layer_names
     from yolojax.train.optim import describe_recipe, resolved_settings
+    from yolojax.train.step_cache import CachedStep, StepCache, step_cache_applies
     from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
 
     scale, num_classes = config.model.scale, len(data.names)
@@ -572,6 +575,9 @@ def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config
                             dfl=config.dfl, class_weights=loss_class_weights(config.cls_pw, data.batches.source,
                                                                              num_classes))
     step_fn, state, shardings, place = _make_step(config, loss_fn, state)
+    if compile_cache is not None and step_cache_applies():
+        step_fn = CachedStep(step_fn, StepCache(compile_cache),
+                             {"config": config_dict, "model": model, "recipe": recipe, "loss": loss_fn})
     return RunModel(state, step_fn, shardings, place, info)
 
 
@@ -809,7 +815,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     import jax
 
     check_config(config)
-    enable_compilation_cache(config.compile_cache)
+    compile_cache = enable_compilation_cache(config.compile_cache)
     start_distributed(config)
     workdir = Path(workdir).absolute()
     config_dict = config.to_dict()
@@ -829,18 +835,18 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
         check_plot_output(workdir)
     data = build_data(config, data_yaml, names, process_index, process_count)
     try:
-        return _train_on(config, workdir, config_dict, data, pretrained, winfo, is_main)
+        return _train_on(config, workdir, config_dict, data, pretrained, winfo, is_main, compile_cache)
     finally:
         close_image_cache(data.batches.source, data.val_source)  # after the run's plots, which read through it
 
 
 def _train_on(config: Any, workdir: Path, config_dict: dict, data: RunData, pretrained: Any, winfo: dict,
-              is_main: bool) -> dict:
+              is_main: bool, compile_cache: Path | None) -> dict:
     """:func:`train` once its data is open: build the model, train, finish (plots, summary)."""
     import jax
 
     try:
-        model = build_model(config, data, pretrained, winfo, config_dict)
+        model = build_model(config, data, pretrained, winfo, config_dict, compile_cache)
     except ConfigError:
         data.batches.close()
         raise

@@ -1,0 +1,175 @@
+"""The train step kept across runs (yolojax.train.step_cache): a second process loads it
+without tracing and computes the same; the key follows what the trace reads; JAX-cache hits,
+bad entries and other batch shapes fall back to compiling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A step of the train step's form: (state, batch) -> (state, metrics), the state donated.
+# Prints how often Python traced it, its result, and whether the state's buffer was donated.
+PROBE = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from yolojax.runtime import enable_compilation_cache
+from yolojax.train.step_cache import CachedStep, StepCache
+
+directory = enable_compilation_cache(sys.argv[1])
+traces = []
+
+def step(state, batch):
+    traces.append(1)
+    w = state["w"] + batch["x"].mean(axis=0)
+    return {"w": w, "n": state["n"] + 1}, {"loss": jnp.sum(w * w), "parts": {"n": state["n"]}}
+
+fn = CachedStep(jax.jit(step, donate_argnums=0), StepCache(directory), {"config": sys.argv[2]})
+state = {"w": jnp.arange(4.0), "n": jnp.zeros((), jnp.int32)}
+batch = {"x": jnp.ones((3, 4))}
+first_w = state["w"]
+state, metrics = fn(state, batch)
+state, metrics = fn(state, batch)
+w = np.asarray(state["w"]).tolist()
+other = fn(state, {"x": jnp.ones((5, 4))})[1]  # another batch shape: through the jit
+print(json.dumps({"traces": len(traces), "loaded": fn.loaded, "w": w,
+                  "loss": float(metrics["loss"]), "n": int(metrics["parts"]["n"]), "other": float(other["loss"]),
+                  "donated": first_w.is_deleted()}))
+"""
+
+
+def probe(cache: Path, config: str = "a") -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(cache), config], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def entries(cache: Path) -> list[Path]:
+    from yolojax.train.step_cache import SUBDIR, SUFFIX
+
+    return sorted((cache / SUBDIR).glob(f"*{SUFFIX}"))
+
+
+def test_a_second_process_runs_the_step_without_tracing_it(tmp_path):
+    cache = tmp_path / "cache"
+    first = probe(cache)
+    assert first["loaded"] is False and first["traces"] == 2  # the step, then the other batch shape
+    assert len(entries(cache)) == 1
+    second = probe(cache)
+    assert second["loaded"] is True and second["traces"] == 1  # only the other batch shape
+    assert second == {**first, "loaded": True, "traces": 1}
+    assert second["w"] == [2.0, 3.0, 4.0, 5.0] and second["n"] == 1 and second["donated"]
+    third = probe(cache, config="b")  # another fingerprint: traced again; the same program comes from
+    assert third["loaded"] is False and third["traces"] == 2 and len(entries(cache)) == 1  # JAX's cache
+
+
+def test_an_executable_from_jaxs_cache_is_not_kept(tmp_path):
+    """JAX's cache answers the compile once our entry is gone; such an executable is not
+    re-serialized (it would lack functions), and the step still runs."""
+    cache = tmp_path / "cache"
+    first = probe(cache)
+    for entry in entries(cache):
+        entry.unlink()
+    again = probe(cache)
+    assert again["loaded"] is False and again["w"] == first["w"]
+    assert entries(cache) == []
+
+
+def test_an_unreadable_entry_is_named_removed_and_compiled_again(tmp_path, caplog):
+    import jax
+    import jax.numpy as jnp
+
+    from yolojax.train.step_cache import CachedStep, StepCache, step_key
+
+    cache = StepCache(tmp_path)
+    state, batch = {"w": jnp.zeros(2)}, {"x": jnp.ones((2, 2))}
+    key = step_key({"config": "c"}, (state, batch))
+    cache.path(key).parent.mkdir(parents=True)
+    cache.path(key).write_bytes(b"not a pickle")
+    step = CachedStep(jax.jit(lambda s, b: ({"w": s["w"] + b["x"][0]}, {"loss": b["x"].sum()})), cache,
+                      {"config": "c"})
+    with caplog.at_level(logging.WARNING):
+        new_state, metrics = step(state, batch)
+    assert [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()][0].startswith(
+        f"train step cache entry {cache.path(key)} unreadable")
+    assert step.loaded is False and float(metrics["loss"]) == 4.0
+    np.testing.assert_array_equal(new_state["w"], [1.0, 1.0])
+
+
+def test_the_key_follows_the_fingerprint_and_each_argument():
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from yolojax.train.step_cache import step_key
+
+    state, batch = {"w": jnp.zeros((4,))}, {"x": jnp.ones((2, 4))}
+    key = step_key({"config": {"lr0": 0.01}}, (state, batch))
+    assert key == step_key({"config": {"lr0": 0.01}}, ({"w": jnp.ones((4,))}, {"x": jnp.zeros((2, 4))}))
+    mesh = jax.make_mesh((1,), ("data",))
+    others = [
+        step_key({"config": {"lr0": 0.02}}, (state, batch)),
+        step_key({"config": {"lr0": 0.01}, "loss": "class_weights=(1.0,)"}, (state, batch)),
+        step_key({"config": {"lr0": 0.01}}, (state, {"x": jnp.ones((3, 4))})),
+        step_key({"config": {"lr0": 0.01}}, (state, {"x": jnp.ones((2, 4), jnp.bfloat16)})),
+        step_key({"config": {"lr0": 0.01}}, (state, {"y": jnp.ones((2, 4))})),
+        step_key({"config": {"lr0": 0.01}}, ({"w": 0.0}, batch)),  # a weak-typed scalar
+        step_key({"config": {"lr0": 0.01}}, (state, {"x": jax.device_put(batch["x"], NamedSharding(mesh, P("data")))})),
+    ]
+    assert len({key, *others}) == len(others) + 1
+
+
+def test_the_key_follows_the_source_and_the_environment(monkeypatch):
+    import jax.numpy as jnp
+
+    from yolojax.train import step_cache
+
+    args = ({"w": jnp.zeros(2)}, {"x": jnp.ones(2)})
+    key = step_cache.step_key({}, args)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=false")
+    assert step_cache.step_key({}, args) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(step_cache, "source_digest", lambda: "edited")
+    assert step_cache.step_key({}, args) != key
+
+
+def test_only_the_newest_entries_are_kept(tmp_path):
+    from yolojax.train.step_cache import KEEP_ENTRIES, StepCache
+
+    cache = StepCache(tmp_path)
+    cache.directory.mkdir(parents=True)
+    for i in range(KEEP_ENTRIES + 3):
+        path = cache.path(f"{i:064x}")
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))
+    cache._evict()
+    assert sorted(p.name for p in cache.directory.iterdir()) == [f"{i:064x}.step" for i in range(3, KEEP_ENTRIES + 3)]
+
+
+def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog):
+    from test_train_options import small_config
+
+    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.train.run import train
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=8, num_val=2, size_range=(64, 96), seed=1)
+    rows = []
+    for run in ("first", "second"):
+        config = small_config(data_yaml, tmp_path / "jax-cache", max_steps=2, fraction=1.0, freeze="")
+        config.val.enabled = False
+        with caplog.at_level(logging.INFO, logger="yolojax.train.step_cache"):
+            caplog.clear()
+            train(config, tmp_path / run)
+        loaded = [r for r in caplog.records if "loaded without tracing" in r.getMessage()]
+        assert len(loaded) == (run == "second")
+        rows.append([{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                     for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()])
+    assert rows[0] == rows[1] and rows[0]
