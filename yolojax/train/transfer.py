@@ -44,6 +44,8 @@ def init_variables(model: Any, seed: int) -> dict:
     init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32), train=False))
     variables = jax.device_get(init(jax.random.key(seed, impl="rbg")))
     return {k: variables[k] for k in ("params", "batch_stats")}
+
+
 _CLS_LAST = re.compile(r"^cv3_(\d+)_2$")
 
 
