@@ -155,6 +155,7 @@ def test_only_the_newest_entries_are_kept(tmp_path):
 
 
 def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog):
+    """Also with another max_steps, seed of no consequence to the step: a resume may change it."""
     from test_train_options import small_config
 
     from yolojax.data.synthetic import write_synthetic_dataset
@@ -162,14 +163,33 @@ def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog)
 
     data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=8, num_val=2, size_range=(64, 96), seed=1)
     rows = []
-    for run in ("first", "second"):
-        config = small_config(data_yaml, tmp_path / "jax-cache", max_steps=2, fraction=1.0, freeze="")
+    for run, max_steps in (("first", 2), ("second", 3)):
+        config = small_config(data_yaml, tmp_path / "jax-cache", max_steps=max_steps, fraction=1.0, freeze="",
+                              log_every_steps=1)
         config.val.enabled = False
-        with caplog.at_level(logging.INFO, logger="yolojax.train.step_cache"):
+        with caplog.at_level(logging.INFO):
             caplog.clear()
             train(config, tmp_path / run)
-        loaded = [r for r in caplog.records if "loaded without tracing" in r.getMessage()]
-        assert len(loaded) == (run == "second")
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("loaded without tracing" in m for m in messages) == (run == "second")
+        assert any(m.startswith(f"train step {'loaded' if run == 'second' else 'compiled'} in") for m in messages)
         rows.append([{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
                      for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()])
-    assert rows[0] == rows[1] and rows[0]
+    assert [r["step"] for r in rows[1]] == [1, 2, 3]
+    assert rows[0] == rows[1][:2]
+
+
+def test_step_config_leaves_out_only_what_cannot_reach_the_step():
+    sys.path.insert(0, str(ROOT))
+    from configs import base
+
+    from yolojax.train.run import STEP_INDEPENDENT, step_config
+
+    config = base.get_config().to_dict()
+    kept = step_config(config)
+    assert not set(STEP_INDEPENDENT) & set(kept)
+    assert {"workers", "threads", "prefetch", "cache"}.isdisjoint(kept["data"])
+    for shaping in ("model", "batch_size", "imgsz", "dtype", "lr0", "optimizer", "epochs", "mesh", "parallel",
+                    "freeze", "cls_pw", "box"):
+        assert kept[shaping] == config[shaping]
+    assert kept["data"]["max_boxes"] == config["data"]["max_boxes"]

@@ -190,6 +190,21 @@ def start_distributed(config: Any) -> bool:
                                   d.process_id if d.process_id >= 0 else None, auto=d.auto)
 
 
+# Settings that never reach the traced train step (run control, validation, checkpointing,
+# loading; the optimiser settings reach it as the recipe): the step cache's key leaves them
+# out, so that e.g. a resume with another max_steps loads the step (yolojax.train.step_cache).
+STEP_INDEPENDENT = ("max_steps", "patience", "time", "save_period", "plots", "progress", "log_every_steps",
+                    "max_nonfinite", "checkpoint", "val", "compile_cache", "weights", "seed", "distributed")
+STEP_INDEPENDENT_DATA = ("workers", "threads", "prefetch", "cache")
+
+
+def step_config(config_dict: dict) -> dict:
+    """``config_dict`` without :data:`STEP_INDEPENDENT` settings (the step cache's view)."""
+    kept = {k: v for k, v in config_dict.items() if k not in STEP_INDEPENDENT}
+    kept["data"] = {k: v for k, v in config_dict["data"].items() if k not in STEP_INDEPENDENT_DATA}
+    return kept
+
+
 # Settings a resumed run must share with the run that wrote the checkpoint (the others,
 # e.g. max_steps, logging, checkpointing, validation, workers, mesh, may change).
 RUN_DEFINING = ("model", "weights", "dtype", "imgsz", "batch_size", "epochs", "seed", "optimizer", "lr0", "lrf",
@@ -416,16 +431,16 @@ def _make_step(config, loss_fn, state):
 
 def compile_first_step(step_fn, state, batch, bar) -> tuple[Any, Any, float]:
     """The first ``step_fn(state, batch)`` of this process, which compiles the step (or loads
-    it from the compilation cache): the progress bar says "compiling" meanwhile, then its
+    it from a cache): the progress bar says "preparing the train step" meanwhile, then its
     clock restarts so that its rate and ETA leave the compile out. Returns (state, metrics,
     seconds until the step was compiled and dispatched)."""
     t0 = time.perf_counter()
     if bar is not None:
         description = bar.desc
-        bar.set_description("compiling the train step", refresh=True)
+        bar.set_description("preparing the train step", refresh=True)
     state, metrics = step_fn(state, batch)
     seconds = time.perf_counter() - t0
-    logger.info("train step compiled in %.1f s", seconds)
+    logger.info("train step %s in %.1f s", "loaded" if getattr(step_fn, "loaded", False) else "compiled", seconds)
     if bar is not None:
         bar.set_description(description, refresh=False)
         bar.unpause()
@@ -577,7 +592,7 @@ def build_model(config: Any, data: RunData, pretrained: Any, winfo: dict, config
     step_fn, state, shardings, place = _make_step(config, loss_fn, state)
     if compile_cache is not None and step_cache_applies():
         step_fn = CachedStep(step_fn, StepCache(compile_cache),
-                             {"config": config_dict, "model": model, "recipe": recipe, "loss": loss_fn})
+                             {"config": step_config(config_dict), "model": model, "recipe": recipe, "loss": loss_fn})
     return RunModel(state, step_fn, shardings, place, info)
 
 
