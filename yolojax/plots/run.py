@@ -35,8 +35,7 @@ TRAIN_BATCHES = 3  # ultralytics' trainer plots batches 0, 1, 2
 
 
 def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, max_boxes: int, val_source: Any,
-                    variables: Any, info: Mapping[str, Any], val_batch: int,
-                    steps_done: int | None = None) -> list[Path]:
+                    variables: Any, info: Mapping[str, Any], val_batch: int, steps_done: int) -> list[Path]:
     """Write labels.jpg, train_batch*.jpg and (with ``val_source``) the validation plots into ``workdir``.
 
     Args:
@@ -47,8 +46,7 @@ def write_run_plots(config: Any, workdir: str | os.PathLike, train_source: Any, 
       variables: the final weights ({"params", "batch_stats"}, host arrays).
       info: the model's info (scale, num_classes, names, reg_max, cls_width).
       val_batch: the validation batch size.
-      steps_done: the steps the run trained (train batches beyond it are not plotted);
-        None: the whole schedule.
+      steps_done: the steps the run trained (train batches beyond it are not plotted).
 
     Returns:
       the files written.
@@ -83,7 +81,7 @@ def train_plot_steps(epochs: int, close_mosaic: int, steps_per_epoch: int, num_s
 
 
 def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], workdir: Path,
-                   steps_done: int | None) -> list[Path]:
+                   steps_done: int) -> list[Path]:
     """The run's batches of :func:`train_plot_steps` before ``steps_done``, drawn again (same seed,
     no workers) and plotted as ``train_batch{step}.jpg``."""
     import jax
@@ -99,7 +97,7 @@ def _train_batches(config: Any, source: Any, max_boxes: int, names: list[str], w
 
     first = batches_from(0)
     first.close()
-    num_steps = first.num_steps if steps_done is None else min(first.num_steps, steps_done)
+    num_steps = min(first.num_steps, steps_done)
     written, batches, next_step = [], None, None
     try:
         for step in train_plot_steps(config.epochs, config.close_mosaic, first.steps_per_epoch, num_steps):

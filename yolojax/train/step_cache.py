@@ -154,7 +154,7 @@ class StepCache:
 
         try:
             payload, _, out_tree = serialize_executable.serialize(compiled)
-            state_tree, metrics_tree = out_tree.children()
+            _, metrics_tree = out_tree.children()
             metrics_skeleton = jax.tree.unflatten(metrics_tree, [0] * metrics_tree.num_leaves)
             if jax.tree.structure((args[0], metrics_skeleton)) != out_tree:
                 raise ValueError("the step's state output differs in structure from its state input")
