@@ -78,8 +78,15 @@ def _xla_conv_f32_sums(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
 
 
 def _pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """A 1x1 stride-1 convolution as a matrix product over the channel axis."""
-    return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    """A 1x1 stride-1 convolution as a matrix product over the channel axis, summed in float32
+    whatever the input dtype, as :func:`_xla_conv_f32_sums` and as GPUs and TPUs sum bfloat16.
+    With bfloat16 sums the jit-compiled yolov8n forward on bus.jpg and zidane.jpg moved one
+    confident class score by 0.27 against float32 on a 2-core AVX512-BF16 EPYC (0.076 with
+    float32 sums)."""
+    if jnp.finfo(x.dtype).bits >= 32:
+        return lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
 
 
 def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
