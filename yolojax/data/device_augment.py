@@ -150,12 +150,12 @@ def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
     return jnp.stack([h, s, v], -1)
 
 
-def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
-    """OpenCV's 8-bit ``COLOR_HSV2RGB`` as its vectorised path computes it (float32 sector
-    formula, then x 255 truncated): int32 (..., 3) HSV, hue in [0, 180) -> int32 RGB.
-
-    OpenCV rounds instead of truncating only in the scalar tail of a row (rows whose width is
-    not a multiple of its vector block); training images are multiples of 32 pixels wide."""
+def hsv_to_rgb(hsv: jax.Array, mirrored: jax.Array | None = None) -> jax.Array:
+    """OpenCV's 8-bit ``COLOR_HSV2RGB`` as this machine's OpenCV computes it: int32 (n, H, W,
+    3) HSV, hue in [0, 180) -> int32 RGB (float32 sector formula, then x 255 truncated in the
+    vector blocks of each row and rounded in the scalar tail past the last whole block,
+    :func:`opencv_hsv2rgb_tail`). ``mirrored``: bool (n,), images flipped left-right after
+    the host would have converted them (their tail is on the left)."""
     h = hsv[..., 0].astype(jnp.float32) * jnp.float32(6.0 / 180.0)
     s = hsv[..., 1].astype(jnp.float32) * jnp.float32(1.0 / 255.0)
     v = hsv[..., 2].astype(jnp.float32) * jnp.float32(1.0 / 255.0)
@@ -170,18 +170,42 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
     def channel(row: tuple[int, ...]) -> jax.Array:
         return jnp.select([sector == k for k in range(6)], [tab[i] for i in row])
 
-    rgb = jnp.stack([channel(rows[c]) for c in "rgb"], -1)
-    return jnp.clip(jnp.trunc(rgb * jnp.float32(255.0)), 0, 255).astype(jnp.int32)
+    rgb = jnp.stack([channel(rows[c]) for c in "rgb"], -1) * jnp.float32(255.0)
+    width = hsv.shape[-2]
+    tail = jnp.arange(width) >= opencv_hsv2rgb_tail(width)  # (W,): columns of the scalar tail
+    if mirrored is not None:
+        tail = jnp.where(mirrored[:, None], tail[::-1], tail)[:, None, :]  # (n, 1, W)
+    rgb = jnp.where(tail[..., None], jnp.round(rgb), jnp.trunc(rgb))
+    return jnp.clip(rgb, 0, 255).astype(jnp.int32)
 
 
-def apply_hsv(rgb: jax.Array, lut: jax.Array) -> jax.Array:
-    """Ultralytics' ``RandomHSV`` with drawn LUTs: int32 (n, H, W, 3) RGB, uint8 (n, 3, 256) -> int32 RGB."""
+_TRUNC_ROUND_DIFFER = (153, 163, 130)  # an HSV pixel whose RGB the truncating and rounding paths give apart
+
+
+@functools.cache
+def opencv_hsv2rgb_tail(width: int) -> int:
+    """The first column of a ``width``-pixel row that OpenCV's ``COLOR_HSV2RGB`` computes in its
+    scalar path (which rounds) rather than its vector blocks (which truncate), on this CPU:
+    ``width`` rounded down to OpenCV's block, 32 pixels with AVX2 and 64 with AVX-512 (found
+    by converting a probe row; 0 when OpenCV has no vector path)."""
+    import cv2
+
+    pixel = np.uint8([[_TRUNC_ROUND_DIFFER]])
+    scalar = cv2.cvtColor(pixel, cv2.COLOR_HSV2RGB)[0, 0]
+    row = cv2.cvtColor(np.repeat(pixel, width, axis=1), cv2.COLOR_HSV2RGB)[0]
+    rounded = np.flatnonzero((row == scalar).all(-1))
+    return int(rounded[0]) if len(rounded) else width
+
+
+def apply_hsv(rgb: jax.Array, lut: jax.Array, mirrored: jax.Array | None = None) -> jax.Array:
+    """Ultralytics' ``RandomHSV`` with drawn LUTs: int32 (n, H, W, 3) RGB, uint8 (n, 3, 256) -> int32
+    RGB; ``mirrored`` as for :func:`hsv_to_rgb` (the host converts before its left-right flip)."""
     n = rgb.shape[0]
     hsv = rgb_to_hsv(rgb)
     row = (jnp.arange(n, dtype=jnp.int32)[:, None, None, None] * 3 + jnp.arange(3, dtype=jnp.int32)) * 256
     mapped = jnp.take(lut.reshape(n * 3 * 256).astype(jnp.int32), row + hsv, axis=0)
     mapped = jax.lax.optimization_barrier(mapped)  # gathered once, not per use below
-    return hsv_to_rgb(mapped)
+    return hsv_to_rgb(mapped, mirrored)
 
 
 def render_group(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, perspective: jax.Array,
@@ -206,7 +230,7 @@ def render_group(sources: jax.Array, tiles: jax.Array, inverse: jax.Array, persp
         other = warp_view(sources, tiles[:, v], inverse[:, v], perspective[:, v], flip, out_hw)
         image = (image.astype(jnp.float32) * r + other.astype(jnp.float32) * (1 - r)).astype(jnp.int32)
     image = jax.lax.optimization_barrier(image)  # read twice below: computed once, not fused into both
-    image = jnp.where(hsv[:, None, None, None], apply_hsv(image, lut), image)
+    image = jnp.where(hsv[:, None, None, None], apply_hsv(image, lut, flip[:, 1]), image)
     return image.astype(jnp.uint8)
 
 
