@@ -15,7 +15,7 @@ import pytest
 
 from yolojax.data import AugmentConfig, make_train_iterator
 from yolojax.data import device_params as dp
-from yolojax.data.device_augment import batch_images, hsv_to_rgb, render_batch, rgb_to_hsv
+from yolojax.data.device_augment import batch_images, hsv_to_rgb, opencv_hsv2rgb_tail, render_batch, rgb_to_hsv
 from yolojax.data.image_io import resize_long_side
 from yolojax.data.mosaic import full_tile
 from yolojax.data.train_sample import SampleParams, ViewParams, draw_sample, render_sample
@@ -97,14 +97,21 @@ def test_rgb_to_hsv_equals_opencv():
     np.testing.assert_array_equal(np.asarray(rgb_to_hsv(jnp.asarray(rgb, jnp.int32))), expected)
 
 
-def test_hsv_to_rgb_matches_opencv():
+@pytest.mark.parametrize("width", [256, 160, 96, 100, 32])
+def test_hsv_to_rgb_matches_opencv(width):
+    """Equal to this machine's OpenCV, whose rows end in a rounding scalar tail past its vector
+    block (32 or 64 pixels): also for widths that are not multiples of the block, and for
+    images flipped left-right after OpenCV's conversion."""
     rng = np.random.default_rng(2)
-    hsv = np.stack([rng.integers(0, 180, (256, 256)), rng.integers(0, 256, (256, 256)),
-                    rng.integers(0, 256, (256, 256))], -1).astype(np.uint8)
+    hsv = np.stack([rng.integers(0, 180, (64, width)), rng.integers(0, 256, (64, width)),
+                    rng.integers(0, 256, (64, width))], -1).astype(np.uint8)
     expected = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.int32)
-    got = np.asarray(hsv_to_rgb(jnp.asarray(hsv, jnp.int32)))
-    assert np.abs(got - expected).max() <= 1
-    assert (got == expected).all(-1).mean() > 0.999
+    got = np.asarray(hsv_to_rgb(jnp.asarray(hsv[None], jnp.int32)))[0]
+    mirrored = np.asarray(hsv_to_rgb(jnp.asarray(hsv[None, :, ::-1], jnp.int32), jnp.asarray([True])))[0]
+    for ours, theirs in ((got, expected), (mirrored, expected[:, ::-1])):
+        assert np.abs(ours - theirs).max() <= 1  # float32 products may round apart in a rare pixel
+        assert (ours == theirs).all(-1).mean() > 0.999
+    assert 0 <= opencv_hsv2rgb_tail(width) <= width
 
 
 def test_pack_batch_layout_and_refusals(images):
