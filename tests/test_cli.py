@@ -45,6 +45,9 @@ def test_yolojax_train_writes_the_config_of_the_python_m_form(tmp_path):
     r = subprocess.run([sys.executable, "-m", "yolojax", *ours], env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
+    # one handler, yolojax's format: no line doubled by logging.basicConfig's (absl calls it when
+    # Grain and Orbax log at import onto an empty root logger)
+    assert not [line for line in r.stderr.splitlines() if line.startswith(("INFO:", "WARNING:", "DEBUG:"))]
     written = json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())
     assert written.pop("resolved")["iters_per_epoch"] == 2  # what the run resolved (4 images, batch 2)
     python_m = _python_m_train_config([

@@ -221,10 +221,11 @@ def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_train(args: Sequence[str]) -> int:
+    configure_logging()  # before the imports below: absl (through Grain and Orbax) would otherwise
+    # install logging.basicConfig's handler on the empty root logger, doubling every line
     from yolojax.train.run import NonFiniteLossError, train
 
     config, workdir = train_config(args)
-    configure_logging()
     try:
         summary = train(config, workdir)
     except NonFiniteLossError as e:

@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ml_collections import config_flags
 
     from yolojax.console import ConfigError, configure_logging
+
+    configure_logging()  # before the imports below (see yolojax.cli.run_train)
     from yolojax.train.run import NonFiniteLossError, train
 
     config_flag = config_flags.DEFINE_config_file(
