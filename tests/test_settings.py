@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from yolojax.config import default_config
+from yolojax.config import default_config, flatten
 from yolojax.console import ConfigError
-from yolojax.train.settings import check_resumable, field_rules, flatten, resolve
+from yolojax.train.settings import check_resumable, field_rules, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,7 +180,8 @@ def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog)
 
 def test_step_view_leaves_out_only_what_cannot_reach_the_step():
     from yolojax.config import default_config
-    from yolojax.train.settings import flatten, resolve
+    from yolojax.config import flatten
+    from yolojax.train.settings import resolve
 
     config = default_config()
     config.data.synthetic.root = "unused"

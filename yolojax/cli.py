@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from yolojax.config import check_arguments, config_names, default_config, load_config
+from yolojax.config import check_arguments, config_names, default_config, flatten, load_config
 from yolojax.console import configure_logging, error_line
 
 
@@ -105,16 +105,6 @@ def parse_pairs(args: Sequence[str], valid: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(_flat_fields(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _typed(field: str, current: Any, raw: str) -> Any:
     """``raw`` converted to the type of the config field's current value (as config_flags does)."""
     try:
@@ -171,13 +161,13 @@ def train_config(args: Sequence[str]) -> tuple[Any, Path]:
     ``model=`` (default yolov8n.yaml, as ultralytics); then every key is set through
     :data:`TRAIN_KEYS` or by its own field name. Raises :class:`UsageError`.
     """
-    fields = _flat_fields(default_config())
+    fields = flatten(default_config())
     pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *RUN_KEYS, *fields}))
     scale, weights = model_scale(pairs.get("model", "yolov8n.yaml"))
     config = load_config(pairs.get("cfg", f"yolov8{scale}"))
     if "model" in pairs or "cfg" not in pairs:
         config.model.scale, config.weights = scale, weights
-    current = _flat_fields(config)
+    current = flatten(config)
     for key, raw in pairs.items():
         if key in RUN_KEYS:
             continue
@@ -293,7 +283,7 @@ MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 def help_text() -> str:
     """What ``yolojax help`` prints: the modes and every key each accepts."""
-    fields = sorted(set(_flat_fields(default_config())) - set(TRAIN_KEYS.values()))
+    fields = sorted(set(flatten(default_config())) - set(TRAIN_KEYS.values()))
     lines = ["usage: yolojax MODE KEY=VALUE ...   (ultralytics' syntax and argument names)", "", "modes:"]
     lines += [f"  {mode:8s} {text}" for mode, (_, text) in MODES.items()] + ["  help     this text", ""]
     lines.append("train keys (ultralytics' names):")

@@ -61,6 +61,17 @@ def load_config(name_or_path: str | os.PathLike) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config (a ConfigDict or its ``to_dict()``) -> ``{dotted name: value}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every default (``yolojax/configs/base.py``: ultralytics' cfg/default.yaml values)."""
     from yolojax.configs.base import get_config

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from yolojax import config as rules
-from yolojax.config import Rule
+from yolojax.config import Rule, flatten
 from yolojax.console import ConfigError
 from yolojax.data.augment.config import AUGMENT_ON, AugmentConfig
 from yolojax.data.device.batches import check_device_options
@@ -275,17 +275,6 @@ def field_rules() -> dict[str, dataclasses.Field]:
                 out[f"{prefix}{f.name}"] = f
 
     walk(Settings, "")
-    return out
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config (a ConfigDict or its ``to_dict()``) -> ``{dotted name: value}``."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
     return out
 
 
