@@ -1,4 +1,4 @@
-"""yolojax.checkpoint: complete-only latest step, interrupted writes, iterator position,
+"""yolojax.weights.workdir and yolojax.train.checkpoints: complete-only latest step, interrupted writes, iterator position,
 workdir weights, the best checkpoint; and the train step's non-finite guard."""
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 from flax import struct
 
-from yolojax.checkpoint import (
-    BestCheckpointer, CheckpointError, RunCheckpointer, complete_steps, incomplete_entries, is_train_workdir,
-    latest_complete_step,
-    load_workdir_weights,
-)
-from yolojax.convert import load_weights
+from yolojax.train.checkpoints import BestCheckpointer, RunCheckpointer
+from yolojax.weights.workdir import CheckpointError, complete_steps, incomplete_entries, is_train_workdir, latest_complete_step, load_workdir_weights
+from yolojax.weights import load_weights
 
 INFO = {"scale": "n", "num_classes": 2, "names": ["a", "b"], "reg_max": 16}
 
@@ -332,7 +329,7 @@ def test_unretrieved_errors_of_a_damaged_steps_reads_are_not_logged():
     dropped once a possibly failing read was prepared; other asyncio errors still show."""
     import logging
 
-    from yolojax.checkpoint import _quiet_failed_read_callbacks
+    from yolojax.weights.workdir import quiet_failed_read_callbacks as _quiet_failed_read_callbacks
 
     def record(message: str, error: BaseException) -> logging.LogRecord:
         return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None,

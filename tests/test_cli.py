@@ -13,17 +13,16 @@ import jax
 import numpy as np
 import pytest
 
+from shared_data import SHARED, WEIGHTS, needs
 from yolojax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-WEIGHTS = SHARED / "yolov8n.pt"
-needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"needs {WEIGHTS} (shared test data)")
+needs_weights = needs(WEIGHTS)
 
 
 def _python_m_train_config(argv: list[str]) -> dict:
     """The config ``python -m yolojax.train`` resolves from ``argv``: the same absl/config_flags
-    definition as yolojax.train.run.main, parsed without training."""
+    definition as yolojax.train.__main__.main, parsed without training."""
     from absl import flags
     from ml_collections import config_flags
 
@@ -36,7 +35,7 @@ def _python_m_train_config(argv: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_yolojax_train_writes_the_config_of_the_python_m_form(tmp_path):
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "shapes", num_train=4, num_val=2, size_range=(64, 96))
     ours = ["train", "model=yolov8s.yaml", f"data={data}", "epochs=2", "imgsz=64", "batch=2", "max_steps=1",
@@ -46,6 +45,9 @@ def test_yolojax_train_writes_the_config_of_the_python_m_form(tmp_path):
     r = subprocess.run([sys.executable, "-m", "yolojax", *ours], env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
+    # one handler, yolojax's format: no line doubled by logging.basicConfig's (absl calls it when
+    # Grain and Orbax log at import onto an empty root logger)
+    assert not [line for line in r.stderr.splitlines() if line.startswith(("INFO:", "WARNING:", "DEBUG:"))]
     written = json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())
     assert written.pop("resolved")["iters_per_epoch"] == 2  # what the run resolved (4 images, batch 2)
     python_m = _python_m_train_config([
@@ -56,7 +58,7 @@ def test_yolojax_train_writes_the_config_of_the_python_m_form(tmp_path):
     assert written == python_m
     assert written["model"]["scale"] == "s" and written["batch_size"] == 2 and written["cos_lr"] is True
     # The trained run exports to an ultralytics .pt beside it, which reads back to the run's EMA weights.
-    from yolojax.convert import load_weights
+    from yolojax.weights import load_weights
 
     assert cli.main(["export", f"model={tmp_path / 'runs' / 'cli'}", "format=pt"]) == 0
     trained, info = load_weights(tmp_path / "runs" / "cli")
@@ -146,8 +148,8 @@ def test_export_then_predict_and_val_through_the_command(tmp_path, capsys):
     """``yolojax export format=pt`` beside the weights, then predict and val read that file."""
     import importlib.resources
 
-    from yolojax.predict import predict
-    from yolojax.val import validate
+    from yolojax.inference.predictor import predict
+    from yolojax.evaluation.validator import validate
 
     weights = Path(shutil.copy(WEIGHTS, tmp_path / "yolov8n.pt"))
     assert cli.main(["export", f"model={weights}", "format=pt"]) == 0
@@ -166,7 +168,7 @@ def test_export_then_predict_and_val_through_the_command(tmp_path, capsys):
 
 @needs_weights
 def test_convert_command_writes_a_checkpoint_directory(tmp_path):
-    from yolojax.convert import load_weights
+    from yolojax.weights import load_weights
 
     assert cli.main(["convert", f"model={WEIGHTS}", f"out={tmp_path / 'n'}"]) == 0
     converted, info = load_weights(tmp_path / "n")

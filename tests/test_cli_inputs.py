@@ -16,8 +16,9 @@ import pytest
 
 from yolojax import predict as yj_predict
 from yolojax import val as yj_val
-from yolojax.cli import configure_logging
-from yolojax.data.synthetic import SHAPE_NAMES, draw_shapes, write_synthetic_dataset
+from yolojax.inference import predictor as yj_predictor
+from yolojax.console import configure_logging
+from yolojax.data.sources.synthetic import SHAPE_NAMES, draw_shapes, write_synthetic_dataset
 
 IMGSZ = 64
 
@@ -26,7 +27,7 @@ IMGSZ = 64
 def weights(tmp_path_factory):
     """A random YOLOv8n for the 6 shape classes (He-scaled kernels, identity BatchNorm), as a
     converted checkpoint; drawn with numpy from the variables' shapes (no init to compile)."""
-    from yolojax.convert import save_converted
+    from yolojax.weights import save_converted
     from yolojax.models import YOLOv8
 
     model = YOLOv8(scale="n", num_classes=len(SHAPE_NAMES))
@@ -47,7 +48,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(weights):
     # conf 0: every box NMS keeps, so a wrong input shows in the numbers.
-    return yj_predict.Predictor(weights, imgsz=IMGSZ, conf=0.0)
+    return yj_predictor.Predictor(weights, imgsz=IMGSZ, conf=0.0)
 
 
 def write_video(path: Path, frames: int, size_wh=(96, 64), fps=10.0) -> list[np.ndarray]:
@@ -58,7 +59,7 @@ def write_video(path: Path, frames: int, size_wh=(96, 64), fps=10.0) -> list[np.
         image, _, _ = draw_shapes(rng, size_wh[1], size_wh[0], 3)
         writer.write(np.ascontiguousarray(image[..., ::-1]))
     writer.release()
-    return [image for _, image in yj_predict.read_video_frames(path)]
+    return [image for _, image in yj_predictor.read_video_frames(path)]
 
 
 def stderr_lines(captured) -> list[str]:
@@ -96,21 +97,21 @@ def test_predict_reads_video_frames_and_writes_an_annotated_video(tmp_path, weig
         expected = predictor.predict_array(frames[k])
         np.testing.assert_allclose(r["boxes_xyxy"], expected["boxes_xyxy"], atol=1e-4)
         assert r["classes"] == expected["classes"] and len(r["classes"]) > 0
-    suffix, fourcc = yj_predict.video_writer_format()
+    suffix, fourcc = yj_predictor.video_writer_format()
     assert (suffix, fourcc) == (".avi", "MJPG")  # Linux, as ultralytics 8.4.190 writes it
     annotated = out / "clip.avi"
     capture = cv2.VideoCapture(str(annotated))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
     assert int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode() == "MJPG"
     capture.release()
-    written = [image for _, image in yj_predict.read_video_frames(annotated)]
+    written = [image for _, image in yj_predictor.read_video_frames(annotated)]
     assert len(written) == 5 and written[0].shape == frames[0].shape
     assert (out / "still.jpg").is_file() and not (out / "broken.mp4").exists()
     assert captured.out.strip() == (f"1 images, 5 frames of 1 videos, {sum(len(r['classes']) for r in results)}"
                                                f" detections -> {out / 'predictions.json'}")
 
     # every 2nd frame: frames 2 and 4 of the 5, numbered 1 and 2, at half the frame rate
-    results = yj_predict.predict(weights, source / "clip.avi", tmp_path / "out2", imgsz=IMGSZ, conf=0.0, vid_stride=2)
+    results = yj_predictor.predict(weights, source / "clip.avi", tmp_path / "out2", imgsz=IMGSZ, conf=0.0, vid_stride=2)
     assert [r["frame"] for r in results] == [1, 2]
     np.testing.assert_allclose(results[1]["boxes_xyxy"], predictor.predict_array(frames[3])["boxes_xyxy"], atol=1e-4)
     capture = cv2.VideoCapture(str(tmp_path / "out2" / "clip.avi"))
@@ -155,8 +156,8 @@ def test_val_cli_shows_the_label_scan_once_and_why_metrics_are_zero(tmp_path, we
     assert yj_val.main(args) == 0
     err = stderr_lines(capsys.readouterr())
     labels_dir = tmp_path / "ds" / "labels" / "val"
-    assert err[0].startswith("INFO yolojax.val: YOLOv8n summary (fused): "), err  # as ultralytics, first
-    assert err[1:] == [f"INFO yolojax.data.label_scan: label scan {labels_dir}: 3 images: 3 label files found (0 empty), "
+    assert err[0].startswith("INFO yolojax.evaluation.validator: YOLOv8n summary (fused): "), err  # as ultralytics, first
+    assert err[1:] == [f"INFO yolojax.data.sources.label_scan: label scan {labels_dir}: 3 images: 3 label files found (0 empty), "
                    "0 missing, 0 corrupt (skipped)"]
     for f in labels_dir.glob("*.txt"):
         f.rename(f.with_suffix(".TXT"))
@@ -172,7 +173,7 @@ def test_val_cli_shows_the_label_scan_once_and_why_metrics_are_zero(tmp_path, we
     ((logging.INFO, "jax._src.xla_bridge", "Unable to initialize backend 'tpu'"), False),
     ((logging.INFO, "absl", "Saving checkpoint"), False),
     ((logging.WARNING, "absl", "something a library warns about"), True),
-    ((logging.INFO, "yolojax.data.label_scan", "label scan x: 3 images"), True),
+    ((logging.INFO, "yolojax.data.sources.label_scan", "label scan x: 3 images"), True),
     ((logging.INFO, "yolojax", "top-level"), True),
     ((logging.INFO, "yolojaxother", "not ours"), False),
 ])

@@ -1,4 +1,4 @@
-"""COCO results format and pycocotools COCOeval (yolojax.coco_eval) on a synthetic COCO JSON dataset."""
+"""COCO results format and pycocotools COCOeval (yolojax.evaluation.coco_eval) on a synthetic COCO JSON dataset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from yolojax.coco_eval import (
+from yolojax.evaluation.coco_eval import (
     COCO_STAT_NAMES,
     boxes_to_original,
     class_to_category_ids,

@@ -31,18 +31,14 @@ from ultralytics.nn.tasks import DetectionModel, SegmentationModel, load_checkpo
 from ultralytics.utils import IterableSimpleNamespace  # noqa: E402
 
 import yolojax  # noqa: E402
-from yolojax.convert import (  # noqa: E402
-    count_params,
-    load_ultralytics,
-    main,
-    read_torch_file,
-    save_converted,
-)
+from yolojax.convert import main
+from yolojax.weights import count_params, load_ultralytics, save_converted
+from yolojax.weights.torch_file import read_torch_file
 from yolojax.models import YOLOv8  # noqa: E402
 
 from torch_zip import write_torch_zip  # noqa: E402
+from shared_data import SHARED, require
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ASSETS = Path(ultralytics.__file__).parent / "assets"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -327,9 +323,8 @@ def coco_images():
 
 
 def real_checkpoint(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (the project's shared test data)")
+    path = SHARED / name
+    require(path)
     return path
 
 

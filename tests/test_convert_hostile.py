@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolojax.convert import read_torch_file
+from yolojax.weights.torch_file import read_torch_file
 
 from torch_zip import write_torch_zip
+from shared_data import WEIGHTS, require
 
 REPO = Path(__file__).resolve().parents[1]
-OFFICIAL_WEIGHTS = REPO.parent / "shared" / "data" / "yolov8n.pt"
+OFFICIAL_WEIGHTS = WEIGHTS
 ADDRESS_SPACE_BYTES = 3 << 29  # 1.5 GiB: every file below asks for more without its bounds
 CASE_SECONDS = 5.0
 PEAK_GROWTH_MB = 100  # a refusal may raise the child's peak memory by at most this much
@@ -325,7 +326,7 @@ CHILD = r"""
 import json, resource, sys, time
 spec = json.load(open(sys.argv[1]))
 resource.setrlimit(resource.RLIMIT_AS, (spec["address_space"], spec["address_space"]))
-from yolojax.convert import load_weights
+from yolojax.weights import load_weights
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -399,8 +400,7 @@ def test_hostile_file_is_refused_in_one_line(hostile_loads, kind):
 def test_hostile_files_stay_within_memory_and_leave_later_loads_unchanged(hostile_loads):
     peak = max(outcome["peak_mb"] for outcome in hostile_loads["cases"].values())
     assert peak - hostile_loads["baseline_peak_mb"] < PEAK_GROWTH_MB, hostile_loads
-    if "reference_unchanged" not in hostile_loads:
-        pytest.skip(f"{OFFICIAL_WEIGHTS} absent: no reference load to compare")
+    require(OFFICIAL_WEIGHTS)
     assert hostile_loads["reference_unchanged"]
 
 
@@ -428,7 +428,7 @@ def test_unusual_but_valid_tensor_layouts_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def cyclic_model_and_data(tmp_path_factory) -> tuple[Path, Path]:
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("cli")
     HOSTILE["module_contains_itself"][0](root / "cyclic.pt")

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from yolojax.data import AugmentConfig, make_train_iterator, make_val_iterator, yolo_source
-from yolojax.data.coco_json import COCO80_CATEGORY_IDS, coco91_to_coco80
-from yolojax.data.synthetic import SHAPE_NAMES, write_synthetic_dataset
+from yolojax.data.sources.coco_json import COCO80_CATEGORY_IDS, coco91_to_coco80
+from yolojax.data.sources.synthetic import SHAPE_NAMES, write_synthetic_dataset
 from yolojax.data.train_batches import load_image
-from yolojax.data.train_sample import draw_sample, render_sample, sample_boxes
+from yolojax.data.augment.sample import draw_sample, render_sample, sample_boxes
+from shared_data import COCO8, SHARED, needs
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 _REASON = "ultralytics (the test oracle) not installed"
@@ -294,10 +295,7 @@ def test_training_samples_equal_ultralytics_for_the_same_draws(shapes_yaml, case
         assert 0 < swaps < 12
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.mark.skipif(not (SHARED / "coco8" / "coco8-trainval.yaml").is_file(), reason=f"needs {SHARED}/coco8")
+@needs(COCO8 / "coco8-trainval.yaml")
 def test_unaugmented_training_batch_equals_ultralytics_on_coco8(tmp_path):
     """The trajectory test's batch (tests/test_trajectory.py): mosaic and every augmentation off, all 8 coco8
     images at 320: yolojax's training batch is ultralytics' pixel for pixel, its boxes to 1e-3 px."""
@@ -386,7 +384,7 @@ def test_rect_training_batches_and_samples_equal_ultralytics(shapes_yaml, monkey
 def test_fraction_classes_single_cls_select_as_ultralytics(shapes_yaml):
     """fraction keeps ultralytics' first images (ratio and count); classes and single_cls leave
     ultralytics' labels, image for image."""
-    from yolojax.data.subset import select_labels
+    from yolojax.data.sources.subset import select_labels
 
     for fraction in (0.25, 7.0):
         theirs = YOLODataset(img_path=str(shapes_yaml.parent / "images" / "train"), imgsz=64, augment=False,
@@ -406,4 +404,8 @@ def test_fraction_classes_single_cls_select_as_ultralytics(shapes_yaml):
             i = ours.image_paths.index(path)
             np.testing.assert_array_equal(ours.labels.classes_of(i), label["cls"].reshape(-1))
             kept += len(label["cls"])
-        assert kept == len(ours.labels.classes) and 0 < kept < len(full.labels.classes) or classes is None
+        assert kept == len(ours.labels.classes)
+        if classes is None:  # single_cls alone keeps every label, as class 0
+            assert kept == len(full.labels.classes) and not ours.labels.classes.any()
+        else:  # the selected classes keep some labels, not all
+            assert 0 < kept < len(full.labels.classes)

@@ -18,10 +18,10 @@ from yolojax.data import (
     make_val_iterator,
     yolo_source,
 )
-from yolojax.data.label_scan import parse_label_rows
-from yolojax.data.synthetic import SHAPE_NAMES, add_broken_files, rectangles_batch, write_synthetic_dataset
+from yolojax.data.sources.label_scan import parse_label_rows
+from yolojax.data.sources.synthetic import SHAPE_NAMES, add_broken_files, rectangles_batch, write_synthetic_dataset
+from shared_data import SHARED, require
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMGSZ = 128
 
 
@@ -93,7 +93,7 @@ def test_scan_cache_is_reused_until_files_change(tmp_path, monkeypatch):
     first = yolo_source(yaml_path, "train")
     assert (tmp_path / "labels" / "train.yolojax-cache.npz").is_file()
 
-    import yolojax.data.label_scan as scan
+    import yolojax.data.sources.label_scan as scan
 
     def must_not_scan(*args, **kwargs):
         raise AssertionError("rescanned although nothing changed")
@@ -175,9 +175,8 @@ def test_tfds_mock_source_gives_the_batch_format():
 
 
 def test_coco8_loads_through_its_yaml():
-    yaml_path = SHARED_DATA / "coco8" / "coco8.yaml"
-    if not yaml_path.is_file():
-        pytest.skip(f"{yaml_path} not present (../shared/data is outside this checkout)")
+    yaml_path = SHARED / "coco8" / "coco8.yaml"
+    require(yaml_path)
     for split in ("train", "val"):
         source = yolo_source(yaml_path, split, use_cache=False)  # never write into the shared folder
         assert len(source) == 4 and len(source.names) == 80 and source.report.corrupt == 0
@@ -233,7 +232,7 @@ def warning_lines(caplog) -> list[str]:
 
 
 def test_split_paths_refused_in_one_line_naming_field_and_path(tmp_path):
-    from yolojax.data.data_yaml import split_paths
+    from yolojax.data.sources.data_yaml import split_paths
 
     yaml_path = write_synthetic_dataset(tmp_path / "ds", num_train=2, num_val=1, size_range=(32, 48))
     for text, split, message in [

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 
 from yolojax.data import AugmentConfig, make_train_iterator
-from yolojax.data import device_params as dp
-from yolojax.data.device_augment import batch_images, hsv_to_rgb, opencv_hsv2rgb_tail, render_batch, rgb_to_hsv
+from yolojax.data.device import params as dp
+from yolojax.data.device.augment import batch_images, hsv_to_rgb, opencv_hsv2rgb_tail, render_batch, rgb_to_hsv
 from yolojax.data.image_io import resize_long_side
-from yolojax.data.mosaic import full_tile
-from yolojax.data.train_sample import SampleParams, ViewParams, draw_sample, render_sample
+from yolojax.data.augment.mosaic import full_tile
+from yolojax.data.augment.sample import SampleParams, ViewParams, draw_sample, render_sample
 from yolojax.parallel import local_data_shards, make_mesh
+from shared_data import SHARED, needs
 
-COCO8 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco8" / "coco8.yaml"
-needs_coco8 = pytest.mark.skipif(not COCO8.is_file(), reason=f"needs {COCO8} (shared test data)")
+COCO8 = SHARED / "coco8" / "coco8.yaml"
+needs_coco8 = needs(COCO8)
 S = 160
 LOCAL = {"process_index": 0, "process_count": 1}
 _render = jax.jit(render_batch)
@@ -191,8 +192,8 @@ def test_device_pipeline_is_deterministic_and_resumes_exactly():
 
 @needs_coco8
 def test_device_pipeline_with_selected_labels_and_fraction():
-    from yolojax.data.sources import yolo_source
-    from yolojax.data.subset import select_labels
+    from yolojax.data.sources.yolo import yolo_source
+    from yolojax.data.sources.subset import select_labels
 
     source = select_labels(yolo_source(COCO8, "train", fraction=0.5), [0, 45], single_cls=True)
     assert len(source) == 2

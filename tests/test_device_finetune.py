@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from yolojax.cli import load_config_file
+from yolojax.config import load_config
+from shared_data import SHARED, WEIGHTS, needs
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 COCO8 = SHARED / "coco8" / "coco8-trainval.yaml"
 
 
@@ -21,7 +21,7 @@ def finetune(workdir: Path, augment_on: str) -> list[dict]:
     """yolojax.train's run in this process (one JAX process: the validation compiles once)."""
     from yolojax.train.run import train
 
-    config = load_config_file(REPO / "configs" / "yolov8n.py")
+    config = load_config("yolov8n")
     config.data.yaml, config.weights = str(COCO8), str(SHARED / "yolov8n.pt")
     config.imgsz, config.epochs, config.close_mosaic, config.batch_size = 160, 3, 1, 8
     config.data.workers, config.progress, config.log_every_steps = 0, False, 1
@@ -32,8 +32,7 @@ def finetune(workdir: Path, augment_on: str) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.skipif(not (SHARED / "yolov8n.pt").is_file() or not COCO8.is_file(),
-                    reason="../shared/data/yolov8n.pt or coco8 absent")
+@needs(WEIGHTS, COCO8)
 @pytest.mark.slow
 def test_device_mode_finetune_matches_host_mode(tmp_path):
     host = finetune(tmp_path / "host", "host")

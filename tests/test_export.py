@@ -20,16 +20,15 @@ import numpy as np
 import pytest
 
 from yolojax import export as yj_export
-from yolojax import torch_pickle
-from yolojax.convert import load_ultralytics, read_torch_file
+from yolojax.inference import exporters as yj_exporter
+from yolojax.weights import torch_pickle
+from yolojax.weights import load_ultralytics
+from yolojax.weights.torch_file import read_torch_file
 from yolojax.models import YOLOv8, default_cls_width
-from yolojax.predict import Predictor, letterbox_for_predict
+from yolojax.inference.predictor import letterbox_for_predict, Predictor
+from shared_data import COCO8, WEIGHTS, needs, require
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WEIGHTS = SHARED / "yolov8n.pt"
-COCO8 = SHARED / "coco8"
-needs_shared = pytest.mark.skipif(not (WEIGHTS.is_file() and (COCO8 / "coco8.yaml").is_file()),
-                                  reason=f"needs {WEIGHTS} and {COCO8}/coco8.yaml (shared test data)")
+needs_shared = needs(WEIGHTS, COCO8 / "coco8.yaml")
 
 
 def _assets() -> list[Path]:
@@ -43,7 +42,7 @@ def _assets() -> list[Path]:
 def _letterboxed(paths: list[Path]) -> np.ndarray:
     """float32 (B, 640, 640, 3) in [0, 1]: the images as yolojax predict feeds the model."""
     from yolojax.data.image_io import read_image_rgb
-    from yolojax.data.letterbox import apply_letterbox
+    from yolojax.data.augment.letterbox import apply_letterbox
 
     out = []
     for p in paths:
@@ -107,7 +106,7 @@ def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
     checkpoint whose raw outputs equal yolojax's."""
     torch = pytest.importorskip("torch")
     ultralytics = pytest.importorskip("ultralytics")
-    from yolojax.ultralytics_pt import save_ultralytics_checkpoint
+    from yolojax.weights.ultralytics_pt import save_ultralytics_checkpoint
 
     model = YOLOv8(scale="n", num_classes=3)
     images = jax.random.uniform(jax.random.key(0), (2, 64, 96, 3))
@@ -134,7 +133,7 @@ def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
 @pytest.mark.slow
 def test_pt_export_round_trips_through_ultralytics(tmp_path):
     ultralytics = pytest.importorskip("ultralytics")
-    from yolojax.val import validate
+    from yolojax.evaluation.validator import validate
 
     images = _assets()
     out = tmp_path / "yolov8n_yolojax.pt"
@@ -161,8 +160,7 @@ def onnx_model(tmp_path_factory):
     """yolov8n.pt exported to ONNX at 640 with a dynamic batch."""
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
-    if not WEIGHTS.is_file():
-        pytest.skip(f"needs {WEIGHTS} (shared test data)")
+    require(WEIGHTS)
     out = tmp_path_factory.mktemp("onnx") / "yolov8n.onnx"
     assert yj_export.main(["--weights", str(WEIGHTS), "--out", str(out), "--dynamic"]) == 0
     return out
@@ -172,8 +170,8 @@ def onnx_model(tmp_path_factory):
 def test_onnx_raw_outputs_and_metadata(onnx_model):
     import onnx
 
-    from yolojax.convert import load_weights
-    from yolojax.onnx_runtime import OnnxDetector
+    from yolojax.weights import load_weights
+    from yolojax.inference.onnx_runtime import OnnxDetector
 
     detector = OnnxDetector(onnx_model)
     assert detector.batch is None and detector.input_hw == (640, 640)
@@ -195,7 +193,7 @@ def test_onnx_raw_outputs_and_metadata(onnx_model):
 @needs_shared
 def test_onnx_boxes_after_nms_equal_yolojax_and_ultralytics(onnx_model):
     ultralytics = pytest.importorskip("ultralytics")
-    from yolojax.onnx_runtime import OnnxDetector
+    from yolojax.inference.onnx_runtime import OnnxDetector
 
     images = _assets()
     detector = OnnxDetector(onnx_model)
@@ -222,8 +220,8 @@ def test_yolojax_predict_command_runs_onnx_models(onnx_model, tmp_path):
 
 @needs_shared
 def test_onnx_val_map_equals_yolojax_val(onnx_model, tmp_path):
-    from yolojax.onnx_runtime import OnnxDetector
-    from yolojax.val import validate
+    from yolojax.inference.onnx_runtime import OnnxDetector
+    from yolojax.evaluation.validator import validate
 
     detector = OnnxDetector(onnx_model)
     data = shutil.copytree(COCO8, tmp_path / "coco8") / "coco8.yaml"
@@ -237,13 +235,13 @@ def test_onnx_val_map_equals_yolojax_val(onnx_model, tmp_path):
 def test_fixed_batch_onnx_runs_any_batch_in_chunks(tmp_path):
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
-    from yolojax.onnx_runtime import OnnxDetector
+    from yolojax.inference.onnx_runtime import OnnxDetector
 
     model = YOLOv8(scale="n", num_classes=2)
     images = np.asarray(jax.random.uniform(jax.random.key(0), (3, 64, 96, 3)))
     variables = jax.device_get(jax.jit(model.init, static_argnames="train")(jax.random.key(1), images, train=False))
     info = {"scale": "n", "num_classes": 2, "names": ["a", "b"], "reg_max": 16}
-    path = yj_export.export_onnx(variables, info, tmp_path / "m.onnx", imgsz=[64, 96], batch=2, opset=17)
+    path = yj_exporter.export_onnx(variables, info, tmp_path / "m.onnx", imgsz=[64, 96], batch=2, opset=17)
     detector = OnnxDetector(path)
     assert detector.batch == 2 and detector.input_hw == (64, 96) and detector.info["names"] == ["a", "b"]
     expected = jax.jit(model.apply, static_argnames="train")(variables, images, train=False)
@@ -256,7 +254,7 @@ def test_export_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch)
     weights = tmp_path / "w.pt"
     cases = [
         (["--weights", str(tmp_path / "missing.pt")], "weights .*missing.pt not found"),
-        (["--weights", str(tmp_path), "--imgsz", "100"], "imgsz .* multiples of 32"),
+        (["--weights", str(tmp_path), "--imgsz", "100"], r"imgsz=\[100\]: must be one or two positive multiples of 32"),
         (["--weights", str(tmp_path), "--out", str(tmp_path / "m.onnx.txt")], "must end in .onnx"),
         (["--weights", str(tmp_path), "--format", "pt", "--out", str(tmp_path / "m.onnx")], "must end in .pt"),
         (["--weights", str(tmp_path)], "not a supported source of weights"),
@@ -272,15 +270,15 @@ def test_export_cli_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch)
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "jax2onnx", None)
     with pytest.raises(ImportError, match=r"pip install 'yolojax\[export\]'"):
-        yj_export.export_onnx({}, {"scale": "n"}, tmp_path / "x.onnx")
+        yj_exporter.export_onnx({}, {"scale": "n"}, tmp_path / "x.onnx")
 
 
 def test_default_out_is_beside_the_weights(tmp_path):
     (tmp_path / "yolov8n.pt").write_bytes(b"")
     (tmp_path / "run").mkdir()
-    assert yj_export.default_out(tmp_path / "yolov8n.pt", "onnx") == tmp_path / "yolov8n.onnx"
-    assert yj_export.default_out(tmp_path / "yolov8n.pt", "pt") == tmp_path / "yolov8n_yolojax.pt"
-    assert yj_export.default_out(tmp_path / "run", "pt") == tmp_path / "run.pt"
+    assert yj_exporter.default_out(tmp_path / "yolov8n.pt", "onnx") == tmp_path / "yolov8n.onnx"
+    assert yj_exporter.default_out(tmp_path / "yolov8n.pt", "pt") == tmp_path / "yolov8n_yolojax.pt"
+    assert yj_exporter.default_out(tmp_path / "run", "pt") == tmp_path / "run.pt"
 
 
 def test_model_yaml_builds_the_same_architecture_in_ultralytics():
@@ -289,8 +287,8 @@ def test_model_yaml_builds_the_same_architecture_in_ultralytics():
     pytest.importorskip("ultralytics")
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolojax.convert import expected_shapes
-    from yolojax.ultralytics_pt import model_yaml, variables_to_state_dict
+    from yolojax.weights.ultralytics import expected_shapes
+    from yolojax.weights.ultralytics_pt import model_yaml, variables_to_state_dict
 
     theirs = {k: tuple(v.shape) for k, v in DetectionModel(model_yaml("m", 3), verbose=False).state_dict().items()
               if not k.endswith("num_batches_tracked")}
@@ -306,12 +304,12 @@ def test_model_yaml_builds_the_same_architecture_in_ultralytics():
 
 
 def test_image_size_and_onnx_detector_refusals(tmp_path):
-    assert yj_export.image_size_hw(640) == (640, 640) and yj_export.image_size_hw([480, 640]) == (480, 640)
+    assert yj_exporter.image_size_hw(640) == (640, 640) and yj_exporter.image_size_hw([480, 640]) == (480, 640)
     for bad in (0, 100, [640, 641], [1, 2, 3], "640"):
         with pytest.raises(ValueError, match="imgsz"):
-            yj_export.image_size_hw(bad)
+            yj_exporter.image_size_hw(bad)
     pytest.importorskip("onnxruntime")
-    from yolojax.onnx_runtime import OnnxDetector
+    from yolojax.inference.onnx_runtime import OnnxDetector
 
     with pytest.raises(ValueError, match="does not exist"):
         OnnxDetector(tmp_path / "missing.onnx")

@@ -28,7 +28,10 @@ ultralytics = pytest.importorskip("ultralytics")
 from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
 
-from yolojax.convert import load_ultralytics, load_weights, main as convert_main, state_dict_to_variables  # noqa: E402
+from shared_data import WEIGHTS, needs, require  # noqa: E402
+from yolojax.convert import main as convert_main  # noqa: E402
+from yolojax.weights import load_ultralytics, load_weights
+from yolojax.weights.ultralytics import state_dict_to_variables
 from yolojax.models import default_cls_width, yolov8_from_info  # noqa: E402
 from yolojax.train.transfer import (  # noqa: E402
     finetune_cls_width,
@@ -37,9 +40,7 @@ from yolojax.train.transfer import (  # noqa: E402
     transfer_pretrained,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WEIGHTS = SHARED / "yolov8n.pt"
-needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"needs {WEIGHTS} (shared test data)")
+needs_weights = needs(WEIGHTS)
 
 
 def _torch_state(model) -> dict[str, np.ndarray]:
@@ -132,8 +133,7 @@ YOLO(sys.argv[1]).train(data=sys.argv[2], project=sys.argv[3], name="ft", exist_
 @pytest.fixture(scope="module")
 def finetuned_2class(tmp_path_factory):
     """yolov8n.pt fine-tuned by ultralytics to a 2-class dataset ("person", "car") for one step of 4 images."""
-    if not WEIGHTS.is_file():
-        pytest.skip(f"needs {WEIGHTS} (shared test data)")
+    require(WEIGHTS)
     root = tmp_path_factory.mktemp("finetune_2class")
     for split in ("train", "val"):
         (root / "data" / "images" / split).mkdir(parents=True)
@@ -173,7 +173,7 @@ def test_a_model_ultralytics_finetuned_to_2_classes_converts_and_matches(finetun
     assert convert_main([str(finetuned_2class.weights), str(tmp_path / "conv")]) == 0
     again, info_again = load_weights(tmp_path / "conv")
     assert info_again["cls_width"] == 80
-    from yolojax.predict import Predictor
+    from yolojax.inference.predictor import Predictor
 
     image = cv2.imread(str(finetuned_2class.data_yaml.parent / "images" / "val" / "0.jpg"))[..., ::-1]
     result = Predictor(variables=again, info=info_again, imgsz=64, conf=0.001)([np.ascontiguousarray(image)])[0]

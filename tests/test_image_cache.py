@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from yolojax.data import AugmentConfig, make_train_iterator, make_val_iterator, yolo_source
-from yolojax.data import image_cache
-from yolojax.data.image_cache import CachedSource, CacheSpaceError, cache_mode, npy_path, open_image_cache
-from yolojax.data.synthetic import write_synthetic_dataset
+from yolojax.data.memory import image_cache
+from yolojax.data.memory.image_cache import CachedSource, CacheSpaceError, cache_mode, npy_path, open_image_cache
+from yolojax.data.sources.synthetic import write_synthetic_dataset
 
 from test_data_pipeline import assert_same_batches
 
@@ -169,7 +169,7 @@ def test_a_ram_cache_left_by_a_killed_run_is_removed(tmp_path, caplog):
     fd = os.open(live, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_SH)  # its owner is alive
     try:
-        with caplog.at_level(logging.INFO, logger="yolojax.data.image_cache"):
+        with caplog.at_level(logging.INFO, logger="yolojax.data.memory.image_cache"):
             assert image_cache.sweep_stale_ram_caches(tmp_path) == 100
     finally:
         os.close(fd)
@@ -202,7 +202,7 @@ def test_disk_cache_is_ultralytics_npy_beside_the_images(data_yaml, caplog):
     os.utime(path, (later, later))
     with open(npy_path(source.image_paths[1]), "r+b") as f:
         f.truncate(200)
-    with caplog.at_level(logging.INFO, logger="yolojax.data.image_cache"):
+    with caplog.at_level(logging.INFO, logger="yolojax.data.memory.image_cache"):
         (cached,) = open_image_cache("disk", IMGSZ, [yolo_source(data_yaml, "train")])
     assert f"2 .npy files written, {len(source) - 2} current" in caplog.text
     np.testing.assert_array_equal(np.load(npy_path(path)), cv2.imread(path))
@@ -250,8 +250,9 @@ def test_short_room_is_refused_with_the_needed_and_available_figures(data_yaml, 
 
 
 def test_train_preflight_checks_train_and_val_together_and_the_config_value(data_yaml, monkeypatch):
-    from yolojax.train.preflight import ConfigError, close_image_cache, open_image_cache as preflight_cache
-    from yolojax.train.run import check_config
+    from yolojax.console import ConfigError
+    from yolojax.train.preflight import close_image_cache, open_image_cache as preflight_cache
+    from yolojax.train.settings import resolve
 
     train, val = yolo_source(data_yaml, "train"), yolo_source(data_yaml, "val")
     both = image_cache.ram_bytes(train, IMGSZ)[0] + image_cache.ram_bytes(val, IMGSZ)[0]
@@ -272,16 +273,17 @@ def test_train_preflight_checks_train_and_val_together_and_the_config_value(data
     close_image_cache(cached_train, cached_val, train)
     assert not any(p.exists() for p in paths)
 
-    from yolojax.cli import load_config_file
+    from yolojax.config import default_config
 
-    config = load_config_file(Path(__file__).resolve().parents[1] / "configs" / "base.py")
+    config = default_config()
+    config.data.yaml = str(data_yaml)
     assert config.data.cache == ""
-    for value in ("ram", "disk", "True", "False", ""):
+    for value, mode in (("ram", "ram"), ("disk", "disk"), ("True", "ram"), ("False", ""), ("", "")):
         config.data.cache = value
-        check_config(config)
+        assert resolve(config).data.cache == mode
     config.data.cache = "memory"
-    with pytest.raises(ConfigError, match=r"data.cache must be '', 'ram' or 'disk' \(True means 'ram'"):
-        check_config(config)
+    with pytest.raises(ConfigError, match=r"data.cache='memory': cache must be '', 'ram' or 'disk' \(True means 'ram'"):
+        resolve(config)
 
 
 def test_cli_cache_key_maps_to_data_cache():

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from yolojax.metrics import (
+from yolojax.evaluation.metrics import (
     IOU_THRESHOLDS,
     DetectionMetrics,
     ap_per_class,
@@ -109,7 +109,7 @@ def test_empty_metrics():
 def test_confusion_matrix_matches_ultralytics():
     from ultralytics.utils import metrics as um
 
-    from yolojax.metrics import ConfusionMatrix
+    from yolojax.evaluation.metrics import ConfusionMatrix
 
     rng = np.random.default_rng(3)
     nc = 5

@@ -95,10 +95,13 @@ def test_bf16_computes_in_bf16_with_fp32_params():
     assert model.apply(variables, images, train=False).dtype == jnp.float32
 
 
-@pytest.mark.parametrize("shape", [(1, 64, 70, 3), (1, 64, 64), (1, 64, 64, 1)])
-def test_bad_input_shape_is_refused(nano, shape):
+@pytest.mark.parametrize("shape, message", [
+    ((1, 64, 70, 3), r"image height and width must be multiples of 32, got \(64, 70\)"),
+    ((1, 64, 64), r"images must be \(B, H, W, 3\), got shape \(1, 64, 64\)"),
+    ((1, 64, 64, 1), r"images must be \(B, H, W, 3\), got shape \(1, 64, 64, 1\)")])
+def test_bad_input_shape_is_refused(nano, shape, message):
     model, variables = nano
-    with pytest.raises(ValueError, match="must be"):
+    with pytest.raises(ValueError, match=message):
         model.apply(variables, jnp.zeros(shape), train=False)
 
 

@@ -75,8 +75,12 @@ def test_nms_classes_filter_and_empty():
 
 
 def test_nms_rejects_bad_thresholds():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^conf_thres 1.5 outside \[0, 1\]"):
         non_max_suppression(np.zeros((1, 10, 6), np.float32), conf_thres=1.5)
+    with pytest.raises(ValueError, match=r"^iou_thres -0.1 outside \[0, 1\]"):
+        non_max_suppression(np.zeros((1, 10, 6), np.float32), iou_thres=-0.1)
+    with pytest.raises(ValueError, match=r"^prediction must be \(B, N, 4 \+ nc\), got \(10, 6\)"):
+        non_max_suppression(np.zeros((10, 6), np.float32))
 
 
 @pytest.mark.parametrize("n_alive", [40, 1500, 6000, 12000])

@@ -120,7 +120,7 @@ def test_anchors_and_distances_match_ultralytics(ul):
 
 
 def test_compute_dtype():
-    from yolojax.precision import compute_dtype
+    from yolojax.ops.precision import compute_dtype
 
     assert compute_dtype(jnp.bfloat16) == jnp.float32
     assert compute_dtype(jnp.float16) == jnp.float32

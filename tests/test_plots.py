@@ -7,12 +7,12 @@ import os
 import numpy as np
 import pytest
 
-from yolojax.metrics import ap_per_class
+from yolojax.evaluation.metrics import ap_per_class, smooth
 from yolojax.plots.batches import plot_batch
 from yolojax.plots.curves import plot_confusion, plot_curves
 from yolojax.plots.labels import plot_labels
-from yolojax.plots.run import train_plot_steps
-from yolojax.plots.validation import ValidationPlots
+from yolojax.train.plots import train_plot_steps
+from yolojax.evaluation.plots import ValidationPlots
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 torch = pytest.importorskip("torch")
@@ -90,7 +90,7 @@ def _ap_result(rng):
         iou = um.box_iou(torch.from_numpy(gb), torch.from_numpy(pb)).numpy() if len(gb) and len(pb) else None
         tp = np.zeros((len(pb), 10), bool)
         if iou is not None:
-            from yolojax.metrics import match_predictions
+            from yolojax.evaluation.metrics import match_predictions
 
             tp = match_predictions(pk, gk, iou)
         tps.append(tp), confs.append(pc), pcls.append(pk), tcls.append(gk)
@@ -109,7 +109,10 @@ def test_curve_data_equal_ultralytics_ap_per_class(tmp_path):
     for a, b in ((ours.p_curve, p_curve), (ours.r_curve, r_curve), (ours.f1_curve, f1_curve), (ours.x, x),
                  (ours.prec_values, prec_values), (ours.ap, ap), (ours.p, p), (ours.r, r), (ours.f1, f1)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    written = plot_curves(ours, NAMES, tmp_path)
+    curves = {"F1": ours.f1_curve, "P": ours.p_curve, "R": ours.r_curve}
+    means = {k: smooth(v.mean(0), 0.1) for k, v in curves.items()}
+    written = plot_curves(ours.x, ours.prec_values, ours.ap[:, 0], curves, means, [NAMES[c] for c in ours.classes],
+                          tmp_path)
     assert sorted(p.name for p in written) == sorted(p.name for p in their_dir.iterdir())
 
 
@@ -125,7 +128,7 @@ def test_labels_and_batch_mosaic_images(tmp_path):
     out = plot_batch(images, boxes, [np.array([1])] * 5, tmp_path / "b.jpg", NAMES)
     assert cv2.imread(str(out)).shape == (2 * 96, 3 * 128, 3)  # 3 per row, the empty third row left out
     confusion = ValidationPlots(tmp_path / "empty", NAMES, conf=0.25).confusion
-    assert [p.name for p in plot_confusion(confusion, NAMES, tmp_path)] == [
+    assert [p.name for p in plot_confusion(confusion.matrix, NAMES, tmp_path)] == [
         "confusion_matrix_normalized.png", "confusion_matrix.png"]  # an all-zero matrix still draws
 
 

@@ -1,4 +1,4 @@
-"""yolojax.safe_pickle: the data-only pickle machine builds what pickle builds, in budget."""
+"""yolojax.weights.safe_pickle: the data-only pickle machine builds what pickle builds, in budget."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from yolojax.safe_pickle import Budget, load
+from yolojax.weights.safe_pickle import Budget, load
 
 GLOBALS = {
     **{

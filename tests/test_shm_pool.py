@@ -1,4 +1,4 @@
-"""Reused shared-memory blocks (yolojax.data.shm_pool): the main process's release hands a
+"""Reused shared-memory blocks (yolojax.data.memory.shm_pool): the main process's release hands a
 block back, never earlier (views and JAX arrays aliasing it keep it), and nothing is left."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from grain.multiprocessing import SharedMemoryArray
 
-from yolojax.data import shm_pool
+from yolojax.data.memory import shm_pool
 from yolojax.data.batching import unlink_on_arrival
 
 SHAPE = (4, 32, 48, 3)

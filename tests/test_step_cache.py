@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +157,7 @@ def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog)
     """Also with another max_steps, seed of no consequence to the step: a resume may change it."""
     from test_train_options import small_config
 
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
     from yolojax.train.run import train
 
     data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=8, num_val=2, size_range=(64, 96), seed=1)
@@ -179,17 +178,19 @@ def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog)
     assert rows[0] == rows[1][:2]
 
 
-def test_step_config_leaves_out_only_what_cannot_reach_the_step():
-    sys.path.insert(0, str(ROOT))
-    from configs import base
+def test_step_view_leaves_out_only_what_cannot_reach_the_step():
+    from yolojax.config import default_config
+    from yolojax.config import flatten
+    from yolojax.train.settings import resolve
 
-    from yolojax.train.run import STEP_INDEPENDENT, step_config
-
-    config = base.get_config().to_dict()
-    kept = step_config(config)
-    assert not set(STEP_INDEPENDENT) & set(kept)
-    assert {"workers", "threads", "prefetch", "cache"}.isdisjoint(kept["data"])
-    for shaping in ("model", "batch_size", "imgsz", "dtype", "lr0", "optimizer", "epochs", "mesh", "parallel",
-                    "freeze", "cls_pw", "box"):
-        assert kept[shaping] == config[shaping]
-    assert kept["data"]["max_boxes"] == config["data"]["max_boxes"]
+    config = default_config()
+    config.data.synthetic.root = "unused"
+    kept, every = resolve(config).step_view(), flatten(config.to_dict())
+    steering = ("max_steps", "patience", "time", "save_period", "plots", "progress", "log_every_steps",
+                "max_nonfinite", "compile_cache", "weights", "seed", "data.workers", "data.threads", "data.prefetch",
+                "data.cache")
+    groups = ("checkpoint.", "val.", "distributed.")
+    assert set(kept) == {k for k in every if k not in steering and not k.startswith(groups)}
+    for shaping in ("model.scale", "batch_size", "imgsz", "dtype", "lr0", "optimizer", "epochs", "mesh.data",
+                    "parallel.rules", "freeze", "cls_pw", "box", "data.max_boxes", "data.augment_on"):
+        assert kept[shaping] == every[shaping]

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from yolojax.checkpoint import complete_steps, is_train_workdir, latest_complete_step
+from yolojax.weights.workdir import complete_steps, is_train_workdir, latest_complete_step
+from shared_data import COCO8, WEIGHTS, needs
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 STEPS_PER_EPOCH = 3  # 24 images / batch 8
 EPOCHS = 3
 
@@ -44,7 +44,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_yaml(tmp_path_factory):
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("shapes")
     return write_synthetic_dataset(root, num_train=24, num_val=8, size_range=(96, 160), max_shapes=3, seed=0)
@@ -157,7 +157,7 @@ def assert_tensorboard_matches_metrics(workdir):
 
 
 def test_tensorboard_log_purges_redone_steps(tmp_path):
-    from yolojax.train.run import TensorBoardLog
+    from yolojax.train.logs import TensorBoardLog
 
     first = TensorBoardLog(tmp_path, resume_step=0)
     for step in (1, 2, 3, 4):
@@ -175,7 +175,7 @@ def test_tensorboard_log_purges_redone_steps(tmp_path):
 def test_tensorboard_log_does_not_import_torch(tmp_path):
     # tensorboardX imports torch when it is installed; a train run must not pay for it.
     code = ("import importlib.util, sys; from pathlib import Path; installed = importlib.util.find_spec('torch'); "
-            "from yolojax.train.run import TensorBoardLog; "
+            "from yolojax.train.logs import TensorBoardLog; "
             f"log = TensorBoardLog(Path({str(tmp_path)!r}), 0); log.write({{'step': 1, 'loss': 1.0}}, 'train'); "
             "log.close(); assert 'torch' not in sys.modules, 'torch imported'; "
             "assert (importlib.util.find_spec('torch') is None) == (installed is None)")  # still importable
@@ -236,7 +236,7 @@ def test_end_to_end_three_epochs(reference_run):
     steps = complete_steps(workdir / "checkpoints")
     assert steps[-1] == total and len(steps) <= 3  # keep the last 3
     # the workdir serves as weights (EMA of the latest checkpoint)
-    from yolojax.convert import load_weights
+    from yolojax.weights import load_weights
 
     variables, info = load_weights(workdir)
     assert info["num_classes"] == 6 and info["scale"] == "n"
@@ -251,7 +251,7 @@ def test_run_output_says_each_thing_once_and_no_noise(reference_run):
                   if not line.startswith("WARNING absl: Waiting for previous save to complete"))
     lines = [line for line in err.splitlines() if line.strip()]
     # the scan summaries (not "max_boxes=... from the label scan"): train and val; 3 validations ran
-    assert sum("yolojax.data.label_scan: label scan" in line for line in lines) == 2, err
+    assert sum("yolojax.data.sources.label_scan: label scan" in line for line in lines) == 2, err
     assert sum("optimizer=auto chose AdamW with lr0=0.001 and momentum=0.9" in line for line in lines) == 1, err
     for noise in ("WARNING", "Traceback", "leaked shared_memory", "Unable to initialize backend", "absl"):
         assert noise not in err, (noise, err)
@@ -288,7 +288,8 @@ def test_bad_split_refused_within_seconds(tmp_path, data_yaml, env, split, value
 
 
 def test_unwritable_workdir_and_plot_output_refused(tmp_path, monkeypatch):
-    from yolojax.train.preflight import ConfigError, check_plot_output, check_writable
+    from yolojax.console import ConfigError
+    from yolojax.train.preflight import check_plot_output, check_writable
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -311,13 +312,14 @@ def test_unwritable_workdir_and_plot_output_refused(tmp_path, monkeypatch):
 _BROKEN_VALIDATION = """
 import sys
 import yolojax.train.run as run
+from yolojax.train.__main__ import main
 
 def broken(*args, **kwargs):
     raise RuntimeError("validation broke")
 
-run._validate = broken
+run.validate_ema = broken
 sys.argv = ["yolojax.train", *sys.argv[1:]]
-run.main()
+main()
 """
 
 
@@ -334,7 +336,7 @@ def test_failing_validation_keeps_the_epoch_checkpoint(reference_run, tmp_path, 
 
 
 def test_resume_and_weights_fall_back_from_a_damaged_checkpoint(reference_run, tmp_path, data_yaml, env, caplog):
-    from yolojax.convert import load_weights
+    from yolojax.weights import load_weights
 
     total = STEPS_PER_EPOCH * EPOCHS
     workdir = tmp_path / "damaged"
@@ -371,8 +373,8 @@ def test_resume_and_weights_fall_back_from_a_damaged_checkpoint(reference_run, t
 
 
 def test_best_checkpoint_is_the_best_validation(reference_run):
-    from yolojax.checkpoint import RunCheckpointer
-    from yolojax.convert import load_weights
+    from yolojax.train.checkpoints import RunCheckpointer
+    from yolojax.weights import load_weights
 
     workdir = reference_run
     epoch_rows = [r for r in read_rows(workdir) if "mAP50-95" in r]
@@ -473,7 +475,7 @@ def test_resume_with_other_settings_refused(reference_run, tmp_path, data_yaml, 
 def test_nonfinite_losses_stop_the_run(reference_run, tmp_path, data_yaml, env):
     # Weights holding NaN (as a diverged run leaves them) make every loss non-finite; the
     # train step is the reference run's (weights are inputs), so it compiles from the cache.
-    from yolojax.convert import load_weights, save_converted
+    from yolojax.weights import load_weights, save_converted
 
     variables, info = load_weights(reference_run)
     weights = tmp_path / "nan_weights"
@@ -494,12 +496,14 @@ def test_nonfinite_losses_stop_the_run(reference_run, tmp_path, data_yaml, env):
 
 def test_single_process_needs_no_coordinator(monkeypatch):
     """No coordinator in the config or the environment: one process, jax.distributed untouched."""
-    from yolojax.config import base_config
-    from yolojax.train.run import start_distributed
+    from yolojax.config import default_config
+    from yolojax.train.settings import resolve
+    from yolojax.train.setup import start_distributed
 
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
-    config = base_config(str(Path(__file__).resolve().parents[1] / "configs" / "base.py"))
-    assert start_distributed(config) is False
+    config = default_config()
+    config.data.synthetic.root = "unused"
+    assert start_distributed(resolve(config).distributed) is False
 
 
 def test_unknown_field_refused(tmp_path, data_yaml, env):
@@ -512,7 +516,7 @@ def test_unknown_field_refused(tmp_path, data_yaml, env):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--config.data.yaml=/nonexistent/data.yaml"], "does not exist"),
+    (["--config.data.yaml=/nonexistent/data.yaml"], "data.yaml='/nonexistent/data.yaml': must be an existing"),
     (["--config.weights=/nonexistent/w.pt"], "weights"),
     (["--config.imgsz=100"], "multiple of 32"),
     (["--config.distributed.coordinator=localhost"], "host:port"),
@@ -525,15 +529,14 @@ def test_bad_input_refused_with_one_line(tmp_path, data_yaml, env, extra, messag
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-@pytest.mark.skipif(not (SHARED / "yolov8n.pt").is_file() or not (SHARED / "coco8").is_dir(),
-                    reason="../shared/data/yolov8n.pt or coco8 absent")
+@needs(WEIGHTS, COCO8)
 @pytest.mark.slow
 def test_finetune_coco8_keeps_skill(tmp_path, env):
-    yaml_path = next((SHARED / "coco8").glob("*.yaml"), None) or SHARED / "coco8.yaml"
+    yaml_path = COCO8 / "coco8.yaml"
     proc = subprocess.run([
         sys.executable, "-m", "yolojax.train", "--config", str(REPO / "configs" / "yolov8n.py"),
         "--workdir", str(tmp_path / "ft"), f"--config.data.yaml={yaml_path}",
-        f"--config.weights={SHARED / 'yolov8n.pt'}", "--config.imgsz=160", "--config.epochs=2",
+        f"--config.weights={WEIGHTS}", "--config.imgsz=160", "--config.epochs=2",
         "--config.batch_size=8", "--config.data.workers=0", "--config.progress=False",
     ], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -99,7 +99,7 @@ def test_freeze_selects_ultralytics_parameters():
 
 
 def test_multi_scale_sizes_match_ultralytics_formula():
-    from yolojax.data.multi_scale import draw_size, multi_scale_sizes, scaled_shape
+    from yolojax.data.augment.multi_scale import draw_size, multi_scale_sizes, scaled_shape
 
     for imgsz, ms in ((640, 0.5), (320, 0.25), (64, 0.5), (640, 0.1)):
         stride = 32
@@ -118,8 +118,8 @@ def test_multi_scale_batches_rescale_boxes_and_bound_recompiles(tmp_path):
     import jax
 
     from yolojax.data import AugmentConfig, make_train_iterator
-    from yolojax.data.multi_scale import multi_scale_sizes
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.augment.multi_scale import multi_scale_sizes
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
 
     yaml_path = write_synthetic_dataset(tmp_path, num_train=8, num_val=2, size_range=(48, 96), max_shapes=3)
     kw = dict(imgsz=64, batch_size=4, epochs=4, aug=AugmentConfig(mosaic=0.0), max_boxes=8, process_index=0,
@@ -153,17 +153,16 @@ SCRIPTED_MAP = [0.1, 0.3, 0.2, 0.25, 0.6, 0.7]  # patience 2: stops after epoch 
 
 @pytest.fixture(scope="module")
 def data_yaml(tmp_path_factory):
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("shapes")
     return write_synthetic_dataset(root, num_train=16, num_val=4, size_range=(64, 128), max_shapes=3, seed=0)
 
 
 def small_config(data_yaml, cache_dir, **overrides):
-    sys.path.insert(0, str(REPO))
-    from configs import base
+    from yolojax.config import default_config
 
-    c = base.get_config()
+    c = default_config()
     c.model.scale = "n"
     c.data.yaml = str(data_yaml)
     c.imgsz, c.batch_size, c.epochs, c.close_mosaic = 64, 4, 6, 0
@@ -186,20 +185,20 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def scripted_validation():
-    """yolojax.train.run._validate replaced: returns SCRIPTED_MAP in turn, records its inputs."""
+    """yolojax.train.run.validate_ema replaced: returns SCRIPTED_MAP in turn, records its inputs."""
     from yolojax.train import run
 
     calls = []
 
-    def validate(config, val_source, variables, info, batch_size):
+    def validate(settings, val_source, variables, info):
         calls.append({"info": info, "classes": np.asarray(val_source.labels.classes)})
         value = SCRIPTED_MAP[min(len(calls), len(SCRIPTED_MAP)) - 1]
         return {"mAP50": value, "mAP50-95": value, "precision": 0.5, "recall": 0.5}
 
-    original = run._validate
-    run._validate = validate
+    original = run.validate_ema
+    run.validate_ema = validate
     yield calls
-    run._validate = original
+    run.validate_ema = original
 
 
 def read_state(step_dir):
@@ -251,7 +250,7 @@ def _leaves(tree):
 
 
 def test_time_limit_stops_with_a_checkpoint(tmp_path, data_yaml, cache_dir, scripted_validation, monkeypatch):
-    from yolojax.plots import run as run_plots
+    from yolojax.train import plots as run_plots
     from yolojax.train.run import train
 
     plotted = []
@@ -262,23 +261,23 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path, data_yaml, cache_dir, scri
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "mAP50-95" in r] == [1]  # validated before stopping, as ultralytics
     # an early stop still plots (ultralytics' final evaluation), with the run's own selected data
-    (config, workdir, source, max_boxes, val_source, _, info, _, steps_done), = plotted
+    (settings, workdir, source, max_boxes, val_source, _, info, steps_done), = plotted
     assert workdir == tmp_path / "run" and tuple(source.names) == ("item",) and len(source) == 8
     assert steps_done == 1
     assert info["names"] == ["item"] and not np.asarray(val_source.labels.classes).any()
 
 
-def test_device_mode_refuses_host_only_options(tmp_path):
-    from yolojax.train.preflight import ConfigError
-    from yolojax.train.run import check_config
+def test_device_mode_refuses_host_only_options(tmp_path, data_yaml):
+    from yolojax.console import ConfigError
+    from yolojax.train.settings import resolve as check_config
 
     device = {"fraction": 0.5, "single_cls": True, "freeze": "2", "classes": "[0]", "cls_pw": 0.5, "patience": 3,
               "time": 1.0, "save_period": 2}
-    config = small_config(tmp_path / "data.yaml", tmp_path, **device)
+    config = small_config(data_yaml, tmp_path, **device)
     config.data.augment_on = "device"
     check_config(config)  # the selection, stopping and loss options work in device mode
     for field, value in (("rect", True), ("multi_scale", 0.5), ("cutmix", 0.5), ("bgr", 0.5)):
-        refused = small_config(tmp_path / "data.yaml", tmp_path, **{field: value})
+        refused = small_config(data_yaml, tmp_path, **{field: value})
         check_config(refused)  # host mode takes it
         refused.data.augment_on = "device"
         with pytest.raises(ConfigError, match=f"augment_on='device' cannot render {field}:"):
@@ -286,8 +285,8 @@ def test_device_mode_refuses_host_only_options(tmp_path):
 
 
 def test_new_options_define_the_run_and_old_workdirs_still_resume(tmp_path):
-    from yolojax.train.preflight import ConfigError
-    from yolojax.train.run import check_resumable
+    from yolojax.console import ConfigError
+    from yolojax.train.settings import check_resumable
 
     current = small_config(tmp_path / "data.yaml", tmp_path).to_dict()
     old = {k: v for k, v in current.items() if k not in ("cutmix", "bgr", "cls_pw", "rect", "multi_scale")}
@@ -298,15 +297,18 @@ def test_new_options_define_the_run_and_old_workdirs_still_resume(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("patience", -1, "patience must be >= 0 epochs"), ("time", -0.5, "time must be >= 0 hours"),
-    ("cutmix", 1.5, "cutmix must be a probability"), ("bgr", -0.1, "bgr must be a probability"),
-    ("cls_pw", 2.0, "cls_pw must be in"), ("multi_scale", 1.0, "multi_scale must be in")])
+    ("patience", -1, r"patience=-1: must be an integer >= 0 epochs"),
+    ("time", -0.5, r"time=-0.5: must be a finite number >= 0 hours"),
+    ("cutmix", 1.5, r"cutmix=1.5: must be a finite number in \[0, 1\]"),
+    ("bgr", -0.1, r"bgr=-0.1: must be a finite number in \[0, 1\]"),
+    ("cls_pw", 2.0, r"cls_pw=2.0: must be a finite number in \[0, 1\]"),
+    ("multi_scale", 1.0, r"multi_scale=1.0: must be a finite number in \[0, 1\)")])
 def test_bad_option_values_are_refused_naming_the_field(tmp_path, field, value, message):
-    from yolojax.train.preflight import ConfigError
-    from yolojax.train.run import check_config
+    from yolojax.console import ConfigError
+    from yolojax.train.settings import resolve
 
     with pytest.raises(ConfigError, match=message):
-        check_config(small_config(tmp_path / "data.yaml", tmp_path, **{field: value}))
+        resolve(small_config(tmp_path / "data.yaml", tmp_path, **{field: value}))
 
 
 def test_ram_cache_run_plots_the_batches_it_reached_and_removes_the_cache(tmp_path, data_yaml, cache_dir, caplog):

@@ -28,16 +28,13 @@ import time
 from pathlib import Path
 
 import pytest
+from shared_data import COCO8, WEIGHTS, needs
 
 pytest.importorskip("ultralytics", reason="ultralytics (the test oracle) not installed")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-WEIGHTS = SHARED / "yolov8n.pt"
-COCO8 = SHARED / "coco8"
-needs_shared = pytest.mark.skipif(not (WEIGHTS.is_file() and (COCO8 / "coco8-trainval.yaml").is_file()),
-                                  reason=f"needs {WEIGHTS} and {COCO8}/coco8-trainval.yaml (shared test data)")
-needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"needs {WEIGHTS} (shared test data)")
+needs_shared = needs(WEIGHTS, COCO8 / "coco8-trainval.yaml")
+needs_weights = needs(WEIGHTS)
 
 NO_AUGMENTATION = {"mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0,
                    "scale": 0.0, "fliplr": 0.0, "flipud": 0.0, "degrees": 0.0, "shear": 0.0, "perspective": 0.0,
@@ -80,10 +77,10 @@ def results_csv(root: Path, name: str) -> list[dict[str, float]]:
 
 def yolojax_train(workdir: Path, data_yaml: Path, **fields) -> list[dict]:
     """``python -m yolojax.train`` in this process (configs/yolov8n.py + ``fields``); metrics.jsonl rows."""
-    from yolojax.config import base_config
+    from yolojax.config import load_config
     from yolojax.train.run import train
 
-    config = base_config(str(REPO / "configs" / "yolov8n.py"))
+    config = load_config("yolov8n")
     config.model.scale = "n"
     config.data.yaml = str(data_yaml)
     config.data.workers = 0
@@ -154,7 +151,7 @@ ULTRALYTICS_SEEDS = (0, 1, 2, 3)
 
 
 def shapes_dataset(root: Path) -> Path:
-    from yolojax.data.synthetic import write_synthetic_dataset
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(root, **SHAPES)
 

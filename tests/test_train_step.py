@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolojax.data.synthetic import rectangles_batch
+from yolojax.data.sources.synthetic import rectangles_batch
 from yolojax.loss import DetectionLoss
 from yolojax.models import YOLOv8
 from yolojax.train import TrainState, ema_decay, make_recipe, make_train_step

@@ -20,13 +20,13 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from yolojax import predict as yj_predict
 from yolojax import val as yj_val
-from yolojax.data.coco_json import COCO80_CATEGORY_IDS
+from yolojax.inference import predictor as yj_predictor
+from yolojax.inference import detector as yj_detector
+from yolojax.evaluation import validator as yj_validator
+from yolojax.data.sources.coco_json import COCO80_CATEGORY_IDS
+from shared_data import COCO8, WEIGHTS, needs
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WEIGHTS = SHARED / "yolov8n.pt"
-COCO8 = SHARED / "coco8"
-needs_shared = pytest.mark.skipif(not (WEIGHTS.is_file() and (COCO8 / "coco8.yaml").is_file()),
-                                  reason=f"needs {WEIGHTS} and {COCO8}/coco8.yaml (shared test data)")
+needs_shared = needs(WEIGHTS, COCO8 / "coco8.yaml")
 
 
 def _bus_jpg() -> Path:
@@ -97,7 +97,7 @@ def test_val_counts_every_ground_truth_box_like_ultralytics(tmp_path):
     rows = label.read_text().strip().splitlines()
     grid = [f"0 {(c + 0.5) / 18:.6f} {(r + 0.5) / 18:.6f} 0.03 0.03" for r in range(18) for c in range(18)]
     label.write_text("\n".join(rows + grid[: 314 - len(rows)]) + "\n")
-    ours = yj_val.validate(WEIGHTS, root / "coco8.yaml", imgsz=320, verbose=False)
+    ours = yj_validator.validate(WEIGHTS, root / "coco8.yaml", imgsz=320, verbose=False)
     theirs_root = shutil.copytree(root, tmp_path / "theirs")
     ref = ultralytics.YOLO(str(WEIGHTS)).val(data=str(theirs_root / "coco8.yaml"), imgsz=320, plots=False, device="cpu",
                                              verbose=False, project=str(tmp_path / "ultra"))
@@ -143,9 +143,9 @@ def test_predict_api_folder_and_glob(tmp_path):
     (tmp_path / "imgs").mkdir()
     shutil.copy(bus, tmp_path / "imgs" / "a.jpg")
     shutil.copy(bus, tmp_path / "imgs" / "b.jpg")
-    assert [p.name for p in yj_predict.list_sources(tmp_path / "imgs")] == ["a.jpg", "b.jpg"]
-    assert [p.name for p in yj_predict.list_sources(str(tmp_path / "imgs" / "b*"))] == ["b.jpg"]
-    predictor = yj_predict.Predictor(str(WEIGHTS))
+    assert [p.name for p in yj_predictor.list_sources(tmp_path / "imgs")] == ["a.jpg", "b.jpg"]
+    assert [p.name for p in yj_predictor.list_sources(str(tmp_path / "imgs" / "b*"))] == ["b.jpg"]
+    predictor = yj_predictor.Predictor(str(WEIGHTS))
     from yolojax.data.image_io import read_image_rgb
 
     res = predictor([tmp_path / "imgs" / "a.jpg", read_image_rgb(bus)])
@@ -154,12 +154,12 @@ def test_predict_api_folder_and_glob(tmp_path):
 
 
 def test_letterbox_and_scale_boxes_roundtrip():
-    lb = yj_predict.letterbox_for_predict((1080, 810), 640, rect=True)
+    lb = yj_predictor.letterbox_for_predict((1080, 810), 640, rect=True)
     assert lb.out_hw == (640, 480) and lb.resized_wh == (480, 640)
-    lb = yj_predict.letterbox_for_predict((1080, 810), 640)
+    lb = yj_predictor.letterbox_for_predict((1080, 810), 640)
     assert lb.out_hw == (640, 640) and (lb.left, lb.right) == (80, 80)
     box = np.array([[80.0, 0.0, 560.0, 640.0]])
-    np.testing.assert_allclose(yj_predict.scale_boxes_to_original(box, (640, 640), (1080, 810)),
+    np.testing.assert_allclose(yj_predictor.scale_boxes_to_original(box, (640, 640), (1080, 810)),
                                [[0, 0, 810, 1080]], atol=1e-3)
 
 
@@ -182,11 +182,11 @@ def test_cli_contract(module, tmp_path, capsys):
 def test_predict_fn_is_shared_between_validations():
     """Validations with the same model and settings reuse one jitted function (compiled once, e.g. per training)."""
     info = {"scale": "n", "num_classes": 2, "names": ["a", "b"]}
-    first = yj_val.make_predict_fn(info, 0.001, 0.7, 300)
-    assert yj_val.make_predict_fn(dict(info, reg_max=16), 0.001, 0.7, 300) is first
-    assert yj_val.make_predict_fn(info, 0.25, 0.7, 300) is not first
-    assert yj_val.make_predict_fn(dict(info, num_classes=3), 0.001, 0.7, 300) is not first
-    assert yj_val.is_coco_json("a/instances_val2017.JSON") and not yj_val.is_coco_json("coco8.yaml")
+    first = yj_detector.make_predict_fn(info, 0.001, 0.7, 300)
+    assert yj_detector.make_predict_fn(dict(info, reg_max=16), 0.001, 0.7, 300) is first
+    assert yj_detector.make_predict_fn(info, 0.25, 0.7, 300) is not first
+    assert yj_detector.make_predict_fn(dict(info, num_classes=3), 0.001, 0.7, 300) is not first
+    assert yj_validator.is_coco_json("a/instances_val2017.JSON") and not yj_validator.is_coco_json("coco8.yaml")
 
 
 def test_cli_subprocess_bad_input(tmp_path):
@@ -258,11 +258,11 @@ def test_val_coco_json_reports_official_coco_metrics(tmp_path):
     data.yaml, plus pycocotools' AP close to mAP50-95."""
     annotations = tmp_path / "instances_val.json"
     images_dir = yolo_split_to_coco_json(COCO8 / "coco8.yaml", annotations, COCO80_CATEGORY_IDS, first_image_id=36)
-    from yolojax.convert import load_weights
+    from yolojax.weights import load_weights
 
     variables, info = load_weights(WEIGHTS)
     kw = {"variables": variables, "info": info, "imgsz": 640, "batch": 4, "verbose": False}
-    from_yaml = yj_val.validate(data=shutil.copytree(COCO8, tmp_path / "coco8") / "coco8.yaml", **kw)
+    from_yaml = yj_validator.validate(data=shutil.copytree(COCO8, tmp_path / "coco8") / "coco8.yaml", **kw)
     out_json, predictions = tmp_path / "val.json", tmp_path / "predictions.json"
     argv = ["--weights", str(WEIGHTS), "--data", str(annotations), "--images", str(images_dir), "--imgsz", "640",
             "--batch", "4", "--json", str(out_json), "--predictions", str(predictions)]
@@ -291,7 +291,7 @@ def test_val_coco_json_cli_errors(tmp_path, capsys):
     assert yj_val.main(["--weights", str(weights), "--data", str(data_yaml), "--images", str(tmp_path)]) == 1
     assert "COCO JSON" in capsys.readouterr().err
     with pytest.raises(ValueError, match="COCO JSON"):
-        yj_val.validate(data=data_yaml, predictions_json=tmp_path / "p.json")
+        yj_validator.validate(data=data_yaml, predictions_json=tmp_path / "p.json")
 
 
 # A model ultralytics trains inside the test (no shared data needed): YOLOv8n from scratch on big,
@@ -386,7 +386,7 @@ def test_predict_matches_ultralytics_on_a_model_it_trained(ultralytics_trained):
     import ultralytics
 
     images = sorted((ultralytics_trained.data_yaml.parent / "images" / "val").glob("*.png"))[:4]
-    ours = yj_predict.Predictor(ultralytics_trained.weights, imgsz=TRAIN_IMGSZ, conf=0.25)(images)
+    ours = yj_predictor.Predictor(ultralytics_trained.weights, imgsz=TRAIN_IMGSZ, conf=0.25)(images)
     refs = ultralytics.YOLO(str(ultralytics_trained.weights)).predict([str(p) for p in images], imgsz=TRAIN_IMGSZ,
                                                                       conf=0.25, iou=0.7, device="cpu", save=False,
                                                                       verbose=False)
@@ -411,10 +411,10 @@ def test_val_coco_json_on_a_model_ultralytics_trained(ultralytics_trained, tmp_p
     """The COCO JSON path without shared data: sparse category ids (3, 7) and image ids."""
     annotations = tmp_path / "instances_val.json"
     images_dir = yolo_split_to_coco_json(ultralytics_trained.data_yaml, annotations, (3, 7), first_image_id=1000)
-    from_yaml = yj_val.validate(ultralytics_trained.weights, ultralytics_trained.data_yaml, imgsz=TRAIN_IMGSZ,
+    from_yaml = yj_validator.validate(ultralytics_trained.weights, ultralytics_trained.data_yaml, imgsz=TRAIN_IMGSZ,
                                 verbose=False)
     predictions = tmp_path / "predictions.json"
-    ours = yj_val.validate(ultralytics_trained.weights, annotations, images=images_dir, imgsz=TRAIN_IMGSZ,
+    ours = yj_validator.validate(ultralytics_trained.weights, annotations, images=images_dir, imgsz=TRAIN_IMGSZ,
                            predictions_json=predictions, verbose=False)
     for k in ("mAP50", "mAP50-95", "precision", "recall"):
         assert ours[k] == pytest.approx(from_yaml[k], abs=1e-9), k
@@ -422,7 +422,7 @@ def test_val_coco_json_on_a_model_ultralytics_trained(ultralytics_trained, tmp_p
           f"mAP50 {ours['mAP50']:.4f} COCO AP50 {ours['coco']['AP50']:.4f}")
     assert abs(ours["coco"]["AP"] - ours["mAP50-95"]) < 0.05
     check_coco_predictions(predictions, annotations)
-    from yolojax.coco_eval import coco_evaluate
+    from yolojax.evaluation.coco_eval import coco_evaluate
 
     again, _ = coco_evaluate(annotations, predictions)
     assert again == ours["coco"]

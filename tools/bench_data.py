@@ -48,8 +48,8 @@ from pathlib import Path
 import yaml
 
 from yolojax.data import load_data_yaml, make_train_iterator
-from yolojax.data.data_yaml import image_to_label_paths, list_image_files
-from yolojax.data.synthetic import write_synthetic_dataset
+from yolojax.data.sources.data_yaml import image_to_label_paths, list_image_files
+from yolojax.data.sources.synthetic import write_synthetic_dataset
 
 
 def looped_copy(data_yaml: str, min_images: int, out_dir: Path) -> str:
@@ -86,7 +86,7 @@ def device_render_ms(data_yaml: str, args: argparse.Namespace, repeats: int = 3)
     compiled first), on JAX's default backend; CPU time is this process's (all its threads)."""
     import jax  # pylint: disable=import-outside-toplevel
 
-    from yolojax.data.device_augment import render_batch  # pylint: disable=import-outside-toplevel
+    from yolojax.data.device.augment import render_batch  # pylint: disable=import-outside-toplevel
 
     iterator, close = yolojax_batches(data_yaml, argparse.Namespace(**{**vars(args), "workers": 0}), cache="ram",
                                       augment_on="device")

@@ -38,7 +38,7 @@ def _ultralytics_checkpoint(scale: str, directory: Path) -> Path:
 
 def yolojax_forward(checkpoint: str, batch: int, imgsz: int) -> Callable[[], None]:
     """A closure running yolojax's jitted eval forward (decoded boxes included) on a fixed batch."""
-    from yolojax.convert import load_ultralytics
+    from yolojax.weights import load_ultralytics
     from yolojax.models import yolov8_from_info
 
     variables, info = load_ultralytics(checkpoint)

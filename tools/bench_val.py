@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-ultralytics", action="store_true")
     args = p.parse_args(argv)
 
-    from yolojax.convert import load_weights
-    from yolojax.val import validate
+    from yolojax.weights import load_weights
+    from yolojax.evaluation.validator import validate
 
     with tempfile.TemporaryDirectory() as tmp:
         ours_yaml = _looped_split(Path(args.data), args.min_images, Path(tmp) / "ours")

@@ -69,10 +69,10 @@ jax.config.update("jax_enable_x64", ARGS.dtype == "float64")
 import numpy as np  # noqa: E402
 
 from yolojax import parallel as par  # noqa: E402
-from yolojax.data.synthetic import rectangles_batch  # noqa: E402
+from yolojax.data.sources.synthetic import rectangles_batch  # noqa: E402
 from yolojax.loss import DetectionLoss  # noqa: E402
 from yolojax.models import YOLOv8  # noqa: E402
-from yolojax.train import TrainState, make_recipe, make_train_step  # noqa: E402
+from yolojax.train import TrainState, loss_step, make_recipe, make_train_step  # noqa: E402
 
 IMGSZ, NC, BATCH = 128, 3, 8
 
@@ -186,7 +186,7 @@ def main():
         t0 = time.time()
         mode, data, model, rules, ndev = SCENARIOS[name]
         mesh = par.make_mesh(data, model, jax.devices()[:ndev])
-        step, shardings = par.make_parallel_train_step(mode, LOSS, mesh, init, rules)
+        step, shardings = par.make_parallel_train_step(mode, loss_step(LOSS), mesh, init, rules)
         state = par.shard_state(init, shardings)
         res = {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "mode": mode, "rules": rules}
         if mode == "jit":

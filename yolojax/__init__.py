@@ -10,8 +10,8 @@ configure_xla_cpu()  # before JAX starts its backend: XLA reads XLA_FLAGS once
 def load_weights(path):
     """Load variables and model info from a .pt, a converted directory or a train workdir.
 
-    See :func:`yolojax.convert.load_weights`.
+    See :func:`yolojax.weights.load_weights`.
     """
-    from yolojax.convert import load_weights as _load
+    from yolojax.weights import load_weights as _load
 
     return _load(path)

@@ -16,102 +16,25 @@ scale and trains from scratch; ``model=yolov8s.pt`` also starts from those weigh
 As in ultralytics, runs go to ``project/name`` (runs/detect/train, train2, ... unless
 ``exist_ok=True``; ``resume=True`` reuses the directory, which yolojax resumes from).
 
-Also the helpers every command shares: one-line usage errors (:class:`OneLineErrorParser`,
-:func:`error_line`), output checks (:func:`ensure_writable_dir`) and the log lines a command
-shows (:func:`configure_logging`).
+Each mode parses its keys and makes one call into the packages: train
+(:func:`yolojax.train.run.train`), val (:func:`yolojax.evaluation.validate`), predict
+(:func:`yolojax.inference.predict`), export (:func:`yolojax.inference.export`), convert
+(:mod:`yolojax.weights`).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import difflib
-import importlib.util
 import json
-import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, ``PROG: error: MESSAGE``, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def error_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def ensure_writable_dir(directory: str | os.PathLike, what: str) -> None:
-    """Create ``directory`` (with its parents) and write and remove a file in it, so that a
-    command refuses an output location before its work rather than after.
-
-    Raises:
-      ValueError: one line, ``{what} {directory} is not writable: {reason}``.
-    """
-    folder = Path(directory)
-    probe = folder / f".yolojax-write-check-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{what} {folder} is not writable: {e.strerror or e}") from None
-
-
-class _ShownRecords(logging.Filter):
-    """yolojax's INFO lines (scan summaries, skipped files, resolved settings) and every
-    library's warnings and errors; other libraries' INFO lines (e.g. JAX's "Unable to
-    initialize backend 'tpu'" probe on machines without a TPU) are dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or (
-            record.levelno >= logging.INFO and (record.name == "yolojax" or record.name.startswith("yolojax.")))
-
-
-class _TqdmHandler(logging.Handler):
-    """Writes each line to the current ``sys.stderr``, above any active tqdm progress bar
-    instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never raise (as logging.StreamHandler)
-            self.handleError(record)
-
-
-def configure_logging() -> logging.Handler:
-    """Route log records to stderr as ``LEVEL logger: message``, one line each, above the
-    progress bar: yolojax's INFO and up, other libraries' WARNING and up.
-
-    Replaces the handler absl.app.run installs on the root logger (it prefixes each line with
-    a timestamp, thread id and source line) and one installed by an earlier call; other
-    handlers stay. Returns the installed handler.
-    """
-    from absl import logging as absl_logging
-
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        if isinstance(old, (_TqdmHandler, absl_logging.ABSLHandler)):
-            root.removeHandler(old)
-    handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(_ShownRecords())
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return handler
+from yolojax.config import check_arguments, config_names, default_config, flatten, load_config
+from yolojax.console import configure_logging, error_line
 
 
 # ultralytics train argument -> yolojax config field (configs/base.py). Every other config
@@ -182,16 +105,6 @@ def parse_pairs(args: Sequence[str], valid: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def _flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(_flat_fields(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _typed(field: str, current: Any, raw: str) -> Any:
     """``raw`` converted to the type of the config field's current value (as config_flags does)."""
     try:
@@ -207,21 +120,6 @@ def _typed(field: str, current: Any, raw: str) -> Any:
     return raw
 
 
-def _configs_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "configs"
-
-
-def load_config_file(path: str | Path) -> Any:
-    """``get_config()`` of a Python config file, as ``--config`` of yolojax.train loads it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {path} not found")
-    spec = importlib.util.spec_from_file_location(f"yolojax_cli_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def model_scale(model: str) -> tuple[str, str]:
     """ultralytics ``model=`` -> (scale, weights): ``yolov8s.yaml`` -> ("s", ""); ``yolov8s.pt``
     -> ("s", "yolov8s.pt"); other weights (a .pt, converted dir, train workdir) -> their scale."""
@@ -235,7 +133,7 @@ def model_scale(model: str) -> tuple[str, str]:
         raise UsageError(f"model={model} not found (no weights are downloaded: give a local .pt or directory)")
     if match is not None:
         return match.group(1).lower(), model
-    from yolojax.convert import load_weights
+    from yolojax.weights import load_weights
 
     try:
         return load_weights(model)[1]["scale"], model
@@ -258,17 +156,18 @@ def run_dir(pairs: Mapping[str, Any], default_name: str, reuse: bool = False) ->
 def train_config(args: Sequence[str]) -> tuple[Any, Path]:
     """``yolojax train`` arguments -> (ml_collections config, workdir), nothing run yet.
 
-    The config starts from ``cfg=`` (a config file) or configs/yolov8{scale}.py, the scale from
+    The config starts from ``cfg=`` (a config file or a shipped config's name, e.g. ``quickstart``)
+    or the shipped ``yolov8{scale}`` config, the scale from
     ``model=`` (default yolov8n.yaml, as ultralytics); then every key is set through
     :data:`TRAIN_KEYS` or by its own field name. Raises :class:`UsageError`.
     """
-    fields = _flat_fields(load_config_file(_configs_dir() / "base.py"))
+    fields = flatten(default_config())
     pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *RUN_KEYS, *fields}))
     scale, weights = model_scale(pairs.get("model", "yolov8n.yaml"))
-    config = load_config_file(pairs.get("cfg", _configs_dir() / f"yolov8{scale}.py"))
+    config = load_config(pairs.get("cfg", f"yolov8{scale}"))
     if "model" in pairs or "cfg" not in pairs:
         config.model.scale, config.weights = scale, weights
-    current = _flat_fields(config)
+    current = flatten(config)
     for key, raw in pairs.items():
         if key in RUN_KEYS:
             continue
@@ -282,23 +181,27 @@ def train_config(args: Sequence[str]) -> tuple[Any, Path]:
 
 
 def _call_args(args: Sequence[str], keys: Mapping[str, str], required: Sequence[str]) -> dict[str, Any]:
-    """Keyword arguments of a mode's function; ``compile_cache`` (default "auto") is taken out
-    and applied (:func:`yolojax.runtime.enable_compilation_cache`)."""
+    """Keyword arguments of a mode's function, each value checked by its ultralytics name
+    (:func:`yolojax.config.check_arguments`) before any work; ``compile_cache`` (default
+    "auto") is taken out and applied (:func:`yolojax.runtime.enable_compilation_cache`)."""
     from yolojax.runtime import enable_compilation_cache
 
     pairs = parse_pairs(args, sorted(keys))
     missing = [k for k in required if k not in pairs]
     if missing:
         raise UsageError(f"missing {', '.join(f'{k}=...' for k in missing)}")
-    enable_compilation_cache(str(pairs.pop("compile_cache", "auto")))
-    return {keys[k]: parse_value(v) for k, v in pairs.items()}
+    compile_cache = str(pairs.pop("compile_cache", "auto"))
+    values = {k: parse_value(v) for k, v in pairs.items()}
+    check_arguments(values)
+    enable_compilation_cache(compile_cache)
+    return {keys[k]: v for k, v in values.items()}
 
 
 def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
     """``weights=model.onnx`` -> an onnxruntime ``model_fn`` and its ``info`` instead; imgsz
     defaults to the model's fixed (square) input size, as ultralytics reads it from the file."""
     if str(kwargs.get("weights", "")).lower().endswith(".onnx"):
-        from yolojax.onnx_runtime import OnnxDetector
+        from yolojax.inference.onnx_runtime import OnnxDetector
 
         detector = OnnxDetector(kwargs.pop("weights"))
         kwargs.update(model_fn=detector, info=detector.info)
@@ -308,10 +211,11 @@ def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_train(args: Sequence[str]) -> int:
+    configure_logging()  # before the imports below: absl (through Grain and Orbax) would otherwise
+    # install logging.basicConfig's handler on the empty root logger, doubling every line
     from yolojax.train.run import NonFiniteLossError, train
 
     config, workdir = train_config(args)
-    configure_logging()
     try:
         summary = train(config, workdir)
     except NonFiniteLossError as e:
@@ -321,7 +225,7 @@ def run_train(args: Sequence[str]) -> int:
 
 
 def run_val(args: Sequence[str]) -> int:
-    from yolojax.val import json_results, validate
+    from yolojax.evaluation import json_results, validate
 
     kwargs = _onnx_or_weights(_call_args(args, VAL_KEYS, ("model", "data")))
     out = run_dir(kwargs, "val")
@@ -336,7 +240,7 @@ def run_val(args: Sequence[str]) -> int:
 
 
 def run_predict(args: Sequence[str]) -> int:
-    from yolojax.predict import predict
+    from yolojax.inference import predict
 
     kwargs = _onnx_or_weights(_call_args(args, PREDICT_KEYS, ("model", "source")))
     out = run_dir(kwargs, "predict")
@@ -347,17 +251,17 @@ def run_predict(args: Sequence[str]) -> int:
 
 
 def run_export(args: Sequence[str]) -> int:
-    from yolojax.export import export, show_progress
+    from yolojax.inference import export
 
     kwargs = _call_args(args, EXPORT_KEYS, ("model",))
-    show_progress()
+    configure_logging()
     out = export(str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx")), **kwargs)
     print(f"wrote {out}")
     return 0
 
 
 def run_convert(args: Sequence[str]) -> int:
-    from yolojax.convert import load_ultralytics, save_converted
+    from yolojax.weights import load_ultralytics, save_converted
 
     kwargs = _call_args(args, CONVERT_KEYS, ("model",))
     weights = Path(str(kwargs["weights"]))
@@ -369,7 +273,7 @@ def run_convert(args: Sequence[str]) -> int:
 
 
 MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "train": (run_train, "train a model (configs/base.py fields)"),
+    "train": (run_train, "train a model (the fields of yolojax/configs/base.py)"),
     "val": (run_val, "mAP50 / mAP50-95 on a data.yaml or COCO JSON (model=*.onnx runs onnxruntime)"),
     "predict": (run_predict, "annotated images and predictions.json (model=*.onnx runs onnxruntime)"),
     "export": (run_export, "format=onnx (default) or format=pt (an ultralytics checkpoint)"),
@@ -379,11 +283,12 @@ MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 def help_text() -> str:
     """What ``yolojax help`` prints: the modes and every key each accepts."""
-    fields = sorted(set(_flat_fields(load_config_file(_configs_dir() / "base.py"))) - set(TRAIN_KEYS.values()))
+    fields = sorted(set(flatten(default_config())) - set(TRAIN_KEYS.values()))
     lines = ["usage: yolojax MODE KEY=VALUE ...   (ultralytics' syntax and argument names)", "", "modes:"]
     lines += [f"  {mode:8s} {text}" for mode, (_, text) in MODES.items()] + ["  help     this text", ""]
     lines.append("train keys (ultralytics' names):")
     lines.append("  " + ", ".join(RUN_KEYS))
+    lines.append(f"  cfg: a config file, or a shipped config's name ({', '.join(config_names())})")
     lines.append("  " + ", ".join(f"{k} -> {v}" for k, v in TRAIN_KEYS.items() if k != v))
     lines.append("  same name as the config field: " + ", ".join(k for k, v in TRAIN_KEYS.items() if k == v))
     lines.append("  and every other config field by name: " + ", ".join(fields))

@@ -13,16 +13,16 @@ Typical use::
 See docs/data.md.
 """
 
-from yolojax.data.augment_config import AugmentConfig
-from yolojax.data.coco_json import coco91_to_coco80, coco_json_source
-from yolojax.data.data_yaml import DataSpec, image_to_label_paths, list_image_files, load_data_yaml
-from yolojax.data.label_scan import ScanReport, ScanResult, scan_yolo_split
-from yolojax.data.label_table import LabelTable
-from yolojax.data.letterbox import Letterbox, apply_letterbox, letterbox_params, rect_batch_shapes
+from yolojax.data.augment.config import AugmentConfig
+from yolojax.data.sources.coco_json import coco91_to_coco80, coco_json_source
+from yolojax.data.sources.data_yaml import DataSpec, image_to_label_paths, list_image_files, load_data_yaml
+from yolojax.data.sources.label_scan import ScanReport, ScanResult, scan_yolo_split
+from yolojax.data.sources.label_table import LabelTable
+from yolojax.data.augment.letterbox import Letterbox, apply_letterbox, letterbox_params, rect_batch_shapes
 from yolojax.data.pipeline import Batches, make_train_iterator, make_val_iterator
 from yolojax.data.schedule import TrainSchedule, ValSchedule
-from yolojax.data.sources import DetectionSource, FileDetectionSource, yolo_source
-from yolojax.data.tfds_source import TfdsSource
+from yolojax.data.sources.yolo import DetectionSource, FileDetectionSource, yolo_source
+from yolojax.data.sources.tfds import TfdsSource
 
 __all__ = [
     "AugmentConfig",

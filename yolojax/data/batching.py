@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from grain.multiprocessing import SharedMemoryArray
 
-from yolojax.data import shm_pool
+from yolojax.data.memory import shm_pool
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def new_image_batch(shape: tuple[int, ...], shared_memory: bool) -> np.ndarray:
 
     Grain passes a ``SharedMemoryArray`` to the main process without copying it; a worker's
     blocks are reused once the main process has freed their batch
-    (:mod:`yolojax.data.shm_pool`), else each batch is a fresh block the main process unlinks.
+    (:mod:`yolojax.data.memory.shm_pool`), else each batch is a fresh block the main process unlinks.
     """
     if shared_memory:
         return shm_pool.pooled_array(shape, np.uint8) if shm_pool.available() else SharedMemoryArray(shape, np.uint8)
@@ -98,7 +98,7 @@ def pad_labels(
 def unlink_on_arrival(batch: dict[str, Any]) -> dict[str, Any]:
     """Main-process step: take over the shared memory of every array a worker handed over.
 
-    A worker's pooled block (:mod:`yolojax.data.shm_pool`) becomes a plain array over this
+    A worker's pooled block (:mod:`yolojax.data.memory.shm_pool`) becomes a plain array over this
     process's own mapping, which hands the block back to the worker when it is freed; any
     other block is unlinked now (the name goes, the pages stay mapped until the array is
     freed). Grain would unlink it when the array is freed, but an array still referenced at

@@ -26,13 +26,14 @@ import numpy as np
 from absl import flags
 from grain.multiprocessing import SharedMemoryArray
 
-from yolojax.data.augment_config import AugmentConfig
+from yolojax.config import check_arguments
+from yolojax.data.augment.config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
-from yolojax.data.device_batches import AUGMENT_ON, DeviceBatchBuilder, check_device_options
-from yolojax.data.image_cache import CachedSource, open_image_cache
-from yolojax.data.letterbox import rect_batch_shapes
+from yolojax.data.device.batches import AUGMENT_ON, DeviceBatchBuilder, check_device_options
+from yolojax.data.memory.image_cache import CachedSource, open_image_cache
+from yolojax.data.augment.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
-from yolojax.data.sources import DetectionSource, yolo_source
+from yolojax.data.sources.yolo import DetectionSource, yolo_source
 from yolojax.data.train_batches import TrainBatchBuilder
 from yolojax.data.val_batches import ValBatchBuilder
 
@@ -157,7 +158,7 @@ def builds_in_shared_memory(workers: int, threads: int) -> bool:
 
     Only in worker processes (``workers > 0``) that build one batch at a time
     (``threads <= 1``): batches a worker's thread pool had built ahead would still hold their
-    shared memory when the worker stops; the pooled blocks of :mod:`yolojax.data.shm_pool`
+    shared memory when the worker stops; the pooled blocks of :mod:`yolojax.data.memory.shm_pool`
     are unlinked by their exiting worker, but the fresh blocks used where pooling is
     unavailable would not be. With more threads the builders use plain arrays and Grain
     copies each batch into shared memory as it sends it.
@@ -281,16 +282,16 @@ def make_train_iterator(
       mosaic_pool: mosaic / mixup partners from the same local 'batch' or the whole 'dataset'.
       cache: ultralytics' ``cache``: "" (none), "ram" (images resized to imgsz, in one file
         every worker maps) or "disk" (ultralytics' .npy files beside the images); True means
-        "ram" (:mod:`yolojax.data.image_cache`). The batches are the same bit for bit. A
+        "ram" (:mod:`yolojax.data.memory.image_cache`). The batches are the same bit for bit. A
         source already cached is used as it is.
       rect: ultralytics' rect training: images sorted by aspect ratio, each batch its own
         shape (``set_rectangle`` with pad 0), no shuffle when the shapes differ, no mosaic,
         mixup or cutmix (:func:`train_schedule`); host mode only.
       multi_scale: resize each batch to a random stride multiple within imgsz * (1 +- it)
-        (:mod:`yolojax.data.multi_scale`); 0: off; host mode only.
+        (:mod:`yolojax.data.augment.multi_scale`); 0: off; host mode only.
       augment_on: 'host' (the images augmented here) or 'device' (the same draws and boxes;
         the source images and parameters shipped instead of ``image``, rendered in the train
-        step: :mod:`yolojax.data.device_params`, :func:`yolojax.data.device_augment.render_batch`).
+        step: :mod:`yolojax.data.device.params`, :func:`yolojax.data.device.augment.render_batch`).
       augment_groups: device mode: 'data' shards this process feeds (the local batch splits
         into that many groups, each shipping its own source images).
 
@@ -303,8 +304,7 @@ def make_train_iterator(
       ValueError: imgsz not a multiple of 32; an unknown ``augment_on``; device mode with an
         option it cannot render (:func:`check_device_options`).
     """
-    if imgsz % 32:
-        raise ValueError(f"imgsz {imgsz} must be a multiple of 32")
+    check_arguments({"imgsz": imgsz})
     aug = aug or AugmentConfig()
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")

@@ -6,13 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from yolojax.data.augment_config import AugmentConfig
+from yolojax.data.augment.config import AugmentConfig
 from yolojax.data.batching import new_image_batch, pad_labels
-from yolojax.data.image_cache import resized_record
-from yolojax.data.multi_scale import draw_size, rescale_batch, scaled_shape
+from yolojax.data.memory.image_cache import resized_record
+from yolojax.data.augment.multi_scale import draw_size, rescale_batch, scaled_shape
 from yolojax.data.schedule import TrainSchedule, record_rng
-from yolojax.data.sources import DetectionSource
-from yolojax.data.train_sample import LoadedImage, draw_sample, render_sample, sample_boxes
+from yolojax.data.sources.yolo import DetectionSource
+from yolojax.data.augment.sample import LoadedImage, draw_sample, render_sample, sample_boxes
 
 MOSAIC_POOLS = ("batch", "dataset")
 
@@ -38,7 +38,7 @@ class TrainBatchBuilder:
         'dataset' (uniform over the whole source, like ultralytics with cache='ram').
       shared_memory: allocate the image batch in shared memory (set when the builder runs in
         Grain worker processes: saves copying the batch once more).
-      multi_scale: ultralytics' ``multi_scale`` (:mod:`yolojax.data.multi_scale`); 0: off.
+      multi_scale: ultralytics' ``multi_scale`` (:mod:`yolojax.data.augment.multi_scale`); 0: off.
 
     With a rect schedule (``schedule.batch_shapes_hw``) each batch has its rect shape and
     mosaic, mixup and cutmix are off (ultralytics' dataset with ``rect``).

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from yolojax.data.batching import new_image_batch, pad_labels
-from yolojax.data.image_cache import resized_record
-from yolojax.data.letterbox import PAD_VALUE, apply_letterbox, letterbox_boxes, letterbox_params
+from yolojax.data.memory.image_cache import resized_record
+from yolojax.data.augment.letterbox import PAD_VALUE, apply_letterbox, letterbox_boxes, letterbox_params
 from yolojax.data.schedule import ValSchedule
-from yolojax.data.sources import DetectionSource
+from yolojax.data.sources.yolo import DetectionSource
 
 
 class ValBatchBuilder:

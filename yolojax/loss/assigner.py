@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax.ops.boxes import bbox_iou, xywh2xyxy, xyxy2xywh
-from yolojax.precision import compute_dtype
+from yolojax.ops.precision import compute_dtype
 
 
 class Assignment(NamedTuple):

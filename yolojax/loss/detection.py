@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from yolojax.loss.assigner import Assignment, assign_bucketed
 from yolojax.ops.anchors import bbox2dist, dist2bbox, make_anchors
 from yolojax.ops.boxes import bbox_iou
-from yolojax.precision import compute_dtype
+from yolojax.ops.precision import compute_dtype
 
 
 def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:

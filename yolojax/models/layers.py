@@ -15,7 +15,7 @@ from flax import linen as nn
 
 from yolojax.ops.anchors import dist2bbox, make_anchors
 from yolojax.ops.conv import conv2d
-from yolojax.precision import compute_dtype
+from yolojax.ops.precision import compute_dtype
 
 # torch.nn.Conv2d's default init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
 torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Flax leaf -> torch state-dict leaf (the inverse of yolojax.convert.torch_key_to_flax).
+# Flax leaf -> torch state-dict leaf (the inverse of yolojax.weights.ultralytics.torch_key_to_flax).
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
 

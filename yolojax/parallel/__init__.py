@@ -5,7 +5,7 @@ from yolojax.parallel.distributed import (
     initialize_distributed, is_main_process, local_batch_size, process_count, process_index,
 )
 from yolojax.parallel.mesh import (
-    AXES, DATA, MODEL, batch_sharding, make_mesh, mesh_from_config, replicated, resolve_axis_sizes,
+    AXES, DATA, MODEL, batch_sharding, make_mesh, replicated, resolve_axis_sizes,
 )
 from yolojax.parallel.rules import (
     RULE_SETS, TACTICS, follow, get_rules, path_str, per_device_bytes, sharding_table, spec_for,
@@ -20,7 +20,7 @@ __all__ = [
     "AXES", "DATA", "MODEL", "MODES", "RULE_SETS", "TACTICS", "batch_sharding",
     "constrained_apply", "follow", "get_rules", "init_sharded_state", "initialize_distributed",
     "is_main_process", "local_batch_size", "local_data_shards", "make_jit_train_step", "make_mesh",
-    "make_parallel_train_step", "make_pmap_train_step", "mesh_from_config", "path_str",
+    "make_parallel_train_step", "make_pmap_train_step", "path_str",
     "per_device_bytes", "place_batch", "process_batch_rows", "process_count", "process_index",
     "replicated", "resolve_axis_sizes", "shard_array", "shard_state", "sharding_table",
     "spec_for", "state_shardings", "tree_shardings", "tree_specs",

@@ -55,14 +55,6 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[Any] | None = No
         return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=auto)
 
 
-def mesh_from_config(config: Any, devices: Sequence[Any] | None = None) -> Mesh:
-    """``make_mesh`` from a config with ``mesh.data`` and ``mesh.model`` (defaults -1, 1)."""
-    mesh_cfg = getattr(config, "mesh", None)
-    data = getattr(mesh_cfg, "data", -1) if mesh_cfg is not None else -1
-    model = getattr(mesh_cfg, "model", 1) if mesh_cfg is not None else 1
-    return make_mesh(data, model, devices)
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array."""
     return NamedSharding(mesh, P())

@@ -1,22 +1,24 @@
 """Sharded train steps: the jit (GSPMD) path and the pmap-style (shard_map) path.
 
-Both take the same :class:`yolojax.train.TrainState` and DESIGN.md batch and give the same
-numbers as one device (BatchNorm statistics and the loss normaliser over the global batch).
+Both wrap a step function ``step_fn(state, batch, axis_name=None) -> (state, metrics)`` (e.g.
+:func:`yolojax.train.step.loss_step`'s, over a :class:`yolojax.train.TrainState` and DESIGN.md's
+batch) and give the same numbers as one device (BatchNorm statistics and the loss
+normaliser over the global batch). The wrappers only place and shard; the step function
+is the caller's, so this package imports nothing from yolojax.train.
 
 * ``mode="jit"``: ``jax.jit`` with in/out shardings from the partition rules
   (:func:`yolojax.parallel.rules.state_shardings`), the batch over 'data', the state
   donated. XLA inserts the collectives (gradient all-reduce for replicated params,
   all-gather / reduce-scatter for fsdp, activation collectives for tp).
 * ``mode="pmap"``: ``jax.shard_map`` over the 'data' axis with the state replicated and
-  explicit collectives: BatchNorm ``pmean``s its moments (``bn_axis_name``), the loss
-  ``psum``s its normaliser (``DetectionLoss.axis_name``), gradients are summed over the
-  axis by shard_map's autodiff (the transpose of the replicated params' implicit
+  explicit collectives: the step function gets ``axis_name='data'``, BatchNorm ``pmean``s
+  its moments (``bn_axis_name``), the loss ``psum``s its normaliser, gradients are summed
+  over the axis by shard_map's autodiff (the transpose of the replicated params' implicit
   broadcast is a psum) and metrics are psum'ed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
@@ -26,7 +28,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from yolojax.ops.conv import portable_convolutions
 from yolojax.parallel.mesh import DATA, MODEL, batch_sharding, replicated
 from yolojax.parallel.rules import Rules, state_shardings
-from yolojax.train.step import train_step
 
 MODES = ("jit", "pmap")
 
@@ -74,7 +75,7 @@ def process_batch_rows(global_batch_size: int, mesh: Mesh) -> slice:
 
 def local_data_shards(mesh: Mesh, global_batch_size: int) -> int:
     """How many distinct 'data' shards of the global batch this process's devices hold (the
-    groups of a device-mode batch, :mod:`yolojax.data.device_params`)."""
+    groups of a device-mode batch, :mod:`yolojax.data.device.params`)."""
     sharding = batch_sharding(mesh)
     index_map = sharding.addressable_devices_indices_map((global_batch_size,))
     return len({index[0].indices(global_batch_size) for index in index_map.values()})
@@ -110,19 +111,18 @@ def constrained_apply(apply_fn: Callable, mesh: Mesh) -> Callable:
 
 # -- train steps -----------------------------------------------------------------------------
 
-def make_jit_train_step(loss_fn: Callable, mesh: Mesh, shardings: Any,
+def make_jit_train_step(step_fn: Callable, mesh: Mesh, shardings: Any,
                         constrain_activations: bool = True) -> Callable:
-    """``jit(train_step)`` with the state's in/out shardings (from
+    """``jit(step_fn)`` with the state's in/out shardings (from
     :func:`yolojax.parallel.rules.state_shardings`), batch over 'data', replicated
-    metrics, and the input state donated. ``loss_fn`` must not have an ``axis_name``."""
-    if getattr(loss_fn, "axis_name", None) is not None:
-        raise ValueError("the jit path needs loss_fn.axis_name=None (the batch is just sharded)")
+    metrics, and the input state donated. ``step_fn(state, batch)`` runs without an axis
+    name: GSPMD inserts the collectives."""
 
     def step(state, batch):
         inner = state
         if constrain_activations:
             inner = state.replace(apply_fn=constrained_apply(state.apply_fn, mesh))
-        new_state, metrics = train_step(inner, batch, loss_fn)
+        new_state, metrics = step_fn(inner, batch)
         return new_state.replace(apply_fn=state.apply_fn), metrics
 
     return jax.jit(
@@ -140,13 +140,14 @@ def _module_of(apply_fn: Callable) -> Any:
     return module
 
 
-def make_pmap_train_step(loss_fn: Callable, mesh: Mesh, model: Any | None = None) -> Callable:
+def make_pmap_train_step(step_fn: Callable, mesh: Mesh, model: Any | None = None) -> Callable:
     """Data parallel with replicated state and explicit collectives (``parallel.mode='pmap'``).
 
-    ``jit(shard_map(train_step))`` over the mesh's 'data' axis ('model' must be 1): the
+    ``jit(shard_map(step_fn))`` over the mesh's 'data' axis ('model' must be 1): the
     state is replicated (``P()``), the batch split over 'data'. Inside, the model is
     ``model.clone(bn_axis_name='data')`` (``model`` defaults to the module whose ``apply``
-    is ``state.apply_fn``) and the loss ``dataclasses.replace(loss_fn, axis_name='data')``.
+    is ``state.apply_fn``) and ``step_fn(state, batch, axis_name='data')`` reduces its loss
+    over the axis (:func:`yolojax.train.step.loss_step` gives the loss that axis name).
     Each device differentiates ``total_local_share * B_global``; the sum over devices of
     that is the one-device objective ``total * B_global``, so the summed gradient, BN
     statistics, loss and update equal the one-device run up to float summation order.
@@ -155,13 +156,12 @@ def make_pmap_train_step(loss_fn: Callable, mesh: Mesh, model: Any | None = None
     """
     if mesh.shape.get(MODEL, 1) != 1:
         raise ValueError(f"parallel.mode='pmap' is data parallel only; got mesh {dict(mesh.shape)}")
-    ploss = dataclasses.replace(loss_fn, axis_name=DATA)
 
     def step(state, batch):
         module = model if model is not None else _module_of(state.apply_fn)
         inner = state.replace(apply_fn=module.clone(bn_axis_name=DATA).apply)
         with portable_convolutions():  # XLA's own convolution gradients inside shard_map
-            new_state, metrics = train_step(inner, batch, ploss, axis_name=DATA)
+            new_state, metrics = step_fn(inner, batch, axis_name=DATA)
         return new_state.replace(apply_fn=state.apply_fn), metrics
 
     mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
@@ -173,16 +173,17 @@ def make_pmap_train_step(loss_fn: Callable, mesh: Mesh, model: Any | None = None
     )
 
 
-def make_parallel_train_step(mode: str, loss_fn: Callable, mesh: Mesh, state: Any,
+def make_parallel_train_step(mode: str, step_fn: Callable, mesh: Mesh, state: Any,
                              rules: str | Rules = "data", model: Any | None = None):
-    """Config-level entry point: returns ``(step_fn, state_shardings)`` for
+    """Settings-level entry point: returns ``(jitted step, state_shardings)`` for
     ``parallel.mode`` ``"jit"`` (shardings from ``rules``) or ``"pmap"`` (replicated).
-    ``state`` may be concrete or abstract (``jax.eval_shape``)."""
+    ``step_fn(state, batch, axis_name=None)`` is the step to wrap; ``state`` may be
+    concrete or abstract (``jax.eval_shape``)."""
     if mode == "jit":
         shardings = state_shardings(state, mesh, rules)
-        return make_jit_train_step(loss_fn, mesh, shardings), shardings
+        return make_jit_train_step(step_fn, mesh, shardings), shardings
     if mode == "pmap":
         rep = replicated(mesh)
         shardings = jax.tree.map(lambda _: rep, state)
-        return make_pmap_train_step(loss_fn, mesh, model), shardings
+        return make_pmap_train_step(step_fn, mesh, model), shardings
     raise ValueError(f"parallel.mode must be one of {MODES}, got {mode!r}")

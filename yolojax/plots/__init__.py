@@ -1,5 +1,9 @@
 """The plots ultralytics writes in a run directory, drawn with matplotlib and OpenCV.
 
+This package only draws: it takes arrays and names and writes image files, and imports
+nothing from data, evaluation or train (the callers collect what is drawn:
+:mod:`yolojax.evaluation.plots`, :mod:`yolojax.train.plots`).
+
 * :mod:`yolojax.plots.batches`: ``train_batch{0,1,2}.jpg``, ``val_batch{0,1,2}_labels.jpg``,
   ``val_batch{0,1,2}_pred.jpg``: a mosaic of a batch's images with boxes and class labels;
 * :mod:`yolojax.plots.labels`: ``labels.jpg``: class histogram, box sizes, centre and size
@@ -7,7 +11,8 @@
 * :mod:`yolojax.plots.curves`: ``BoxP_curve.png``, ``BoxR_curve.png``, ``BoxF1_curve.png``,
   ``BoxPR_curve.png``, ``confusion_matrix.png``, ``confusion_matrix_normalized.png``
   (ultralytics 8.4.190's file names);
-* :mod:`yolojax.plots.run`: all of them for a finished training run.
+* :mod:`yolojax.plots.results`: ``results.png``, a run's loss, lr and validation curves;
+* :mod:`yolojax.plots.annotate`: detections drawn on an image (predict's annotated copies).
 
 A plot never fails a run: :func:`guarded` logs a warning naming the plot instead.
 """

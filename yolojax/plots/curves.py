@@ -10,56 +10,63 @@
   "background"; cells under 0.005 are left blank; values are written in the cells when there
   are fewer than 30 rows.
 
-The data come from :func:`yolojax.metrics.ap_per_class` (:class:`yolojax.metrics.APResult`)
-and :class:`yolojax.metrics.ConfusionMatrix`; only classes that have ground truth have curves.
+The arrays come from the evaluation (:func:`yolojax.evaluation.metrics.ap_per_class`,
+:class:`yolojax.evaluation.metrics.ConfusionMatrix`, :class:`yolojax.evaluation.plots.ValidationPlots`):
+this module only draws them.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from yolojax.metrics import APResult, ConfusionMatrix, smooth
 from yolojax.plots import pyplot
 
 PREFIX = "Box"  # ultralytics' DetMetrics prefix of the curve files
 
 
-def plot_curves(res: APResult, names: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
+CURVES = (("F1", "F1"), ("P", "Precision"), ("R", "Recall"))  # file stem, y-axis label
+
+
+def plot_curves(x: np.ndarray, prec_values: np.ndarray, ap50: np.ndarray, curves: Mapping[str, np.ndarray],
+                means: Mapping[str, np.ndarray], labels: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
     """Write BoxPR_curve.png, BoxF1_curve.png, BoxP_curve.png, BoxR_curve.png into ``out_dir``.
 
     Args:
-      res: :func:`yolojax.metrics.ap_per_class` results (rows: classes with ground truth).
-      names: all class names (index = class id).
+      x: (1000,) the recall grid of the PR curves and the confidence grid of the others.
+      prec_values: (C, 1000) precision against recall at IoU 0.5, one row per class drawn.
+      ap50: (C,) each class's AP at IoU 0.5 (the PR legend).
+      curves: "F1", "P", "R" -> (C, 1000) against confidence.
+      means: "F1", "P", "R" -> (1000,) the "all classes" line (ultralytics draws the mean
+        smoothed, :func:`yolojax.evaluation.metrics.smooth`).
+      labels: the C class names.
 
     Returns:
-      the written paths (none when no class has ground truth, as ultralytics).
+      the written paths (none when there is no class, as ultralytics).
     """
-    if not len(res.classes):
+    if not len(labels):
         return []
     out_dir = Path(out_dir)
-    labels = [str(names[c]) if c < len(names) else str(c) for c in res.classes]
-    written = [_plot_pr(res, labels, out_dir / f"{PREFIX}PR_curve.png")]
-    for curve, ylabel, stem in ((res.f1_curve, "F1", "F1"), (res.p_curve, "Precision", "P"),
-                                (res.r_curve, "Recall", "R")):
-        written.append(_plot_metric(res.x, curve, labels, ylabel, out_dir / f"{PREFIX}{stem}_curve.png"))
+    written = [_plot_pr(x, np.asarray(prec_values), np.asarray(ap50), list(labels), out_dir / f"{PREFIX}PR_curve.png")]
+    for stem, ylabel in CURVES:
+        written.append(_plot_metric(x, curves[stem], means[stem], list(labels), ylabel,
+                                    out_dir / f"{PREFIX}{stem}_curve.png"))
     return written
 
 
-def _plot_pr(res: APResult, labels: list[str], path: Path) -> Path:
+def _plot_pr(x: np.ndarray, py: np.ndarray, ap50: np.ndarray, labels: list[str], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 6), tight_layout=True)
-    py = np.asarray(res.prec_values)
     for i, label in enumerate(labels):
         if len(labels) < 21:
-            ax.plot(res.x, py[i], linewidth=1, label=f"{label} {res.ap[i, 0]:.3f}")
+            ax.plot(x, py[i], linewidth=1, label=f"{label} {ap50[i]:.3f}")
         else:
-            ax.plot(res.x, py[i], linewidth=1, color="grey")
-    ax.plot(res.x, py.mean(0), linewidth=3, color="blue", label=f"all classes {res.ap[:, 0].mean():.3f} mAP@0.5")
+            ax.plot(x, py[i], linewidth=1, color="grey")
+    ax.plot(x, py.mean(0), linewidth=3, color="blue", label=f"all classes {ap50.mean():.3f} mAP@0.5")
     ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1), title="Precision-Recall Curve")
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
     fig.savefig(path, dpi=250)
@@ -67,7 +74,8 @@ def _plot_pr(res: APResult, labels: list[str], path: Path) -> Path:
     return path
 
 
-def _plot_metric(x: np.ndarray, curve: np.ndarray, labels: list[str], ylabel: str, path: Path) -> Path:
+def _plot_metric(x: np.ndarray, curve: np.ndarray, mean: np.ndarray, labels: list[str], ylabel: str,
+                 path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 6), tight_layout=True)
     for i, label in enumerate(labels):
@@ -75,7 +83,6 @@ def _plot_metric(x: np.ndarray, curve: np.ndarray, labels: list[str], ylabel: st
             ax.plot(x, curve[i], linewidth=1, label=label)
         else:
             ax.plot(x, curve[i], linewidth=1, color="grey")
-    mean = smooth(curve.mean(0), 0.1)
     ax.plot(x, mean, linewidth=3, color="blue", label=f"all classes {mean.max():.2f} at {x[mean.argmax()]:.3f}")
     ax.set(xlabel="Confidence", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{ylabel}-Confidence Curve")
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
@@ -84,13 +91,17 @@ def _plot_metric(x: np.ndarray, curve: np.ndarray, labels: list[str], ylabel: st
     return path
 
 
-def plot_confusion(confusion: ConfusionMatrix, names: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
     """Write confusion_matrix_normalized.png and confusion_matrix.png into ``out_dir``.
+
+    Args:
+      matrix: (nc + 1, nc + 1) counts, rows predicted class, columns true class, index nc
+        background (:class:`yolojax.evaluation.metrics.ConfusionMatrix`'s ``matrix``).
 
     Returns:
       the two paths.
     """
-    return [_plot_matrix(confusion.matrix, names, normalize, Path(out_dir)) for normalize in (True, False)]
+    return [_plot_matrix(np.asarray(matrix), names, normalize, Path(out_dir)) for normalize in (True, False)]
 
 
 def _plot_matrix(matrix: np.ndarray, names: Sequence[str], normalize: bool, out_dir: Path) -> Path:

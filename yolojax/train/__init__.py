@@ -11,7 +11,7 @@ _SUBMODULE = {
     "Recipe": "optim", "hyperparams": "optim", "lr_factor": "optim", "make_optimizer": "optim",
     "make_recipe": "optim", "param_groups": "optim",
     "TrainState": "state",
-    "clip_coefficient": "step", "make_train_step": "step", "train_step": "step",
+    "clip_coefficient": "step", "loss_step": "step", "make_train_step": "step", "train_step": "step",
 }
 
 __all__ = sorted(_SUBMODULE)

@@ -1,9 +1,95 @@
-"""``python -m yolojax.train --config configs/yolov8s.py --workdir DIR``: see :mod:`yolojax.train.run`."""
+"""``python -m yolojax.train --config CONFIG --workdir DIR [--config.FIELD=VALUE ...]``.
+
+``CONFIG`` is a config file or the name of one that ships with yolojax (``yolov8n``,
+``quickstart``: :mod:`yolojax.config`). Any field may be overridden (ml_collections'
+config_flags); an unknown or ill-typed one is refused in one line (exit 2), a value out of
+its range before any work (exit 1, :mod:`yolojax.train.settings`). Argument parsing and one
+call of :func:`yolojax.train.run.train`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+PROG = "yolojax.train"
+
+
+def resolve_config_argument(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the value of ``--config`` (``--config X`` or ``--config=X``) made a file
+    path (:func:`yolojax.config.config_path`: a shipped config's name -> its file), as
+    config_flags opens it by path. Raises :class:`yolojax.console.ConfigError`."""
+    from yolojax.config import config_path
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = str(config_path(out[i + 1]))
+            break
+        if arg.startswith("--config="):
+            out[i] = f"--config={config_path(arg.split('=', 1)[1])}"
+            break
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    from yolojax.console import ConfigError, configure_logging
+
+    configure_logging()  # before the imports below (see yolojax.cli.run_train)
+    from yolojax.train.run import NonFiniteLossError, train
+
+    config_flag = config_flags.DEFINE_config_file(
+        "config", None, "config file with get_config(), or a shipped config's name (yolov8n, quickstart, ...); "
+        "override fields with --config.FIELD=VALUE", lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory: metrics.jsonl, checkpoints/, results.png; re-run to resume")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def run(args: Sequence[str]) -> None:
+        if len(args) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(args[1:])}")
+        configure_logging()
+        try:
+            summary = train(config_flag.value, flags.FLAGS.workdir)
+        except (ConfigError, NonFiniteLossError) as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        print(summary_line(summary), file=sys.stderr)
+
+    def parse_flags(args: Sequence[str]) -> list[str]:
+        # Unknown or ill-typed --config.FIELD overrides raise inside the config loader; turn
+        # every flag problem into one line, before any work starts.
+        try:
+            return flags.FLAGS(resolve_config_argument(args))
+        except (AttributeError, KeyError) as e:
+            print(f"{PROG}: error: unknown config field {e}", file=sys.stderr)
+            sys.exit(2)
+        except ConfigError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except (flags.Error, TypeError, ValueError) as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(run, argv=list(argv) if argv is not None else None, flags_parser=parse_flags)
+
+
+def summary_line(summary: dict) -> str:
+    """The last line a run prints: where it stopped and what it wrote."""
+    if summary["stopped_by_signal"] is not None:
+        return (f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; latest checkpoint: "
+                f"{summary['workdir']}/checkpoints/{summary['checkpoint_step']} (re-run to resume)")
+    best = f", checkpoints_best/{summary['best_step']}" if summary["best_step"] is not None else ""
+    early = (f"stopped early ({summary['stopped_early']}) at step {summary['step']} of {summary['total_steps']}\n"
+             if summary["stopped_early"] is not None else "")
+    return (f"{early}done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, tensorboard/, "
+            f"checkpoints/{summary['checkpoint_step']}{best}")
+
 
 if __name__ == "__main__":
     from yolojax.runtime import reexec_with_malloc_tunables
 
     reexec_with_malloc_tunables()  # before the heavy imports, which a re-exec would repeat
-    from yolojax.train.run import main
-
     main()

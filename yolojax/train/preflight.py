@@ -1,7 +1,8 @@
 """What a train run checks before its first step.
 
-Each refusal is a :class:`ConfigError` whose message is one line naming the field, file or
-directory, raised before the model is built and compiled: a data.yaml split that names no
+Each refusal is a :class:`yolojax.console.ConfigError` whose message is one line naming the field, file or
+directory, raised before the model is built and compiled: a workdir of a run with other
+settings, a data.yaml split that names no
 path or a path that does not exist (checked in well under a second, before any image is
 read), a workdir that cannot be written, results.png that cannot be drawn, a split in which
 no image passes the label scan, an image cache (``data.cache``) without the memory or disk
@@ -12,19 +13,21 @@ opened val split (and its image cache).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from yolojax.console import ConfigError
 
-class ConfigError(ValueError):
-    """A config, dataset or weights file that cannot serve; reported as one line."""
+logger = logging.getLogger("yolojax.train")
 
 
 def check_split_paths(data_yaml: str | os.PathLike, splits: tuple[str, ...]) -> None:
-    """Every path of each of ``splits`` exists (:func:`yolojax.data.data_yaml.split_paths`);
+    """Every path of each of ``splits`` exists (:func:`yolojax.data.sources.data_yaml.split_paths`);
     reads only the yaml and the file system's entries for those paths."""
-    from yolojax.data.data_yaml import load_data_yaml, split_paths
+    from yolojax.data.sources.data_yaml import load_data_yaml, split_paths
 
     try:
         spec = load_data_yaml(data_yaml)
@@ -46,9 +49,26 @@ def open_split(data_yaml: str | os.PathLike, split: str, fraction: float = 1.0) 
         raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
+def check_workdir(workdir: Path, settings: Any) -> None:
+    """Refuse (before any work) a workdir whose checkpoints were written with other run-defining
+    settings (:func:`yolojax.train.settings.check_resumable`); a missing or unreadable
+    config.json only warns."""
+    from yolojax.train.settings import check_resumable
+    from yolojax.weights.workdir import CHECKPOINTS_DIR, latest_complete_step
+
+    if latest_complete_step(workdir / CHECKPOINTS_DIR) is None:
+        return
+    try:
+        saved = json.loads((workdir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("%s/config.json is missing or unreadable: cannot check the resumed run's settings", workdir)
+        return
+    check_resumable(saved, settings.raw, workdir)
+
+
 def check_writable(workdir: Path) -> None:
     """``workdir`` exists (it is created) and a file can be written in it."""
-    from yolojax.cli import ensure_writable_dir
+    from yolojax.console import ensure_writable_dir
 
     try:
         ensure_writable_dir(workdir, "workdir")
@@ -74,9 +94,9 @@ def check_plot_output(workdir: Path) -> None:
 def open_image_cache(cache: Any, imgsz: int, train_source: Any, val_source: Any | None) -> tuple[Any, Any | None]:
     """The train (and val) sources with ``data.cache``'s image cache, built now: the room for
     both is checked first (ultralytics' margins) and refused in one line with the needed and
-    available figures (:func:`yolojax.data.image_cache.open_image_cache`). ultralytics' trainer
+    available figures (:func:`yolojax.data.memory.image_cache.open_image_cache`). ultralytics' trainer
     caches the validation images too."""
-    from yolojax.data.image_cache import open_image_cache as open_cache
+    from yolojax.data.memory.image_cache import open_image_cache as open_cache
 
     sources, names = [train_source], ["train"]
     if val_source is not None:

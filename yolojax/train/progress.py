@@ -1,5 +1,6 @@
 """Per-step bookkeeping of a train run: non-finite loss counting, the metrics.jsonl /
-TensorBoard rows every ``log_every_steps``, and the tqdm progress bar."""
+TensorBoard rows every ``log_every_steps``, the tqdm progress bar, and the first step (the
+compile) kept out of the bar's rate."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ class StepProgress:
     """Consumes each step's metrics (read from the device one step late by the loop).
 
     Args:
-      config: the run's config (log_every_steps, batch_size, epochs, max_nonfinite, progress).
-      log, tensorboard: :class:`yolojax.train.run.MetricsLog` / ``TensorBoardLog`` to write rows to.
+      settings: the run's :class:`yolojax.train.settings.Settings` (log_every_steps, batch_size, epochs,
+        max_nonfinite).
+      log, tensorboard: :class:`yolojax.train.logs.MetricsLog` / ``TensorBoardLog`` to write rows to.
       steps_per_epoch, total_steps, start_step: the run's length and where this process starts.
       nonfinite_total: non-finite losses counted before ``start_step`` (from the checkpoint).
-      show_bar: draw the tqdm bar (process 0 with ``config.progress``).
+      show_bar: draw the tqdm bar (process 0 with ``progress``).
 
     Attributes:
       nonfinite_total: non-finite losses so far in the run.
@@ -39,9 +41,9 @@ class StepProgress:
       bar: the tqdm bar or None.
     """
 
-    def __init__(self, config: Any, log: Any, tensorboard: Any, steps_per_epoch: int, total_steps: int,
+    def __init__(self, settings: Any, log: Any, tensorboard: Any, steps_per_epoch: int, total_steps: int,
                  start_step: int, nonfinite_total: int, show_bar: bool):
-        self.config, self.log, self.tensorboard = config, log, tensorboard
+        self.settings, self.log, self.tensorboard = settings, log, tensorboard
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.nonfinite_total = nonfinite_total
         self.consecutive = 0
@@ -72,16 +74,16 @@ class StepProgress:
                            done_step, self.consecutive, self.nonfinite_total)
         else:
             self.consecutive = 0
-        fatal = self.consecutive >= self.config.max_nonfinite
+        fatal = self.consecutive >= self.settings.max_nonfinite
         self._n_window += 1
-        if done_step % self.config.log_every_steps == 0 or done_step == self.total_steps or fatal:
+        if done_step % self.settings.log_every_steps == 0 or done_step == self.total_steps or fatal:
             self._write_row(done_step, m)
         if fatal:
             raise NonFiniteLossError(
-                f"{self.consecutive} non-finite losses in a row (max_nonfinite={self.config.max_nonfinite}) at step "
+                f"{self.consecutive} non-finite losses in a row (max_nonfinite={self.settings.max_nonfinite}) at step "
                 f"{done_step}: lower lr0, check the data and weights, or use dtype=float32")
         if self.bar is not None:
-            self.bar.set_description(f"epoch {(done_step - 1) // self.steps_per_epoch + 1}/{self.config.epochs}",
+            self.bar.set_description(f"epoch {(done_step - 1) // self.steps_per_epoch + 1}/{self.settings.epochs}",
                                      refresh=False)
             self.bar.set_postfix(loss=f"{m['loss']:.3f}", box=f"{m['box']:.3f}", cls=f"{m['cls']:.3f}",
                                  dfl=f"{m['dfl']:.3f}", lr=f"{m['lr']:.2e}", img_s=f"{self.images_per_s:.1f}",
@@ -90,7 +92,7 @@ class StepProgress:
 
     def _write_row(self, done_step: int, m: dict[str, float]) -> None:
         now = time.perf_counter()
-        self.images_per_s = self._n_window * self.config.batch_size / max(now - self._t_window, 1e-9)
+        self.images_per_s = self._n_window * self.settings.batch_size / max(now - self._t_window, 1e-9)
         self._t_window, self._n_window = now, 0
         self.last_row = {"step": done_step, "epoch": (done_step - 1) // self.steps_per_epoch,
                          **{k: finite_or_none(m[k]) for k in STEP_KEYS},
@@ -108,5 +110,25 @@ class StepProgress:
         self.last_row = {**self.last_row, **row}
 
     def close(self) -> None:
+        """Close the bar (again: nothing more)."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+def compile_first_step(step_fn, state, batch, bar) -> tuple[Any, Any, float]:
+    """The first ``step_fn(state, batch)`` of this process, which compiles the step (or loads
+    it from a cache): the progress bar says "preparing the train step" meanwhile, then its
+    clock restarts so that its rate and ETA leave the compile out. Returns (state, metrics,
+    seconds until the step was compiled and dispatched)."""
+    t0 = time.perf_counter()
+    if bar is not None:
+        description = bar.desc
+        bar.set_description("preparing the train step", refresh=True)
+    state, metrics = step_fn(state, batch)
+    seconds = time.perf_counter() - t0
+    logger.info("train step %s in %.1f s", "loaded" if getattr(step_fn, "loaded", False) else "compiled", seconds)
+    if bar is not None:
+        bar.set_description(description, refresh=False)
+        bar.unpause()
+    return state, metrics, seconds

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from yolojax.data.device_augment import batch_images
+from yolojax.data.device.augment import batch_images
 from yolojax.train.ema import ema_update
 from yolojax.train.freeze import frozen_mask
 from yolojax.train.optim import hyperparams, set_hyperparams
@@ -31,7 +32,7 @@ def train_step(
       batch: DESIGN.md's train batch: ``image`` uint8 (B, H, W, 3), ``boxes`` float32
         (B, M, 4) xyxy pixels, ``classes`` int32 (B, M), ``mask`` bool (B, M); or a
         device-mode batch (``aug_*`` arrays in place of ``image``, rendered here by
-        :func:`yolojax.data.device_augment.render_batch`).
+        :func:`yolojax.data.device.augment.render_batch`).
       loss_fn: ``loss_fn(feats, batch) -> (total, {"box", "cls", "dfl"})``, e.g. a
         :class:`yolojax.loss.DetectionLoss`.
       axis_name: set only inside ``jax.shard_map`` (check_vma=True) over the batch axis
@@ -123,6 +124,17 @@ def train_step(
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
 
+def loss_step(loss_fn: Callable) -> Callable:
+    """``step_fn(state, batch, axis_name=None)``: :func:`train_step` with ``loss_fn``, whose
+    ``axis_name`` becomes the step's (the shape :mod:`yolojax.parallel`'s wrappers take)."""
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None):
+        loss = loss_fn if axis_name is None else dataclasses.replace(loss_fn, axis_name=axis_name)
+        return train_step(state, batch, loss, axis_name=axis_name)
+
+    return step_fn
+
+
 def make_train_step(loss_fn: Callable) -> Callable:
-    """``jit(train_step)`` bound to ``loss_fn``, donating the input state's buffers."""
+    """``jit(train_step)`` bound to ``loss_fn`` on one device, donating the input state's buffers."""
     return jax.jit(lambda state, batch: train_step(state, batch, loss_fn), donate_argnums=0)

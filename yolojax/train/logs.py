@@ -1,0 +1,109 @@
+"""What a run writes as it trains: ``metrics.jsonl``, TensorBoard event files and ``results.png``.
+
+Only process 0 writes them. A resumed run drops the rows and events past the step it resumes
+from (they are redone).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from yolojax.plots.results import plot_results
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """Appends JSON rows to ``metrics.jsonl`` (only rows past the resumed step are kept)."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        if enabled and path.exists():
+            # Drop rows written after the checkpoint we resume from (they will be redone).
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("step", 0) <= resume_step:
+                    kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch
+    whenever it is installed (to accept torch tensors, which yolojax never passes), which
+    costs seconds and memory in every run; ``sys.modules["torch"] = None`` makes that import
+    fail as it does where torch is absent. A torch already imported is left as it is."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+class TensorBoardLog:
+    """The metrics rows as TensorBoard scalars (tensorboardX event files in ``directory``).
+
+    Every finite number of a row but ``step`` and ``epoch`` becomes ``<group>/<key>`` at the
+    row's step. Each run writes a new event file that starts with a purge marker at
+    ``resume_step + 1``: TensorBoard then drops the events of earlier files from that step
+    on (they are redone), as :class:`MetricsLog` drops rows.
+    """
+
+    def __init__(self, directory: Path, resume_step: int, enabled: bool = True):
+        self.writer = None
+        if enabled:
+            writer_class = _summary_writer_class()
+            # File names hold the time in seconds: the suffix keeps two runs started within
+            # the same second apart (and in time order, as TensorBoard reads them by name).
+            self.writer = writer_class(str(directory), purge_step=resume_step + 1, flush_secs=30,
+                                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+
+    def write(self, row: dict, group: str) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.writer.add_scalar(f"{group}/{key}", value, row["step"])
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def write_results_png(metrics_path: Path, out_path: Path) -> Path | None:
+    """results.png from the rows of ``metrics_path`` (:func:`yolojax.plots.results.plot_results`);
+    a failure is a warning, never an error (a plot must never fail a run)."""
+    try:
+        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        return plot_results(rows, out_path)
+    except Exception as e:  # noqa: BLE001 - a plot must never fail a run
+        logger.warning("results.png not written: %s", e)
+        return None

@@ -1,0 +1,286 @@
+"""A run's set-up from its :class:`yolojax.train.settings.Settings`: the dataset, the
+pretrained weights, the model and its train state, and the sharded train step.
+
+Each function raises :class:`yolojax.console.ConfigError` in one line for a dataset, weights
+file or option that cannot serve, before the model is built and compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from yolojax.console import ConfigError
+from yolojax.train.preflight import close_image_cache, open_image_cache, open_split
+from yolojax.train.settings import DistributedSettings, Settings
+
+logger = logging.getLogger("yolojax.train")
+
+
+def start_distributed(distributed: DistributedSettings) -> bool:
+    """``jax.distributed.initialize`` when the settings or the environment name a coordinator
+    (or ``distributed.auto``); before anything touches the devices. Returns whether this
+    process is one of several."""
+    from yolojax.parallel import initialize_distributed
+
+    d = distributed
+    return initialize_distributed(d.coordinator or None, d.num_processes or None,
+                                  d.process_id if d.process_id >= 0 else None, auto=d.auto)
+
+
+def prepare_data(settings: Settings) -> Path:
+    """The data.yaml to train on: ``data.yaml``, or the synthetic dataset, written once."""
+    if settings.data.yaml:
+        return Path(settings.data.yaml)
+    syn = settings.data.synthetic
+    root = Path(syn.root)
+    yaml_path = root / "data.yaml"
+    if not yaml_path.is_file():
+        from yolojax.data.sources.synthetic import write_synthetic_dataset
+
+        logger.info("writing the synthetic shapes dataset to %s", root)
+        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+        write_synthetic_dataset(tmp, num_train=syn.num_train, num_val=syn.num_val,
+                                size_range=(syn.min_size, syn.max_size), max_shapes=syn.max_shapes, seed=syn.seed)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if root.exists():
+            shutil.rmtree(root)
+        os.rename(tmp, root)
+    return yaml_path
+
+
+def read_names(data_yaml: Path, settings: Settings) -> list[str]:
+    """The dataset's class names, checked against ``model.num_classes`` and ``classes``
+    (reads only the yaml, before any image or label)."""
+    from yolojax.data.sources.data_yaml import load_data_yaml
+    from yolojax.data.sources.subset import parse_classes
+
+    try:
+        spec = load_data_yaml(data_yaml)
+    except Exception as e:  # noqa: BLE001 - any failure is a dataset that cannot serve
+        raise ConfigError(f"data.yaml {data_yaml}: {e}") from None
+    names = getattr(spec, "names", None)
+    if not names:
+        raise ConfigError(f"data.yaml {data_yaml} has no class names")
+    names = list(names.values()) if isinstance(names, dict) else list(names)
+    if settings.model.num_classes not in (-1, 0, 1 if settings.single_cls else len(names)):
+        raise ConfigError(f"model.num_classes={settings.model.num_classes} but {data_yaml} has {len(names)} classes")
+    try:
+        parse_classes(list(settings.classes) if settings.classes is not None else None, len(names))
+    except ValueError as e:
+        raise ConfigError(f"classes={list(settings.classes)}: {e}") from None
+    return names
+
+
+@dataclasses.dataclass
+class RunData:
+    """The data side of a run (:func:`build_data`).
+
+    Attributes:
+      batches: the training :class:`yolojax.data.Batches`.
+      val_source: the val split as a source (None without validation).
+      names: class names the model is trained for (``["item"]`` with ``single_cls``).
+      steps_per_epoch, total_steps: the run's length (``max_steps`` applied).
+    """
+
+    batches: Any
+    val_source: Any
+    names: list[str]
+    steps_per_epoch: int
+    total_steps: int
+
+
+def augment_groups(settings: Settings) -> int:
+    """Device-mode groups of the local batch: the 'data' shards this process feeds."""
+    from yolojax.parallel import local_data_shards, make_mesh
+
+    return local_data_shards(make_mesh(settings.mesh.data, settings.mesh.model), settings.batch_size)
+
+
+def train_iterator(settings: Settings, source: Any, *, start_step: int = 0, max_boxes: int | None = None,
+                   workers: int | None = None, prefetch: int | None = None, augment_on: str | None = None,
+                   process_index: int = 0, process_count: int = 1) -> Any:
+    """The run's training batches (:func:`yolojax.data.make_train_iterator`) from ``start_step``:
+    the one place the settings become the iterator's arguments (the run and its train_batch
+    plots draw the same batches). ``max_boxes``, ``workers``, ``prefetch`` and ``augment_on``
+    default to the settings'."""
+    from yolojax.data import make_train_iterator
+
+    data = settings.data
+    augment_on = augment_on or data.augment_on
+    return make_train_iterator(
+        source, imgsz=settings.imgsz, batch_size=settings.batch_size, epochs=settings.epochs, seed=settings.seed,
+        aug=settings.augment, max_boxes=max_boxes if max_boxes is not None else data.max_boxes or None,
+        workers=data.workers if workers is None else workers, threads=data.threads,
+        prefetch=data.prefetch if prefetch is None else prefetch, start_step=start_step,
+        process_index=process_index, process_count=process_count, mosaic_pool=data.mosaic_pool, rect=settings.rect,
+        multi_scale=settings.multi_scale, augment_on=augment_on,
+        augment_groups=augment_groups(settings) if augment_on == "device" else 1)
+
+
+def build_data(settings: Settings, data_yaml: Path, names: list[str], process_index: int,
+               process_count: int) -> RunData:
+    """Open the splits (``fraction``, ``classes``, ``single_cls`` applied as ultralytics'
+    datasets apply them; ``data.cache`` built) and the training iterator."""
+    from yolojax.data.sources.subset import SINGLE_CLASS_NAMES, select_labels
+
+    classes = list(settings.classes) if settings.classes is not None else None
+    train_source = select_labels(open_split(data_yaml, "train", fraction=settings.fraction), classes,
+                                 settings.single_cls)
+    val_source = open_split(data_yaml, "val") if settings.val.enabled else None
+    if val_source is not None:
+        val_source = select_labels(val_source, classes, settings.single_cls)
+    train_source, val_source = open_image_cache(settings.data.cache, settings.imgsz, train_source, val_source)
+    try:
+        batches = train_iterator(settings, train_source, process_index=process_index, process_count=process_count)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        close_image_cache(train_source, val_source)
+        raise ConfigError(f"dataset {data_yaml}: {e}") from None
+    total = batches.num_steps if not settings.max_steps else min(settings.max_steps, batches.num_steps)
+    return RunData(batches, val_source, list(SINGLE_CLASS_NAMES) if settings.single_cls else names,
+                   batches.steps_per_epoch, total)
+
+
+def load_pretrained(settings: Settings) -> tuple[Any, dict]:
+    """(variables or None, their info) from ``weights``."""
+    if not settings.weights:
+        return None, {}
+    from yolojax.weights import load_weights
+
+    try:
+        pretrained, winfo = load_weights(settings.weights)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    if winfo.get("scale") and winfo["scale"] != settings.model.scale:
+        logger.warning("weights are YOLOv8%s; training YOLOv8%s (model.scale) with the layers that fit",
+                       winfo["scale"], settings.model.scale)
+    return pretrained, winfo
+
+
+@dataclasses.dataclass
+class RunModel:
+    """The model side of a run (:func:`build_model`): the initial :class:`TrainState` (on the
+    host), the module, the loss, the recipe, what the run resolved from them (``resolved``, into
+    config.json) and the model info saved with checkpoints."""
+
+    state: Any
+    module: Any
+    loss_fn: Any
+    recipe: Any
+    resolved: dict
+    info: dict
+
+
+def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict) -> RunModel:
+    """The recipe (logged), the model (``freeze`` applied), its initial or pretrained variables
+    and the loss (``cls_pw`` class weights)."""
+    import jax.numpy as jnp
+
+    from yolojax.loss import DetectionLoss
+    from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models.summary import model_summary
+    from yolojax.train.freeze import check_frozen
+    from yolojax.train.optim import describe_recipe, make_recipe, resolved_settings
+    from yolojax.train.state import TrainState
+    from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
+
+    s, scale, num_classes = settings, settings.model.scale, len(data.names)
+    recipe = make_recipe(
+        epochs=s.epochs, batch_size=s.batch_size, dataset_size=len(data.batches.source), num_classes=num_classes,
+        iters_per_epoch=data.steps_per_epoch, optimizer=s.optimizer, lr0=s.lr0, lrf=s.lrf, momentum=s.momentum,
+        weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs, warmup_momentum=s.warmup_momentum,
+        warmup_bias_lr=s.warmup_bias_lr, cos_lr=s.cos_lr, nbs=s.nbs, frozen=s.frozen)
+    for line in describe_recipe(recipe, optimizer=s.optimizer, lr0=s.lr0, momentum=s.momentum,
+                                weight_decay=s.weight_decay):
+        logger.info("%s", line)
+    resolved = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": s.val_batch_size}
+    cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
+    cls_width = cls_width or default_cls_width(scale, num_classes)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=s.model.reg_max, cls_width=cls_width,
+                   dtype=jnp.bfloat16 if s.compute_dtype == "bfloat16" else jnp.float32, frozen=s.frozen)
+    info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": s.model.reg_max,
+            "cls_width": cls_width}
+    logger.info("%s", model_summary(model).line())
+    variables = init_variables(model, s.seed)
+    if pretrained is not None:
+        variables, copied, kept, remapped = transfer_pretrained(
+            variables, pretrained, winfo.get("names"), data.names, cls_remap=s.cls_remap)
+        logger.info("transferred %d arrays from %s%s; %d kept fresh%s", copied + remapped, s.weights,
+                    f" ({remapped} class arrays remapped by class name)" if remapped else "", len(kept),
+                    f" (e.g. {kept[0]})" if kept else "")
+        if copied == 0:
+            raise ConfigError(f"weights {s.weights}: no array fits YOLOv8{scale}")
+    try:
+        count = check_frozen(variables["params"], s.frozen, list(s.freeze))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if s.freeze:
+        logger.info("freeze=%s: %d parameter arrays frozen (%s)", list(s.freeze), count, ", ".join(s.frozen))
+    loss_fn = DetectionLoss(num_classes=num_classes, reg_max=s.model.reg_max, box=s.box, cls=s.cls, dfl=s.dfl,
+                            class_weights=loss_class_weights(s.cls_pw, data.batches.source, num_classes))
+    return RunModel(TrainState.create(model.apply, variables, recipe), model, loss_fn, recipe, resolved, info)
+
+
+def loss_class_weights(cls_pw: float, source: Any, num_classes: int) -> tuple[float, ...] | None:
+    """ultralytics' ``cls_pw`` weights from the training labels (after ``classes`` /
+    ``single_cls``) (:func:`yolojax.loss.class_weights.class_weights`); None when off."""
+    if cls_pw == 0:
+        return None
+    import numpy as np
+
+    from yolojax.loss.class_weights import class_weights
+
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        raise ConfigError(f"cls_pw needs the training labels' class counts, which {type(source).__name__} lacks")
+    weights = class_weights(np.bincount(labels.classes, minlength=num_classes)[:num_classes], cls_pw)
+    if weights is not None:
+        logger.info("class weights (cls_pw=%g): %s", cls_pw, ", ".join(f"{w:.3g}" for w in weights))
+    return weights
+
+
+@dataclasses.dataclass
+class RunStep:
+    """The train step on the mesh (:func:`build_step`): ``step_fn(state, batch)``, the state
+    placed on the mesh, its shardings, and ``place(local batch) -> global batch``."""
+
+    step_fn: Callable
+    state: Any
+    shardings: Any
+    place: Callable
+
+
+def build_step(settings: Settings, model: RunModel, compile_cache: Path | None) -> RunStep:
+    """The jit train step for ``mesh`` and ``parallel``; with a ``compile_cache`` directory the
+    step is kept there across runs (:mod:`yolojax.train.step_cache`)."""
+    import jax
+
+    from yolojax.parallel import make_mesh, make_parallel_train_step, place_batch, shard_state
+    from yolojax.train.step import loss_step
+    from yolojax.train.step_cache import CachedStep, StepCache, step_cache_applies
+
+    mesh = make_mesh(settings.mesh.data, settings.mesh.model)
+    step_fn, shardings = make_parallel_train_step(settings.parallel.mode, loss_step(model.loss_fn), mesh,
+                                                  model.state, rules=settings.parallel.rules)
+    state = shard_state(jax.device_get(model.state), shardings)
+    if compile_cache is not None and step_cache_applies():
+        step_fn = CachedStep(step_fn, StepCache(compile_cache), {
+            "config": settings.step_view(), "model": model.module, "recipe": model.recipe, "loss": model.loss_fn})
+    return RunStep(step_fn, state, shardings, lambda b: place_batch(b, mesh))
+
+
+def validate_ema(settings: Settings, val_source: Any, variables: Any, info: dict,
+                 plots_dir: Path | None = None) -> dict:
+    """The run's validation of ``variables`` (its EMA weights): :func:`yolojax.evaluation.validate`
+    with the run's val settings, in this process, without workers; with ``plots_dir``, also the
+    validation plots there."""
+    from yolojax.evaluation import validate
+
+    return validate(data=val_source, variables=variables, info=info, imgsz=settings.imgsz,
+                    batch=settings.val_batch_size, conf=settings.val.conf, iou=settings.val.iou,
+                    max_det=settings.val_max_det, rect=settings.val.rect, workers=0, verbose=False,
+                    plots_dir=plots_dir)

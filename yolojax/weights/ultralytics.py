@@ -1,0 +1,500 @@
+"""Ultralytics YOLOv8 ``.pt`` checkpoints -> yolojax variables, without torch or ultralytics.
+
+The ``.pt`` zip is read by :func:`yolojax.weights.torch_file.read_torch_file`, which never runs
+code from the file and bounds the memory and time any file can cost (see its module
+docstring). The checkpoint's model is then walked as data: each submodule once, at most
+``MAX_MODULE_DEPTH`` deep, refusing a module that contains itself. Its weights are mapped
+onto the Flax variables of :class:`yolojax.models.YOLOv8` (torch key
+``model.22.cv2.0.2.weight`` -> Flax path ``model_22/cv2_0_2/kernel``; OIHW conv weights ->
+HWIO kernels; BatchNorm weight/bias -> params scale/bias, running mean/var -> batch_stats
+mean/var) and checked against the model's own variable shapes before any is converted.
+
+Every failure to read a ``.pt`` is one ``ValueError`` naming the file and the part: the zip
+member, the byte in ``data.pkl``, the module path or the tensor key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yolojax.weights.safe_pickle import describe
+from yolojax.weights.torch_file import PickledObject, quoted, read_torch_file
+
+Variables = dict[str, dict[str, Any]]
+Info = dict[str, Any]
+
+# ----------------------------------------------------------------------------------------
+# Checkpoint structure -> flat state dict + model description.
+# ----------------------------------------------------------------------------------------
+
+MAX_CHECKPOINT_NESTING = 4  # checkpoint -> 'ema'/'model' -> 'state_dict' -> tensors
+MAX_MODULE_DEPTH = 32  # a YOLOv8 DetectionModel nests 7 deep
+MAX_NUM_CLASSES = 1 << 16
+MAX_REG_MAX = 64  # ultralytics uses 16
+
+# Classes a YOLOv8 DetectionModel is built from; anything else is another architecture.
+_YOLOV8_CLASSES = {
+    "DetectionModel",
+    "Conv",
+    "C2f",
+    "Bottleneck",
+    "SPPF",
+    "Concat",
+    "Detect",
+    "DFL",
+    "Conv2d",
+    "BatchNorm2d",
+    "SiLU",
+    "ModuleList",
+    "Sequential",
+    "MaxPool2d",
+    "Upsample",
+    "Identity",
+}
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
+    )
+
+
+def _select_model(obj: Any, path: str) -> PickledObject | Mapping[str, np.ndarray]:
+    """The model (or state dict) of a checkpoint: 'ema' if set, else 'model', as ultralytics
+    loads it; also a pickled model itself, a plain state dict, or one under 'state_dict'.
+    Looks at most ``MAX_CHECKPOINT_NESTING`` dicts deep."""
+    for _ in range(MAX_CHECKPOINT_NESTING):
+        if isinstance(obj, PickledObject) or _is_state_dict(obj):
+            return obj
+        if not isinstance(obj, Mapping):
+            break
+        obj = next((obj[k] for k in ("ema", "model", "state_dict") if obj.get(k) is not None), None)
+    raise ValueError(
+        f"{path} holds no model: expected an ultralytics checkpoint dict ('ema'/'model'), "
+        "a pickled DetectionModel or a state dict of tensors"
+    )
+
+
+def _module_name(path: str) -> str:
+    return f"module {quoted(path)}" if path else "the top module"
+
+
+def _module_field(
+    module: PickledObject, field: str, path: str, source: str
+) -> dict[str, Any]:
+    """A module's ``_modules``/``_parameters``/``_buffers``: a dict whose keys are non-empty
+    names without dots, or {} when absent; anything else raises ``ValueError``."""
+    value = module.attrs.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and "." not in k for k in value
+    ):
+        raise ValueError(
+            f"{source}: {_module_name(path)}: {field} is not a dict of names to entries"
+        )
+    return value
+
+
+def _walk_modules(root: PickledObject, source: str) -> list[tuple[str, PickledObject]]:
+    """(dotted path, module) of ``root`` (path "") and of every submodule, depth first in
+    pickled order. Each module is listed once: one reached again through another path (as
+    ultralytics shares one SiLU among its Convs) only at its first path, so a graph costs
+    time linear in its size. Raises ``ValueError`` naming the module path for a module that
+    contains itself, nesting deeper than ``MAX_MODULE_DEPTH`` or a child that is not a
+    module."""
+    listed: list[tuple[str, PickledObject]] = []
+    seen: set[int] = set()
+    pending: list[tuple[str, PickledObject, tuple[int, ...]]] = [("", root, ())]
+    while pending:
+        path, module, ancestors = pending.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        listed.append((path, module))
+        lineage = (*ancestors, id(module))
+        children = []
+        for name, child in _module_field(module, "_modules", path, source).items():
+            child_path = f"{path}.{name}" if path else name
+            if child is None:
+                continue
+            if not isinstance(child, PickledObject):
+                raise ValueError(
+                    f"{source}: {_module_name(child_path)} is a {type(child).__name__}, "
+                    "not a module"
+                )
+            if id(child) in lineage:
+                raise ValueError(f"{source}: {_module_name(child_path)} contains itself")
+            if len(lineage) > MAX_MODULE_DEPTH:
+                raise ValueError(
+                    f"{source}: {_module_name(child_path)} is nested more than "
+                    f"{MAX_MODULE_DEPTH} modules deep"
+                )
+            children.append((child_path, child, lineage))
+        pending.extend(reversed(children))  # the first child is walked first
+    return listed
+
+
+def _module_state_dict(
+    modules: list[tuple[str, PickledObject]], source: str
+) -> dict[str, np.ndarray]:
+    """``torch.nn.Module.state_dict()`` of walked modules (:func:`_walk_modules`): dotted
+    name -> array. Raises ``ValueError`` naming the key or module for an entry that is not a
+    tensor and for malformed parameter or buffer tables."""
+    sd: dict[str, np.ndarray] = {}
+    for path, module in modules:
+        prefix = f"{path}." if path else ""
+        skip = module.attrs.get("_non_persistent_buffers_set") or set()
+        if not isinstance(skip, (set, frozenset)):
+            raise ValueError(
+                f"{source}: {_module_name(path)}: _non_persistent_buffers_set is not a set"
+            )
+        buffers = _module_field(module, "_buffers", path, source)
+        named = [
+            *_module_field(module, "_parameters", path, source).items(),
+            *((k, v) for k, v in buffers.items() if k not in skip),
+        ]
+        for name, value in named:
+            if value is None:
+                continue
+            if not isinstance(value, np.ndarray):
+                raise ValueError(
+                    f"{source}: tensor {quoted(prefix + name)} is a {type(value).__name__}, "
+                    "not a tensor"
+                )
+            sd[prefix + name] = value
+    return sd
+
+
+def _check_yolov8_detect(
+    model: PickledObject, modules: list[tuple[str, PickledObject]], path: str
+) -> None:
+    """Refuse models that are not YOLOv8 detectors (segment/pose/obb, YOLO11, v10 ...)."""
+    if model.name != "DetectionModel":
+        raise ValueError(
+            f"{path} holds a {model.name}; only YOLOv8 detection models (DetectionModel) "
+            "can be converted"
+        )
+    foreign = sorted({module.name for _, module in modules} - _YOLOV8_CLASSES)
+    if foreign:
+        raise ValueError(
+            f"{path} is not a YOLOv8 detection model: it uses {', '.join(foreign)} "
+            "(a different YOLO version or task?)"
+        )
+
+
+def _infer_scale_from_shapes(sd: Mapping[str, np.ndarray], path: str) -> str:
+    """The scale whose stem width and first C2f depth match the weights."""
+    from yolojax.models import SCALES, scaled_channels, scaled_depth
+
+    stem = sd.get("model.0.conv.weight")
+    if stem is None or stem.ndim != 4:
+        raise ValueError(
+            f"{path}: no YOLOv8 stem conv 'model.0.conv.weight' to infer the scale from"
+        )
+    depth = len({k.split(".")[3] for k in sd if k.startswith("model.2.m.")})
+    for scale in SCALES:
+        if scaled_channels(scale, 64) == stem.shape[0] and scaled_depth(scale, 3) == depth:
+            return scale
+    raise ValueError(
+        f"{path}: stem width {stem.shape[0]} with {depth} bottleneck(s) in model.2 matches "
+        "no YOLOv8 scale (n, s, m, l, x)"
+    )
+
+
+def _scale_from_yaml(yaml: Mapping[str, Any], yaml_file: Any) -> str | None:
+    """The scale a model yaml names: its 'scale' key, a 'yolov8s.yaml'-style file name, or
+    the depth/width multiples of one of the standard scales."""
+    from yolojax.models import SCALES
+
+    if isinstance(yaml.get("scale"), str) and yaml["scale"] in SCALES:
+        return yaml["scale"]
+    yaml_name = Path(yaml_file).name if isinstance(yaml_file, str) else ""
+    match = re.search(r"yolov8([nsmlx])(?![a-z0-9])", yaml_name)
+    if match:
+        return match.group(1)
+    dw = (yaml.get("depth_multiple"), yaml.get("width_multiple"))
+    for scale, s in SCALES.items():
+        if dw == (s.depth, s.width):
+            return scale
+    return None
+
+
+def _class_names(names: Any, num_classes: int, path: str) -> list[str]:
+    """Class names as a list indexed by class id; missing ones become 'class{i}'. Raises
+    ``ValueError`` for a name that is not a string or an int."""
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    names = names if isinstance(names, Mapping) else {}
+    listed = [names.get(i, f"class{i}") for i in range(num_classes)]
+    for i, name in enumerate(listed):
+        if not isinstance(name, (str, int)):
+            raise ValueError(f"{path}: the name of class {i} is a {type(name).__name__}")
+    return [str(name) for name in listed]
+
+
+def _head_outputs(sd: Mapping[str, np.ndarray], path: str) -> tuple[int, int]:
+    """(num_classes, reg_max) from the Detect head's first output convs, checked to lie in
+    [1, MAX_NUM_CLASSES] and [1, MAX_REG_MAX] before anything is sized by them."""
+    for key in ("model.22.cv3.0.2.weight", "model.22.cv2.0.2.weight"):
+        if key not in sd or sd[key].ndim != 4:
+            raise ValueError(f"{path} is not a YOLOv8 detection model: no Detect head weight {key}")
+    num_classes = int(sd["model.22.cv3.0.2.weight"].shape[0])
+    box_channels = int(sd["model.22.cv2.0.2.weight"].shape[0])
+    if not 1 <= num_classes <= MAX_NUM_CLASSES:
+        raise ValueError(
+            f"{path}: tensor 'model.22.cv3.0.2.weight' gives {num_classes} classes, not 1 to "
+            f"{MAX_NUM_CLASSES}"
+        )
+    if box_channels % 4 or not 1 <= box_channels // 4 <= MAX_REG_MAX:
+        raise ValueError(
+            f"{path}: tensor 'model.22.cv2.0.2.weight' gives {box_channels} box outputs, not "
+            f"4 * reg_max with reg_max 1 to {MAX_REG_MAX}"
+        )
+    return num_classes, box_channels // 4
+
+
+def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path: str) -> Info:
+    """scale, num_classes, names, reg_max, cls_width of a YOLOv8 state dict (and its model, if any)."""
+    from yolojax.models import default_cls_width
+
+    num_classes, reg_max = _head_outputs(sd, path)
+    shape_scale = _infer_scale_from_shapes(sd, path)
+    attrs = model.attrs if model is not None else {}
+    yaml = attrs.get("yaml") if isinstance(attrs.get("yaml"), Mapping) else {}
+    yaml_scale = _scale_from_yaml(yaml, yaml.get("yaml_file") or attrs.get("yaml_file"))
+    if yaml_scale is not None and yaml_scale != shape_scale:
+        raise ValueError(
+            f"{path}: its yaml says scale {yaml_scale!r} but its weights have the shapes of "
+            f"scale {shape_scale!r}"
+        )
+    if isinstance(yaml.get("nc"), int) and yaml["nc"] != num_classes:
+        raise ValueError(
+            f"{path}: its yaml says nc={yaml['nc']} but its head has {num_classes} classes"
+        )
+    names = attrs.get("names") if attrs.get("names") is not None else yaml.get("names")
+    # The class branch's hidden width: ultralytics builds max(P3 width, min(nc, 100)), but a model
+    # it fine-tuned to another class count keeps its source's width (e.g. 80 for yolov8n -> 2 classes).
+    hidden = sd.get("model.22.cv3.0.0.conv.weight")
+    cls_width = int(hidden.shape[0]) if hidden is not None and hidden.ndim == 4 else None
+    return {
+        "scale": shape_scale,
+        "num_classes": num_classes,
+        "names": _class_names(names, num_classes, path),
+        "reg_max": reg_max,
+        "cls_width": cls_width or default_cls_width(shape_scale, num_classes),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# State dict -> Flax variables.
+# ----------------------------------------------------------------------------------------
+
+
+def torch_key_to_flax(key: str, ndim: int) -> tuple[str, ...] | None:
+    """A torch state-dict key -> (collection, *flax path), or None for keys yolojax drops.
+
+    Each run of numeric components joins the name before it with '_':
+    ``model.2.m.0.cv1.conv.weight`` (4-D) -> ``("params", "model_2", "m_0", "cv1", "conv",
+    "kernel")``. Leaves: 4-D weight -> kernel, 1-D weight -> scale (BatchNorm), bias -> bias,
+    running_mean/var -> batch_stats mean/var; num_batches_tracked -> None.
+    """
+    *modules, leaf = key.split(".")
+    path: list[str] = []
+    for part in modules:
+        if part.isdigit() and path:
+            path[-1] = f"{path[-1]}_{part}"
+        else:
+            path.append(part)
+    if leaf == "num_batches_tracked":
+        return None
+    if leaf == "weight":
+        return ("params", *path, "kernel" if ndim == 4 else "scale")
+    if leaf == "bias":
+        return ("params", *path, "bias")
+    if leaf in ("running_mean", "running_var"):
+        return ("batch_stats", *path, leaf[len("running_") :])
+    return ("params", *path, leaf)  # not a YOLOv8 leaf: reported as unexpected
+
+
+@functools.lru_cache(maxsize=16)
+def expected_shapes(
+    scale: str, num_classes: int, reg_max: int, cls_width: int | None = None
+) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """(collection, *path) -> shape of every variable of ``YOLOv8(scale, num_classes,
+    reg_max, cls_width=cls_width)``, from ``jax.eval_shape`` of its init (no computation)."""
+    import jax
+    import jax.numpy as jnp
+
+    from yolojax.models import YOLOv8
+
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
+    )
+    return {
+        _path_names(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(abstract)
+    }
+
+
+def _path_names(path: tuple) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def _flax_to_torch_key(flax_path: tuple[str, ...]) -> str:
+    """Best-effort inverse of :func:`torch_key_to_flax`, for error messages."""
+    collection, *modules, leaf = flax_path
+    leaf = {
+        "kernel": "weight",
+        "scale": "weight",
+        "mean": "running_mean",
+        "var": "running_var",
+    }.get(leaf, leaf)
+    return ".".join([*(m.replace("_", ".") for m in modules), leaf])
+
+
+def _listing(items: list[str], limit: int = 6) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_variables(
+    flat: Mapping[tuple[str, ...], Any],
+    info: Info,
+    source: str,
+    origin: Mapping[tuple[str, ...], str] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming every missing, unexpected or mis-shaped variable of a
+    flat {(collection, *path): array} tree against ``YOLOv8`` built from ``info``.
+
+    ``origin`` maps paths to the names the user knows (torch keys) for the message.
+    """
+    expected = expected_shapes(info["scale"], info["num_classes"], info["reg_max"], info.get("cls_width"))
+    origin = origin or {}
+    name = lambda p: origin.get(p, "/".join(p))  # noqa: E731
+    missing = sorted(
+        f"{'/'.join(p)} ({_flax_to_torch_key(p)})" for p in expected.keys() - flat.keys()
+    )
+    unexpected = sorted(name(p) for p in flat.keys() - expected.keys())
+    misshaped = sorted(
+        f"{name(p)} {tuple(np.shape(flat[p]))} (expected {expected[p]})"
+        for p in flat.keys() & expected.keys()
+        if tuple(np.shape(flat[p])) != expected[p]
+    )
+    problems = []
+    if missing:
+        problems.append("missing " + _listing(missing))
+    if unexpected:
+        problems.append("unexpected " + _listing(unexpected))
+    if misshaped:
+        problems.append("mis-shaped " + _listing(misshaped))
+    if problems:
+        model = (
+            f"YOLOv8{info['scale']} with {info['num_classes']} classes, reg_max {info['reg_max']}"
+            + (f", class branch width {info['cls_width']}" if info.get("cls_width") else "")
+        )
+        raise ValueError(f"{source} does not match {model}: {'; '.join(problems)}")
+
+
+def state_dict_to_variables(
+    sd: Mapping[str, np.ndarray], info: Info, source: str = "state dict"
+) -> Variables:
+    """A YOLOv8 torch state dict -> ``{"params": ..., "batch_stats": ...}`` float32 numpy.
+
+    Conv weights (O, I, kH, kW) become kernels (kH, kW, I, O). The shapes are checked
+    against the variables of ``yolov8_from_info(info)`` before any array is converted, so
+    memory stays within the model's size. The arrays are new and writable (the state dict's
+    may be read-only views of a file's storages).
+    """
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for key, value in sd.items():
+        target = torch_key_to_flax(key, value.ndim)
+        if target is None:
+            continue
+        shown = key if key.isprintable() and len(key) <= 200 else quoted(key)
+        if target in flat:
+            raise ValueError(
+                f"{source}: keys {origin[target]} and {shown} map to the same variable"
+            )
+        flat[target] = value.transpose(2, 3, 1, 0) if target[-1] == "kernel" else value
+        origin[target] = shown
+    check_variables(flat, info, source, origin)
+    return unflatten_tree({p: np.array(v, dtype=np.float32, order="C") for p, v in flat.items()})
+
+
+def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> Variables:
+    """``{("params", "model_0", "conv", "kernel"): array, ...}`` -> the nested dicts."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def flatten_tree(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested dicts -> ``{path tuple: leaf}`` (:func:`unflatten_tree`'s inverse)."""
+    flat: dict[tuple[str, ...], Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_tree(value, (*prefix, str(key))))
+        else:
+            flat[(*prefix, str(key))] = value
+    return flat
+
+
+def count_params(variables: Variables) -> int:
+    """Number of trainable-collection ("params") scalars, as ultralytics counts parameters."""
+    return int(sum(np.size(v) for v in flatten_tree(variables.get("params", {})).values()))
+
+
+# ----------------------------------------------------------------------------------------
+# Public loaders.
+# ----------------------------------------------------------------------------------------
+
+
+def load_ultralytics(path: str | os.PathLike) -> tuple[Variables, Info]:
+    """Read an ultralytics YOLOv8 detection ``.pt`` without torch or ultralytics.
+
+    Accepts an ultralytics checkpoint dict (its 'ema' weights if present, else 'model'), a
+    pickled DetectionModel, or a plain state dict (optionally under 'state_dict'/'model').
+
+    Returns ``(variables, info)``: variables ``{"params": ..., "batch_stats": ...}`` of
+    float32 numpy arrays for ``yolov8_from_info(info)`` (:mod:`yolojax.models`); info
+    ``{"scale": str, "num_classes": int, "names": list[str] (index = class id), "reg_max":
+    int, "cls_width": int}`` (cls_width: the head's class-branch width, from the weights).
+    Raises ``ValueError`` for files that are unsafe, not torch checkpoints, or not YOLOv8
+    detectors.
+    """
+    source = str(path)
+    try:
+        return _convert_checkpoint(read_torch_file(path), source)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any other failure is still one line naming the file
+        raise ValueError(f"{source}: cannot convert its model ({describe(e)})") from None
+
+
+def _convert_checkpoint(checkpoint: Any, source: str) -> tuple[Variables, Info]:
+    """:func:`load_ultralytics` of the objects read from ``source``."""
+    selected = _select_model(checkpoint, source)
+    model = selected if isinstance(selected, PickledObject) else None
+    if model is not None:
+        modules = _walk_modules(model, source)
+        _check_yolov8_detect(model, modules, source)
+        sd = _module_state_dict(modules, source)
+    else:
+        sd = dict(selected)
+    info = _infer_info(sd, model, source)
+    return state_dict_to_variables(sd, info, source), info
