@@ -341,3 +341,14 @@ def test_unretrieved_errors_of_a_damaged_steps_reads_are_not_logged():
     assert not asyncio_logger.filter(record("Task exception was never retrieved\nfuture: <Task>", read_error))
     assert asyncio_logger.filter(record("Task exception was never retrieved\nfuture: <Task>", ValueError("mine")))
     assert asyncio_logger.filter(record("Exception in callback", read_error))
+
+
+def test_workdir_weights_carry_the_run_imgsz(tmp_path):
+    """The size a run trained at comes with its weights (val, predict and export default to it,
+    as ultralytics does): from the meta's info, or for older runs from the step's config."""
+    for name, info, config, expected in (("info", {**INFO, "imgsz": 192}, {"imgsz": 640}, 192),
+                                         ("config", INFO, {"imgsz": 320}, 320), ("none", INFO, {}, None)):
+        ckpt = RunCheckpointer(tmp_path / name / "checkpoints", keep=1)
+        ckpt.save(1, fake_state(1.0, 1), make_iterator(), {"step": 1, "info": info}, config)
+        ckpt.close()
+        assert load_weights(tmp_path / name)[1].get("imgsz") == expected, name

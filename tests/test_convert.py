@@ -334,6 +334,7 @@ def test_real_checkpoints_match_ultralytics(name, coco_images):
     variables, info = load_ultralytics(path)
     assert info["scale"] == name[6] and info["num_classes"] == 80 and info["reg_max"] == 16
     assert info["names"][0] == "person" and info["names"][79] == "toothbrush"
+    assert info["imgsz"] == 640  # train_args' imgsz: val, predict and export default to it
     reference, _ = load_checkpoint(path)
     ref = torch_predict(reference, coco_images)
     assert ref[..., 4:].max() > 0.8  # real, confident detections
@@ -603,14 +604,15 @@ def test_cli_help_and_bad_input(tmp_path, capsys):
     )
     proc = run(str(tmp_path / "missing.pt"), str(tmp_path / "out"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("python -m yolojax.convert: error: ")
     assert not (tmp_path / "out").exists()
 
     (tmp_path / "bad.pt").write_text("not a checkpoint")
     assert main([str(tmp_path / "bad.pt"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert (
-        err.startswith("error: ") and err.count("\n") == 1 and "not a torch.save checkpoint" in err
+        err.startswith("python -m yolojax.convert: error: ") and err.count("\n") == 1
+        and "not a torch.save checkpoint" in err
     )
     with pytest.raises(SystemExit) as exc:
         main(["--bogus", str(tmp_path / "bad.pt"), str(tmp_path / "out")])

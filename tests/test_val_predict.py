@@ -151,6 +151,18 @@ def test_predict_api_folder_and_glob(tmp_path):
     res = predictor([tmp_path / "imgs" / "a.jpg", read_image_rgb(bus)])
     assert res[0]["image"].endswith("a.jpg")
     np.testing.assert_allclose(res[0]["boxes_xyxy"], res[1]["boxes_xyxy"])
+    # One image alone, as ultralytics' model(source): a path, an (H, W, 3) array, an (N, H, W, 3) stack.
+    for single in (tmp_path / "imgs" / "a.jpg", str(tmp_path / "imgs" / "a.jpg"), read_image_rgb(bus),
+                   read_image_rgb(bus)[None]):
+        (one,) = predictor(single)
+        np.testing.assert_allclose(one["boxes_xyxy"], res[0]["boxes_xyxy"])
+    # The size the weights were trained at is the default (the official .pt's train_args: 640).
+    assert predictor.imgsz == 640
+    from yolojax.weights import load_weights
+
+    variables, info = load_weights(WEIGHTS)
+    assert yj_predictor.Predictor(variables=variables, info={**info, "imgsz": 320}).imgsz == 320
+    assert yj_predictor.Predictor(variables=variables, info={**info, "imgsz": 320}, imgsz=416).imgsz == 416
 
 
 def test_letterbox_and_scale_boxes_roundtrip():

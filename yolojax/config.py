@@ -167,6 +167,13 @@ def _bounds(low: Any, high: Any, high_open: bool = False) -> str:
 
 
 STRIDE = 32  # YOLOv8's largest stride: image sizes are its multiples
+DEFAULT_IMGSZ = 640  # ultralytics 8.4.190 cfg/default.yaml, for weights that record no training size
+
+
+def weights_imgsz(imgsz: Any, info: Mapping[str, Any]) -> Any:
+    """``imgsz`` when given, else the size the weights were trained at (``info["imgsz"]``,
+    as ultralytics keeps ``imgsz`` from a checkpoint for val, predict and export), else 640."""
+    return imgsz if imgsz is not None else info.get("imgsz") or DEFAULT_IMGSZ
 
 
 # The val, predict and export arguments (ultralytics' names) and their rules: the commands

@@ -25,7 +25,8 @@ def build_parser() -> OneLineErrorParser:
     p.add_argument("--weights", required=True, help="ultralytics .pt, yolojax checkpoint directory or train workdir")
     p.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or pt")
     p.add_argument("--out", default=None, help="output file (default: beside the weights)")
-    p.add_argument("--imgsz", type=int, nargs="+", default=[640], help="ONNX input size: 640, or H W")
+    p.add_argument("--imgsz", type=int, nargs="+", default=None,
+                   help="ONNX input size: S or H W (default: the size the weights were trained at, else 640)")
     p.add_argument("--batch", type=int, default=1, help="ONNX batch size")
     p.add_argument("--dynamic", action="store_true", help="ONNX with a dynamic batch dimension")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")

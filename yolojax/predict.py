@@ -24,12 +24,14 @@ from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunable
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="python -m yolojax.predict", description="Detect objects in images; write annotated copies "
                 "and predictions.json.")
-    p.add_argument("--weights", required=True, help="ultralytics .pt or yolojax checkpoint directory")
-    p.add_argument("--source", required=True, help="image file, folder or glob")
+    p.add_argument("--weights", required=True,
+                   help="ultralytics .pt, converted checkpoint directory or train workdir")
+    p.add_argument("--source", required=True, help="image or video file, folder or glob")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")
-    p.add_argument("--imgsz", type=int, default=640, help="letterbox size (multiple of 32)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="letterbox size, a multiple of 32 (default: the size the weights were trained at, else 640)")
     p.add_argument("--max-det", type=int, default=300, help="detections per image")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,

@@ -25,10 +25,12 @@ from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunable
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="python -m yolojax.val", description="Validate YOLOv8 weights on a data.yaml split "
                 "or a COCO JSON (mAP50, mAP50-95 as ultralytics val; COCO JSON: also pycocotools' COCO metrics).")
-    p.add_argument("--weights", required=True, help="ultralytics .pt or yolojax checkpoint directory")
+    p.add_argument("--weights", required=True,
+                   help="ultralytics .pt, converted checkpoint directory or train workdir")
     p.add_argument("--data", required=True, help="ultralytics data.yaml, or a COCO instances JSON (with --images)")
     p.add_argument("--images", default=None, help="COCO JSON data: the folder its file_name entries are in")
-    p.add_argument("--imgsz", type=int, default=640, help="image size (multiple of 32)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="image size, a multiple of 32 (default: the size the weights were trained at, else 640)")
     p.add_argument("--batch", type=int, default=16, help="batch size")
     p.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from yolojax.config import check_arguments
+from yolojax.config import check_arguments, weights_imgsz
 from yolojax.inference.detector import make_predict_fn
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def validate(
     images: str | os.PathLike | None = None,
     variables: Any = None,
     info: Mapping[str, Any] | None = None,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     batch: int = 16,
     conf: float = 0.001,
     iou: float = 0.7,
@@ -197,6 +197,7 @@ def validate(
             from yolojax.models.summary import loaded_summary_line
 
             logger.info("%s", loaded_summary_line(info))
+    imgsz = weights_imgsz(imgsz, info)
     source = _open_source(data, split) if coco_file is None else None
     coco = _CocoCollector.open(coco_file, images, info, categories_by_order) if coco_file is not None else None
     source = coco.dataset.source if coco is not None else source

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from yolojax.config import STRIDE, check_arguments
+from yolojax.config import STRIDE, check_arguments, weights_imgsz
 from yolojax.inference.onnx_runtime import INSTALL_HINT
 
 logger = logging.getLogger(__name__)
@@ -117,13 +117,14 @@ def _quiet_converter():
 
 
 def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str | os.PathLike, *,
-                imgsz: int | Sequence[int] = 640, batch: int = 1, dynamic: bool = False,
+                imgsz: int | Sequence[int] | None = None, batch: int = 1, dynamic: bool = False,
                 opset: int = DEFAULT_OPSET) -> Path:
     """Write YOLOv8 ``variables`` (``info``: scale, num_classes, names) as an ONNX model.
 
     The graph is yolojax's eval forward in float32 converted by jax2onnx, in the layout of the
     module docstring; ``dynamic`` makes the batch dimension symbolic (``batch`` is then only
-    the metadata value). Returns the written path. Raises ``ImportError`` (one line naming the
+    the metadata value); ``imgsz`` None: the size the weights were trained at, else 640.
+    Returns the written path. Raises ``ImportError`` (one line naming the
     extra to install) without jax2onnx/onnx, ``ValueError`` for a bad imgsz, batch or opset.
     """
     try:
@@ -131,7 +132,7 @@ def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str 
         from jax2onnx import to_onnx
     except ImportError:
         raise ImportError(f"ONNX export needs jax2onnx and onnx: {INSTALL_HINT}") from None
-    h, w = image_size_hw(imgsz)
+    h, w = image_size_hw(weights_imgsz(imgsz, info))
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
@@ -176,13 +177,13 @@ def check_export_args(weights: str | os.PathLike, fmt: str, out: str | os.PathLi
     out_path = Path(out) if out is not None else default_out(weights, fmt)
     if out_path.suffix.lower() != f".{fmt}":
         raise ValueError(f"--out {out_path} must end in .{fmt}")
-    if fmt == "onnx":
+    if fmt == "onnx" and imgsz is not None:
         image_size_hw(imgsz)
     return out_path
 
 
 def export(weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None, *,
-           imgsz: int | Sequence[int] = 640, batch: int = 1, dynamic: bool = False,
+           imgsz: int | Sequence[int] | None = None, batch: int = 1, dynamic: bool = False,
            opset: int = DEFAULT_OPSET) -> Path:
     """Load ``weights`` (:func:`yolojax.load_weights`) and write them as ``fmt`` ("onnx" or
     "pt") to ``out`` (default: :func:`default_out`). imgsz, batch, dynamic and opset apply to

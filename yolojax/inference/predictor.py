@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from yolojax.config import STRIDE, check_arguments
+from yolojax.config import STRIDE, check_arguments, weights_imgsz
 from yolojax.plots.annotate import annotate
 
 
@@ -179,7 +179,8 @@ class Predictor:
 
     Args:
       weights: ultralytics .pt or yolojax checkpoint directory (or give ``variables`` and ``info``).
-      imgsz: letterbox size (multiple of 32).
+      imgsz: letterbox size (multiple of 32); None: the size the weights were trained at
+        (``info["imgsz"]``), else 640, as ultralytics.
       conf, iou, max_det, agnostic: NMS settings (ultralytics predict defaults).
       rect: minimum padding to a stride multiple (ultralytics' default); False: a square imgsz canvas.
       model_fn: replaces the Flax model and its weights (give ``info`` with it): float32
@@ -188,7 +189,7 @@ class Predictor:
     """
 
     def __init__(self, weights: str | os.PathLike | None = None, *, variables: Any = None,
-                 info: Mapping[str, Any] | None = None, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
+                 info: Mapping[str, Any] | None = None, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7,
                  max_det: int = 300, agnostic: bool = False, rect: bool = True, model_fn: Any = None):
         import jax
 
@@ -213,7 +214,7 @@ class Predictor:
         # As ultralytics' predictor (8.4.190 engine/predictor.py): a fixed-size exported model
         # takes square imgsz letterboxes whatever rect says.
         fixed_size = model_fn is not None and getattr(model_fn, "input_hw", None) is not None
-        self.imgsz, self.rect = int(imgsz), bool(rect) and not fixed_size
+        self.imgsz, self.rect = int(weights_imgsz(imgsz, info)), bool(rect) and not fixed_size
         self.variables = jax.device_put(variables)
         if model_fn is not None:
             from yolojax.inference.detector import make_predict_fn
@@ -261,12 +262,17 @@ class Predictor:
         for frame, image in read_video_frames(path, vid_stride):
             yield image, {"image": str(path), "frame": frame, **self.predict_array(image)}
 
-    def __call__(self, images: Iterable[str | os.PathLike | np.ndarray]) -> list[dict[str, Any]]:
+    def __call__(self, images: str | os.PathLike | np.ndarray | Iterable[str | os.PathLike | np.ndarray]
+                 ) -> list[dict[str, Any]]:
         """Image or video paths, or in-memory images (:meth:`predict_array`) -> one result dict
         per image or video frame (paths add "image": the path; video frames also "frame").
-        Raises ValueError naming a file that cannot be read."""
+        One path, one (H, W, 3) / (H, W) array or an (N, H, W, 3) array of images is taken as
+        ultralytics' ``model(source)`` takes it. Raises ValueError naming a file that cannot
+        be read."""
         from yolojax.data.image_io import read_image_rgb
 
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            images = [images]
         results = []
         for item in images:
             if isinstance(item, np.ndarray):
@@ -345,7 +351,7 @@ def _predict_video(predictor: Predictor, path: Path, output: _AnnotatedOutput | 
     return results
 
 
-def predict(weights: str | os.PathLike | None, source, out: str | os.PathLike | None = None, *, imgsz: int = 640,
+def predict(weights: str | os.PathLike | None, source, out: str | os.PathLike | None = None, *, imgsz: int | None = None,
             conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
             rect: bool = True, save_images: bool = True, vid_stride: int = 1, model_fn: Any = None,
             info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

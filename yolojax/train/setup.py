@@ -203,7 +203,7 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
     model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=s.model.reg_max, cls_width=cls_width,
                    dtype=jnp.bfloat16 if s.compute_dtype == "bfloat16" else jnp.float32, frozen=s.frozen)
     info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": s.model.reg_max,
-            "cls_width": cls_width}
+            "cls_width": cls_width, "imgsz": s.imgsz}
     logger.info("%s", model_summary(model).line())
     variables = init_variables(model, s.seed)
     if pretrained is not None:
@@ -215,11 +215,11 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
         if copied == 0:
             raise ConfigError(f"weights {s.weights}: no array fits YOLOv8{scale}")
     try:
-        count = check_frozen(variables["params"], s.frozen, list(s.freeze))
+        count = check_frozen(variables["params"], s.frozen, s.raw["freeze"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if s.freeze:
-        logger.info("freeze=%s: %d parameter arrays frozen (%s)", list(s.freeze), count, ", ".join(s.frozen))
+        logger.info("freeze=%s: %d parameter arrays frozen (%s)", s.raw["freeze"], count, ", ".join(s.frozen))
     loss_fn = DetectionLoss(num_classes=num_classes, reg_max=s.model.reg_max, box=s.box, cls=s.cls, dfl=s.dfl,
                             class_weights=loss_class_weights(s.cls_pw, data.batches.source, num_classes))
     return RunModel(TrainState.create(model.apply, variables, recipe), model, loss_fn, recipe, resolved, info)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yolojax.weights.ultralytics import Info, Variables, flatten_tree, unflatten_tree, check_variables
+from yolojax.weights.ultralytics import Info, Variables, check_variables, flatten_tree, training_imgsz, unflatten_tree
 
 INFO_FILE = "info.json"
 VARIABLES_DIR = "variables"
@@ -95,6 +95,8 @@ def load_converted(path: str | os.PathLike) -> tuple[Variables, Info]:
     info = {k: record.get(k) for k in ("scale", "num_classes", "names", "reg_max")}
     if isinstance(record.get("cls_width"), int):  # absent from conversions before it was recorded
         info["cls_width"] = record["cls_width"]
+    if training_imgsz(record.get("imgsz")) is not None:
+        info["imgsz"] = record["imgsz"]
     if not (
         isinstance(info["num_classes"], int)
         and isinstance(info["reg_max"], int)

@@ -473,7 +473,9 @@ def load_ultralytics(path: str | os.PathLike) -> tuple[Variables, Info]:
     Returns ``(variables, info)``: variables ``{"params": ..., "batch_stats": ...}`` of
     float32 numpy arrays for ``yolov8_from_info(info)`` (:mod:`yolojax.models`); info
     ``{"scale": str, "num_classes": int, "names": list[str] (index = class id), "reg_max":
-    int, "cls_width": int}`` (cls_width: the head's class-branch width, from the weights).
+    int, "cls_width": int}`` (cls_width: the head's class-branch width, from the weights), and
+    ``"imgsz": int`` when the checkpoint records the size it was trained at
+    (:func:`training_imgsz`).
     Raises ``ValueError`` for files that are unsafe, not torch checkpoints, or not YOLOv8
     detectors.
     """
@@ -497,4 +499,17 @@ def _convert_checkpoint(checkpoint: Any, source: str) -> tuple[Variables, Info]:
     else:
         sd = dict(selected)
     info = _infer_info(sd, model, source)
+    train_args = checkpoint.get("train_args") if isinstance(checkpoint, Mapping) else None
+    imgsz = training_imgsz(train_args.get("imgsz")) if isinstance(train_args, Mapping) else None
+    if imgsz is not None:
+        info["imgsz"] = imgsz
     return state_dict_to_variables(sd, info, source), info
+
+
+def training_imgsz(value: Any) -> int | None:
+    """The image size weights were trained at, as their file records it (an ultralytics
+    checkpoint's ``train_args["imgsz"]``, a yolojax run's ``imgsz``), or None when it is not a
+    positive multiple of 32. Val, predict and export default to it, as ultralytics' model keeps
+    ``imgsz`` from its checkpoint (8.4.190 engine/model.py ``_reset_ckpt_args``)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 32 and value % 32 == 0
+    return int(value) if ok else None

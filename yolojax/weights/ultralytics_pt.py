@@ -235,8 +235,9 @@ def save_ultralytics_checkpoint(variables: Mapping[str, Any], info: Mapping[str,
     """Write YOLOv8 ``variables`` as an ultralytics checkpoint at ``out`` (a .pt file).
 
     The dict holds date, version, license, docs, epoch (-1), best_fitness, ``model``
-    (:func:`detection_model`), ema/updates/optimizer (None) and ``train_args`` (task, model),
-    as ultralytics' released checkpoints do. Returns ``out``. Raises ``ValueError`` for
+    (:func:`detection_model`), ema/updates/optimizer (None) and ``train_args`` (task, model,
+    and ``imgsz`` when ``info`` has it: ultralytics validates and predicts at it), as
+    ultralytics' released checkpoints do. Returns ``out``. Raises ``ValueError`` for
     variables that are not a YOLOv8 detector's.
     """
     from flax import traverse_util
@@ -247,11 +248,14 @@ def save_ultralytics_checkpoint(variables: Mapping[str, Any], info: Mapping[str,
     flat = {(c, *p): v for c in ("params", "batch_stats")
             for p, v in traverse_util.flatten_dict(dict(variables.get(c, {}))).items()}
     check_variables(flat, info, "variables")
+    train_args = {"task": "detect", "model": f"yolov8{info['scale']}.yaml"}
+    if info.get("imgsz"):
+        train_args["imgsz"] = int(info["imgsz"])
     checkpoint = {
         "date": datetime.now().astimezone().isoformat(), "version": f"yolojax {__version__}",
         "license": "Apache-2.0", "docs": "https://github.com/yolojax/yolojax", "epoch": -1,
         "best_fitness": None, "model": detection_model(variables, info), "ema": None, "updates": None,
-        "optimizer": None, "train_args": {"task": "detect", "model": f"yolov8{info['scale']}.yaml"},
+        "optimizer": None, "train_args": train_args,
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,8 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
+from yolojax.weights.ultralytics import training_imgsz
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -264,6 +266,13 @@ def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
     info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
     if isinstance(meta["info"].get("cls_width"), int):
         info["cls_width"] = meta["info"]["cls_width"]
+    # The run's imgsz: in the info since it was recorded there, else in the step's config.
+    imgsz = training_imgsz(meta["info"].get("imgsz"))
+    if imgsz is None and (step_dir / "config").is_dir():
+        config = _read_json_item(step_dir / "config")
+        imgsz = training_imgsz(config.get("imgsz")) if isinstance(config, dict) else None
+    if imgsz is not None:
+        info["imgsz"] = imgsz
     ema = jax.tree.map(lambda x: np.asarray(x, np.float32), _read_arrays(step_dir / "state", ("ema",))["ema"])
     return {"params": ema["params"], "batch_stats": ema["batch_stats"]}, info
 
