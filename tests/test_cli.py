@@ -15,6 +15,7 @@ import pytest
 
 from shared_data import SHARED, WEIGHTS, needs
 from yolojax import cli
+from yolojax.console import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_weights = needs(WEIGHTS)
@@ -75,9 +76,9 @@ def test_model_key_picks_scale_and_weights(tmp_path):
     config, _ = cli.train_config([f"model={tmp_path / 'yolov8x.pt'}", "cfg=" + str(ROOT / "configs/quickstart.py")])
     assert config.model.scale == "x" and config.weights == str(tmp_path / "yolov8x.pt")
     assert config.imgsz == 192  # the rest of the cfg= file stays
-    with pytest.raises(cli.UsageError, match="not found"):
+    with pytest.raises(ConfigError, match="missing.pt: does not exist"):
         cli.train_config([f"model={tmp_path / 'missing.pt'}"])
-    with pytest.raises(cli.UsageError, match="only yolov8"):
+    with pytest.raises(ConfigError, match=r"model=yolo11n.yaml: must be yolov8\{n,s,m,l,x\}.yaml"):
         cli.train_config(["model=yolo11n.yaml"])
 
 
@@ -128,6 +129,15 @@ def test_run_dir_increments_like_ultralytics(tmp_path):
     assert cli.run_dir(pairs, "train") == tmp_path / "train2"
     assert cli.run_dir({**pairs, "exist_ok": "True"}, "train") == tmp_path / "train"
     assert cli.run_dir(pairs, "train", reuse=True) == tmp_path / "train"
+
+
+def test_device_is_taken_and_left_out_with_a_warning(caplog):
+    """ultralytics users pass device=0: JAX lays out every visible device instead."""
+    with caplog.at_level("WARNING", logger="yolojax.cli"):
+        assert cli.parse_pairs(["device=0", "epochs=3"], ["epochs"]) == {"epochs": "3"}
+    assert "device=0 is not applicable" in caplog.text
+    with pytest.raises(cli.UsageError, match="unknown argument 'devices'"):
+        cli.parse_pairs(["devices=0"], ["epochs"])
 
 
 def test_parse_value_follows_ultralytics():

@@ -67,7 +67,8 @@ BAD_VALUES: dict[str, list[tuple[object, str]]] = {
     "warmup_bias_lr": [(-0.5, "in [0, 1]")],
     "cos_lr": [("true", "true or false")],
     "nbs": [(0, "integer >= 1")],
-    "freeze": [("[1.5]", "layer indices or names"), (-1, "freeze must be >= 0"), (2.0, "layer count or a list")],
+    "freeze": [("[1.5]", "layer indices or names"), (-1, "freeze must be >= 0"), (2.0, "layer count or a list"),
+               (1000, "fewer than YOLOv8's 23 layers"), ("[0, 23]", "fewer than YOLOv8's 23 layers")],
     "box": [(-1.0, ">= 0")],
     "cls": [(-1.0, ">= 0")],
     "dfl": [(-1.0, ">= 0")],
@@ -170,6 +171,14 @@ def test_defaults_and_loose_forms_resolve(data_yaml):
         settings.imgsz = 320  # frozen
 
 
+def test_python_m_train_names_an_unknown_field_in_one_line():
+    from yolojax.train.__main__ import unknown_field_text
+
+    near = AttributeError(KeyError('\'epoch\'\nDid you mean "epochs" instead of "epoch"?'))
+    assert unknown_field_text(near) == "'epoch' (did you mean \"epochs\" instead of \"epoch\"?)"
+    assert unknown_field_text(AttributeError(KeyError("'nonexistent'"))) == "'nonexistent'"
+
+
 def test_unknown_and_missing_fields_are_refused(data_yaml):
     config = good_config(data_yaml)
     with pytest.raises(ConfigError, match="unknown config field epoch "):
@@ -239,7 +248,7 @@ def test_resume_compares_the_run_fields(tmp_path, data_yaml):
 ISSUE_REFUSALS = [  # issue 23's measured cases, each refused before the dataset scan
     ("parallel.rules", "bogus", "parallel.rules='bogus': must be one of"),
     ("val.every_epochs", "0", "val.every_epochs=0: must be an integer >= 1"),
-    ("mesh.data", "3", "mesh.data=3, mesh.model=1: mesh data=3 x model=1 does not fit 1 devices"),
+    ("mesh.data", "3", "mesh.data=3, mesh.model=1: mesh data=3 x model=1 does not fit 1 device"),
     ("lr0", "-1", "lr0=-1.0: must be a finite number in [0, 1]"),
 ]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from yolojax.config import check_arguments, config_names, default_config, flatten, load_config
-from yolojax.console import configure_logging, error_line
+from yolojax.console import ConfigError, configure_logging, error_line
 
 
 # ultralytics train argument -> yolojax config field (configs/base.py). Every other config
@@ -61,12 +62,15 @@ VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batc
             "project": "project", "name": "name", "compile_cache": "compile_cache", "cache": "cache"}
 PREDICT_KEYS = {"model": "weights", "source": "source", "imgsz": "imgsz", "conf": "conf", "iou": "iou",
                 "max_det": "max_det", "agnostic_nms": "agnostic", "rect": "rect", "save": "save_images",
+                "vid_stride": "vid_stride",
                 "project": "project", "name": "name", "compile_cache": "compile_cache"}
 EXPORT_KEYS = {"model": "weights", "format": "fmt", "imgsz": "imgsz", "batch": "batch", "dynamic": "dynamic",
                "opset": "opset", "compile_cache": "compile_cache"}
 CONVERT_KEYS = {"model": "weights", "out": "out"}
 
 DEFAULT_PROJECT = "runs/detect"
+
+logger = logging.getLogger(__name__)
 SCALE_IN_NAME = re.compile(r"yolov8([nsmlx])", re.IGNORECASE)
 
 
@@ -90,11 +94,16 @@ def parse_value(raw: str) -> Any:
 
 def parse_pairs(args: Sequence[str], valid: Sequence[str]) -> dict[str, str]:
     """``KEY=VALUE`` (or a bare key, meaning True) arguments -> {key: raw value}; a key not in
-    ``valid`` raises :class:`UsageError` naming the nearest valid key."""
+    ``valid`` raises :class:`UsageError` naming the nearest valid key. ultralytics' ``device``
+    is taken and left out with a warning: JAX lays out every visible device."""
     pairs: dict[str, str] = {}
     for arg in args:
         key, sep, raw = arg.partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
+        if key == "device":
+            logger.warning("device=%s is not applicable: JAX uses every visible device (choose them with "
+                           "CUDA_VISIBLE_DEVICES or JAX_PLATFORMS=cpu; train lays them out with mesh.data)", raw)
+            continue
         if key not in valid:
             near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{near[0]}'?" if near else "; `yolojax help` lists the keys"
@@ -122,15 +131,22 @@ def _typed(field: str, current: Any, raw: str) -> Any:
 
 def model_scale(model: str) -> tuple[str, str]:
     """ultralytics ``model=`` -> (scale, weights): ``yolov8s.yaml`` -> ("s", ""); ``yolov8s.pt``
-    -> ("s", "yolov8s.pt"); other weights (a .pt, converted dir, train workdir) -> their scale."""
+    -> ("s", "yolov8s.pt"); other weights (a .pt, converted dir, train workdir) -> their scale.
+
+    Raises:
+      ConfigError: one line naming ``model=``: another architecture, weights that do not exist
+        (nothing is downloaded) or cannot be read.
+    """
     name = Path(model).name
     match = SCALE_IN_NAME.search(name)
     if name.lower().endswith((".yaml", ".yml")):
         if match is None:
-            raise UsageError(f"model={model}: only yolov8{{n,s,m,l,x}}.yaml architectures are supported")
+            raise ConfigError(f"model={model}: must be yolov8{{n,s,m,l,x}}.yaml (the architectures yolojax builds), "
+                              "a .pt, a converted directory or a train workdir")
         return match.group(1).lower(), ""
     if not Path(model).exists():
-        raise UsageError(f"model={model} not found (no weights are downloaded: give a local .pt or directory)")
+        raise ConfigError(f"model={model}: does not exist (no weights are downloaded: give a local .pt or "
+                          "directory)")
     if match is not None:
         return match.group(1).lower(), model
     from yolojax.weights import load_weights
@@ -138,7 +154,7 @@ def model_scale(model: str) -> tuple[str, str]:
     try:
         return load_weights(model)[1]["scale"], model
     except ValueError as e:
-        raise UsageError(f"model={model}: {error_line(e)}") from None
+        raise ConfigError(f"model={model}: {error_line(e)}") from None
 
 
 def run_dir(pairs: Mapping[str, Any], default_name: str, reuse: bool = False) -> Path:
@@ -211,8 +227,6 @@ def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_train(args: Sequence[str]) -> int:
-    configure_logging()  # before the imports below: absl (through Grain and Orbax) would otherwise
-    # install logging.basicConfig's handler on the empty root logger, doubling every line
     from yolojax.train.run import NonFiniteLossError, train
 
     config, workdir = train_config(args)
@@ -254,7 +268,6 @@ def run_export(args: Sequence[str]) -> int:
     from yolojax.inference import export
 
     kwargs = _call_args(args, EXPORT_KEYS, ("model",))
-    configure_logging()
     out = export(str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx")), **kwargs)
     print(f"wrote {out}")
     return 0
@@ -312,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(help_text())
         return 0
     mode, rest = args[0], args[1:]
+    # Every mode logs yolojax's lines one way; set up before any mode imports its packages, or
+    # absl (imported by Grain and Orbax) installs logging.basicConfig's handler on the empty
+    # root logger and doubles every line.
+    configure_logging()
     try:
         if mode not in MODES:
             near = difflib.get_close_matches(mode, [*MODES, "help"], n=1)

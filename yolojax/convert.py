@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         variables, info = load_ultralytics(args.input)
         out = save_converted(variables, info, args.out_dir)
     except (ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"python -m yolojax.convert: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(
         f"wrote {out}: YOLOv8{info['scale']}, {info['num_classes']} classes, "

@@ -32,6 +32,7 @@ SCALES: dict[str, Scale] = {
 }
 
 STRIDES = (8, 16, 32)
+NUM_LAYERS = 23  # ultralytics' yolov8.yaml: model.0-9 backbone, 10-21 head, 22 Detect
 
 
 def _make_divisible(x: float, divisor: int = 8) -> int:

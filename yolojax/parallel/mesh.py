@@ -20,7 +20,8 @@ def resolve_axis_sizes(data: int, model: int, num_devices: int) -> tuple[int, in
         raise ValueError(f"at most one mesh axis may be -1, got data={data}, model={model}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
-        raise ValueError(f"mesh data={data} x model={model} does not fit {num_devices} devices")
+        raise ValueError(f"mesh data={data} x model={model} does not fit {num_devices} "
+                         f"device{'s' if num_devices != 1 else ''}")
     sizes = [num_devices // known if s == -1 else s for s in sizes]
     if sizes[0] * sizes[1] != num_devices:
         raise ValueError(

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             return flags.FLAGS(resolve_config_argument(args))
         except (AttributeError, KeyError) as e:
-            print(f"{PROG}: error: unknown config field {e}", file=sys.stderr)
+            print(f"{PROG}: error: unknown config field {unknown_field_text(e)}", file=sys.stderr)
             sys.exit(2)
         except ConfigError as e:
             print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -74,6 +74,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(2)
 
     app.run(run, argv=list(argv) if argv is not None else None, flags_parser=parse_flags)
+
+
+def unknown_field_text(error: BaseException) -> str:
+    """ml_collections' unknown-field error (an AttributeError around a KeyError) as one line:
+    ``'epoch' (did you mean "epochs" instead of "epoch"?)``."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    lines = [line.strip() for line in text.strip().strip("'\"").splitlines() if line.strip()]
+    name = lines[0].strip("'\"") if lines else type(error).__name__
+    hint = next((line for line in lines[1:] if line.lower().startswith("did you mean")), None)
+    return f"'{name}'" + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
 
 
 def summary_line(summary: dict) -> str:

@@ -38,7 +38,7 @@ from yolojax.data.device.batches import check_device_options
 from yolojax.data.memory.image_cache import cache_mode
 from yolojax.data.sources.subset import parse_classes
 from yolojax.data.train_batches import MOSAIC_POOLS
-from yolojax.models.yolov8 import SCALES
+from yolojax.models.yolov8 import NUM_LAYERS, SCALES
 from yolojax.parallel.mesh import resolve_axis_sizes
 from yolojax.parallel.rules import RULE_SETS
 from yolojax.parallel.step import MODES as PARALLEL_MODES
@@ -320,6 +320,9 @@ def _parsed(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = parse(values[name])
         except ValueError as e:
             raise ConfigError(f"{name}={values[name]!r}: {e}") from None
+    if any(isinstance(layer, int) and layer >= NUM_LAYERS for layer in out["freeze"]):
+        raise ConfigError(f"freeze={values['freeze']!r}: must be fewer than YOLOv8's {NUM_LAYERS} layers (0-"
+                          f"{NUM_LAYERS - 1}; freeze={NUM_LAYERS - 1} leaves the Detect head training) or a list of them")
     if out["classes"] is not None:
         out["classes"] = tuple(out["classes"])
     out["fraction"] = float(values["fraction"])
@@ -386,4 +389,5 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], workdi
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
     if diffs:
         raise ConfigError(f"{workdir} holds a run with other settings ({'; '.join(diffs[:3])}"
-                          f"{'; ...' if len(diffs) > 3 else ''}); use a new --workdir to start a new run")
+                          f"{'; ...' if len(diffs) > 3 else ''}); start the new run in another directory "
+                          "(--workdir; yolojax train: name= or project=)")
