@@ -114,3 +114,30 @@ def test_portable_convolutions_trace_plain_convolutions():
     assert "conv_general_dilated" in jaxpr and "platform_index" not in jaxpr and "custom_vjp" not in jaxpr
     assert "platform_index" in str(jax.make_jaxpr(lambda a, b: conv2d(a, b, 1))(x, kernel))  # outside: CPU paths
     np.testing.assert_allclose(y, xla_conv(x, kernel, 1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape_x,k,c_out,stride", [CASES[0], CASES[1], CASES[2], CASES[4]])
+def test_kernel_grad_xla_equals_autodiff_and_sums_bfloat16_in_float32(shape_x, k, c_out, stride):
+    from yolojax.ops.conv import kernel_grad_xla
+
+    x, kernel, dy = random_case(shape_x, k, c_out, stride)
+    want = jax.vjp(lambda b: xla_conv(x, b, stride), kernel)[1](dy)[0]
+    got = kernel_grad_xla(x, dy, k, stride)
+    assert got.dtype == jnp.float32 and relative_error(got, want) < 1e-5
+    xb, dyb = x.astype(jnp.bfloat16), dy.astype(jnp.bfloat16)
+    exact = jax.vjp(lambda b: xla_conv(xb.astype(jnp.float32), b, stride), kernel)[1](dyb.astype(jnp.float32))[0]
+    got_b = kernel_grad_xla(xb, dyb, k, stride)
+    assert got_b.dtype == jnp.float32 and relative_error(got_b, exact) < 1e-5  # float32 sums of bf16 products
+
+
+def test_bfloat16_input_with_float32_kernel():
+    """A bfloat16 model's float32 kernel: cast inside, its gradient float32 and equal to the
+    float32 sums of the bfloat16 operands' products."""
+    x, kernel, dy = random_case((2, 16, 16, 24), 3, 32, 2)
+    xb, dyb = x.astype(jnp.bfloat16), dy.astype(jnp.bfloat16)
+    y, vjp = jax.vjp(lambda a, b: conv2d(a, b, 2), xb, kernel)
+    dx, dw = vjp(dyb)
+    assert y.dtype == dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+    wb = kernel.astype(jnp.bfloat16).astype(jnp.float32)
+    exact = jax.vjp(lambda b: xla_conv(xb.astype(jnp.float32), b, 2), wb)[1](dyb.astype(jnp.float32))[0]
+    assert relative_error(dw, exact) < 1e-5

@@ -70,7 +70,9 @@ class BatchNorm(nn.Module):
 
         mul = scale.astype(acc) * jax.lax.rsqrt(var + self.epsilon)
         shift = bias.astype(acc) - mean * mul
-        return (x * mul.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+        # In the statistics' precision: the gradients of scale and bias are then sums over the
+        # batch in float32 (also across devices), not in a bfloat16 model's compute dtype.
+        return (x.astype(acc) * mul + shift).astype(self.dtype)
 
 
 class Conv2d(nn.Module):
@@ -90,9 +92,12 @@ class Conv2d(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", torch_conv_init, (k, k, x.shape[-1], self.features), self.param_dtype)
-        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
+        # The kernel is cast inside conv2d, whose gradient for it is summed in float32.
+        y = conv2d(x.astype(self.dtype), kernel, self.stride)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            acc = compute_dtype(self.param_dtype)  # as BatchNorm: the bias gradient summed in float32
+            y = (y.astype(acc) + bias.astype(acc)).astype(self.dtype)
         return y
 
 

@@ -20,6 +20,13 @@ and transpose rules, chosen at lowering time by ``lax.platform_dependent``):
   channel axis on CPU, which XLA:CPU runs ~2x faster than the same convolution.
 
 Both equal plain autodiff's gradients up to float rounding (tests/test_conv.py).
+
+Mixed precision: the kernel may stay float32 (the parameter) while ``x`` is bfloat16; it is
+cast inside, and its gradient comes back float32, summed in float32 from the bfloat16
+operands on every backend (:func:`kernel_grad_xla`). With the batch sharded over devices,
+the partial sums the compiler then all-reduces are float32: a bfloat16 kernel cast outside
+the convolution would have them reduced in bfloat16 (XLA's SPMD partitioner all-reduces the
+kernel gradient's convolution output, which autodiff makes the cast's dtype).
 """
 
 from __future__ import annotations
@@ -101,8 +108,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     ``padding=k // 2``).
 
     Args:
-      x: (B, H, W, Cin) input, any float dtype.
-      kernel: (k, k, Cin, Cout), k odd, same dtype as ``x``.
+      x: (B, H, W, Cin) input, any float dtype (the compute dtype).
+      kernel: (k, k, Cin, Cout), k odd, ``x``'s dtype or a wider one (float32 parameters of a
+        bfloat16 model): cast to ``x``'s dtype inside; its gradient has its own dtype, summed
+        in float32 when ``x`` is narrower.
       stride: the same stride along H and W.
 
     Returns:
@@ -115,34 +124,67 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 or kernel.shape[2] != x.shape[-1]:
         raise ValueError(f"conv2d needs an odd square (k, k, {x.shape[-1]}, Cout) kernel, got {kernel.shape}")
     if _PORTABLE.get():
-        return _xla_conv(x, kernel, stride)
+        return _xla_conv(x, kernel.astype(x.dtype), stride)
     return _conv2d(x, kernel, stride)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    return _forward(x, kernel, stride)
+    return _forward(x, kernel.astype(x.dtype), stride)
 
 
 def _conv2d_fwd(x, kernel, stride):
-    return _forward(x, kernel, stride), (x, kernel)
+    return _forward(x, kernel.astype(x.dtype), stride), (x, kernel)
 
 
 def _conv2d_bwd(stride, residuals, dy):
     x, kernel = residuals
+    w = kernel.astype(x.dtype)
+    narrow = _narrower_than_f32(x.dtype)
 
-    def native(x, kernel, dy):
-        return jax.vjp(lambda a, b: _xla_conv(a, b, stride), x, kernel)[1](dy)
+    def native(x, w, dy):
+        if not narrow:
+            return jax.vjp(lambda a, b: _xla_conv(a, b, stride), x, w)[1](dy)
+        dx = jax.vjp(lambda a: _xla_conv(a, w, stride), x)[1](dy)[0]
+        return dx, kernel_grad_xla(x, dy, w.shape[0], stride)
 
-    def cpu(x, kernel, dy):
-        k, _, c_in, c_out = kernel.shape
-        if k > 1 and (cpu_convolutions_use_eigen() or c_in * c_out <= NATIVE_KERNEL_GRAD_MAX_CHANNELS):
-            dw = jax.vjp(lambda b: _xla_conv(x, b, stride), kernel)[1](dy)[0]
+    def cpu(x, w, dy):
+        k, _, c_in, c_out = w.shape
+        if narrow and k > 1:
+            dw = kernel_grad_xla(x, dy, k, stride)
+        elif k > 1 and (cpu_convolutions_use_eigen() or c_in * c_out <= NATIVE_KERNEL_GRAD_MAX_CHANNELS):
+            dw = jax.vjp(lambda b: _xla_conv(x, b, stride), w)[1](dy)[0]
         else:
             dw = kernel_grad(x, dy, k, stride)
-        return input_grad(x.shape, kernel, dy, stride), dw
+        return input_grad(x.shape, w, dy, stride), dw
 
-    return lax.platform_dependent(x, kernel, dy, cpu=cpu, default=native)
+    dx, dw = lax.platform_dependent(x, w, dy, cpu=cpu, default=native)
+    return dx, dw.astype(kernel.dtype)
+
+
+def _narrower_than_f32(dtype) -> bool:
+    return jnp.finfo(dtype).bits < 32
+
+
+def kernel_grad_xla(x: jax.Array, dy: jax.Array, k: int, stride: int) -> jax.Array:
+    """d(sum(conv2d(x, W, stride) * dy)) / dW as the convolution autodiff transposes to (JAX's
+    rule for the kernel: the input and ``dy`` as its operands, the stride as kernel dilation),
+    summed in float32 when the operands are narrower (``preferred_element_type``), so that
+    the gradient's cross-device sum is float32 too.
+
+    Args:
+      x: (B, H, W, Cin) the convolution's input; dy: (B, Ho, Wo, Cout) its output's gradient.
+      k: the (odd) kernel size; stride: the convolution's stride.
+
+    Returns:
+      (k, k, Cin, Cout), float32 for narrower operands, else their dtype.
+    """
+    p = k // 2
+    (h, w), (ho, wo) = x.shape[1:3], dy.shape[1:3]
+    high = [(n_out - 1) * stride + 1 - n + k - p - 1 for n, n_out in ((h, ho), (w, wo))]
+    out_dtype = jnp.float32 if _narrower_than_f32(x.dtype) else x.dtype
+    return lax.conv_general_dilated(x, dy, (1, 1), ((p, high[0]), (p, high[1])), rhs_dilation=(stride, stride),
+                                    dimension_numbers=("CHWN", "IHWO", "HWNC"), preferred_element_type=out_dtype)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -163,14 +205,16 @@ def kernel_grad(x: jax.Array, dy: jax.Array, k: int, stride: int) -> jax.Array:
       k: the (odd) kernel size; stride: the convolution's stride.
 
     Returns:
-      (k, k, Cin, Cout) in ``x``'s dtype.
+      (k, k, Cin, Cout) in ``x``'s dtype (a 1x1 kernel of operands narrower than float32: float32).
     """
     b, ho, wo, c_out = dy.shape
     c_in = x.shape[-1]
     p = k // 2
     contract_rows = (((0,), (0,)), ((), ()))
     if k == 1 and stride == 1:
-        return lax.dot_general(x.reshape(-1, c_in), dy.reshape(-1, c_out), contract_rows).reshape(1, 1, c_in, c_out)
+        sums = jnp.float32 if _narrower_than_f32(x.dtype) else None  # float32 sums, as kernel_grad_xla
+        return lax.dot_general(x.reshape(-1, c_in), dy.reshape(-1, c_out), contract_rows,
+                               preferred_element_type=sums).reshape(1, 1, c_in, c_out)
     x_pad = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     if stride == 1:
         x_cols = jnp.concatenate([x_pad[:, :, j:j + wo, :] for j in range(k)], axis=-1)
