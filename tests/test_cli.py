@@ -99,6 +99,9 @@ def test_model_key_reads_the_scale_of_unnamed_weights(tmp_path):
     (["train", "cos_lr=maybe"], "cos_lr=maybe: expected true or false"),
     (["train", "epochs="], "'epochs=' has no value"),
     (["trian"], "unknown mode 'trian'; did you mean 'train'?"),
+    (["train", "amp=fp16"], "amp=fp16: expected True, False, fp32 or bf16"),
+    (["plan", "topology=v5e"], "topology='v5e': use ''"),
+    (["plan", "json="], "'json=' has no value"),
 ])
 def test_bad_command_lines_are_refused_in_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -115,9 +118,17 @@ def test_bad_input_exits_1_in_one_line(tmp_path, capsys):
 def test_help_lists_every_key(capsys):
     assert cli.main(["help"]) == 0
     text = capsys.readouterr().out
-    for key in [*cli.TRAIN_KEYS, *cli.RUN_KEYS, *cli.VAL_KEYS, *cli.PREDICT_KEYS, *cli.EXPORT_KEYS, "max_steps",
-                "mesh.data", "parallel.mode"]:
+    for key in [*cli.TRAIN_KEYS, *cli.RUN_KEYS, *cli.VAL_KEYS, *cli.PREDICT_KEYS, *cli.EXPORT_KEYS, *cli.PLAN_KEYS,
+                "max_steps", "mesh.data", "parallel.mode", "amp", "plan"]:
         assert key in text, key
+
+
+@pytest.mark.parametrize("amp, dtype", [("True", "auto"), ("False", "float32"), ("fp32", "float32"),
+                                        ("bf16", "bfloat16"), ("BF16", "bfloat16")])
+def test_amp_maps_onto_dtype_as_ultralytics_values(amp, dtype):
+    config, _ = cli.train_config([f"amp={amp}"])
+    assert config.dtype == dtype
+    assert cli.train_config([])[0].dtype == "auto"  # ultralytics' amp=True
 
 
 def test_run_dir_increments_like_ultralytics(tmp_path):

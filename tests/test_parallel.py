@@ -39,6 +39,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "parallel_scenarios.py")
 TOL = 1e-5  # float64 runs: losses and params vs the one-device run
 SCENARIOS = ["data8", "data4_model2_tp", "data2_model4_tp", "fsdp8", "pmap8"]
+# sync_bn=False: per-device BatchNorm statistics, against one device normalising each eighth
+# of the batch by itself (the same mathematics).
+NOSYNC = ["ref_groups8", "data8_nosync", "pmap8_nosync"]
+# bfloat16's control: the one-device run from params x (1 + 2e-3 N(0, 1)), about one bfloat16
+# rounding (half an ulp is 2^-9 = 1.95e-3 relative).
+BF16_PERTURB = 2e-3
 
 
 def _env():
@@ -105,10 +111,12 @@ def _collect(proc, out_dir, t0):
 def scenario_runs(tmp_path_factory):
     """Both subprocesses start at once (XLA compiles are mostly single-threaded)."""
     d64, d32 = tmp_path_factory.mktemp("parallel64"), tmp_path_factory.mktemp("parallel32")
+    dbf = tmp_path_factory.mktemp("parallelbf16")
     t0 = time.time()
     runs = {
-        "float64": (_launch(d64, "float64", ["ref", *SCENARIOS, "data4"]), d64),
+        "float64": (_launch(d64, "float64", ["ref", *SCENARIOS, "data4", *NOSYNC]), d64),
         "float32": (_launch(d32, "float32", ["ref", "data8"], "--perturb", "1e-7"), d32),
+        "bfloat16": (_launch(dbf, "bfloat16", ["ref", "data8"], "--perturb", str(BF16_PERTURB)), dbf),
     }
     yield runs, t0
     for proc, _ in runs.values():
@@ -154,6 +162,56 @@ def test_float32_within_its_noise_floor(results32):
     np.testing.assert_allclose(r["losses"], s["ref"]["losses"], rtol=1e-4)
     for key in ("param_rel", "stats_rel"):
         assert r[key] <= 2 * ctl[key], (key, r[key], ctl[key])
+
+
+@pytest.fixture(scope="module")
+def results_bf16(scenario_runs):
+    """bfloat16 compute (float32 params): one device, its 2e-3 control, and data=8."""
+    runs, t0 = scenario_runs
+    return _collect(*runs["bfloat16"], t0)
+
+
+def test_bfloat16_data_parallel_equals_one_device_within_bfloat16_rounding(results_bf16):
+    """data=8 in bfloat16 vs one device in bfloat16: the first loss within one bfloat16 ulp
+    (2^-8), and after 3 steps no further apart than one device is from itself after a
+    bfloat16-sized (2e-3) perturbation of its params."""
+    s = results_bf16["scenarios"]
+    ctl, r = s["control"], s["data8"]
+    print("bfloat16 data8:", {k: r[k] for k in ("loss_rel", "param_rel", "stats_rel")},
+          "2e-3 control:", {k: ctl[k] for k in ("loss_rel", "param_rel", "stats_rel")})
+    assert ctl["param_rel"] > 1e-2  # the control shows the problem's sensitivity
+    np.testing.assert_allclose(r["losses"][0], s["ref"]["losses"][0], rtol=2 ** -8)
+    for key in ("loss_rel", "param_rel", "stats_rel"):
+        assert r[key] <= 2 * ctl[key], (key, r[key], ctl[key])
+
+
+def test_bfloat16_gradient_all_reduce_is_float32(results_bf16):
+    """The compiled data=8 bfloat16 step (its HLO text) reduces across devices in float32
+    only: the gradient (one all-reduce of at least the 4-byte parameters) and the BatchNorm
+    moments; no bfloat16 collective."""
+    collectives = results_bf16["scenarios"]["data8"]["collectives"]
+    print(collectives)
+    reduces = [c for c in collectives if c["op"] in ("all-reduce", "reduce-scatter")]
+    assert reduces and all(c["dtype"] in ("f32", "s32", "pred") for c in collectives), collectives
+    num_params = 3_011_433  # yolov8n with 3 classes
+    assert sum(c["bytes"] for c in reduces if c["dtype"] == "f32") >= 4 * num_params
+
+
+def test_per_device_batchnorm_statistics(results):
+    """sync_bn=False (jit and pmap) == one device normalising each eighth of the batch by
+    itself (float64, 1e-5); it differs from global statistics, and takes the BatchNorm
+    all-reduces off the step: the running statistics' averages combine into a few."""
+    s = results["scenarios"]
+    for name in ("data8_nosync", "pmap8_nosync"):
+        r = s[name]
+        print(name, {k: r[k] for k in ("loss_rel", "param_rel", "stats_rel")}, "vs sync:", r["vs_sync"])
+        np.testing.assert_allclose(r["losses"], s["ref_groups8"]["losses"], rtol=TOL)
+        assert r["param_rel"] <= TOL and r["stats_rel"] <= TOL, r
+        assert r["vs_sync"]["param_rel"] > 1e-3  # really per-device statistics
+    count = {name: sum(c["count"] for c in s[name]["collectives"] if c["op"] == "all-reduce")
+             for name in ("data8", "data8_nosync")}
+    print("all-reduces per step:", count)
+    assert count["data8"] >= 57 and count["data8_nosync"] <= 5  # yolov8n: 57 BatchNorm layers, one or more each
 
 
 def _rel(a, ref):

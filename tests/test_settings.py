@@ -28,7 +28,7 @@ BAD_VALUES: dict[str, list[tuple[object, str]]] = {
     "model.reg_max": [(0, "in [1, 64]"), (65, "in [1, 64]")],
     "weights": [(3, "a string"), ("/nonexistent/w.pt", "existing .pt")],
     "cls_remap": [("yes", "true or false"), (1, "true or false")],
-    "dtype": [("float16", "one of 'float32', 'bfloat16'")],
+    "dtype": [("float16", "one of 'auto', 'float32', 'bfloat16'"), ("fp32", "one of")],
     "data.yaml": [(3, "a string"), ("/nonexistent/data.yaml", "existing data.yaml file")],
     "data.workers": [(-1, "integer >= 0"), (True, "integer")],
     "data.threads": [(0, "integer >= 1")],
@@ -103,6 +103,7 @@ BAD_VALUES: dict[str, list[tuple[object, str]]] = {
     "distributed.auto": [("no", "true or false")],
     "parallel.mode": [("pjit", "one of 'jit', 'pmap'")],
     "parallel.rules": [("bogus", "one of 'data', 'fsdp', 'tp'")],
+    "parallel.sync_bn": [("yes", "true or false"), (1, "true or false")],
     "checkpoint.every_steps": [(-1, "integer >= 0")],
     "checkpoint.keep": [(-1, "integer >= 0")],
     "checkpoint.keep_best": [("yes", "true or false")],
@@ -155,7 +156,7 @@ def test_each_bad_value_is_refused_in_one_line_naming_the_field(field, data_yaml
 def test_defaults_and_loose_forms_resolve(data_yaml):
     settings = resolve(good_config(data_yaml))
     assert (settings.imgsz, settings.batch_size, settings.val_batch_size, settings.val_max_det) == (640, 16, 32, None)
-    assert settings.frozen == (".dfl",) and settings.classes is None and settings.compute_dtype == "float32"
+    assert settings.frozen == (".dfl",) and settings.classes is None and settings.compute_dtype is None
     assert settings.augment.mosaic == 1.0 and settings.augment.close_mosaic == 10
     loose = {"classes": "0, 2", "freeze": "3", "data.cache": True, "val.batch_size": 6, "val.max_det": 50,
              "fraction": 8}
@@ -219,18 +220,44 @@ def test_the_mesh_and_the_batch_must_fit_the_devices(data_yaml):
         both.on_devices(4, 1)
 
 
+@pytest.mark.parametrize("dtype, platform, compute", [
+    ("auto", "cpu", "float32"), ("auto", "gpu", "bfloat16"), ("auto", "tpu", "bfloat16"), ("auto", "cuda", "bfloat16"),
+    ("float32", "tpu", "float32"), ("bfloat16", "cpu", "bfloat16"),
+])
+def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(data_yaml, dtype, platform, compute):
+    settings = resolve(with_value(good_config(data_yaml), "dtype", dtype))
+    assert settings.dtype == dtype and settings.compute_dtype == (None if dtype == "auto" else dtype)
+    assert settings.on_devices(1, 1, platform).compute_dtype == compute
+
+
+def test_the_default_dtype_is_auto_and_resolves_per_platform():
+    from yolojax.config import default_config
+    from yolojax.train.settings import auto_dtype
+
+    assert default_config().dtype == "auto" and default_config().parallel.sync_bn is True
+    assert (auto_dtype("cpu"), auto_dtype("gpu"), auto_dtype("tpu")) == ("float32", "bfloat16", "bfloat16")
+
+
+def test_a_plan_needs_no_dataset(data_yaml):
+    config = with_value(with_value(good_config(data_yaml), "data.yaml", ""), "data.synthetic.root", "")
+    with pytest.raises(ConfigError, match="no dataset"):
+        resolve(config)
+    assert resolve(config, need_data=False).data.yaml == ""
+
+
 def test_roles_are_the_fields_metadata(data_yaml):
     settings = resolve(good_config(data_yaml))
     run, step = settings.run_view(), settings.step_view()
     # A resume must match what shapes the data order, the model and the recipe...
-    for name in ("model.scale", "weights", "dtype", "imgsz", "batch_size", "epochs", "seed", "lr0", "mosaic",
+    for name in ("model.scale", "weights", "imgsz", "batch_size", "epochs", "seed", "lr0", "mosaic",
                  "data.yaml", "data.workers", "data.synthetic.seed", "freeze", "classes"):
         assert name in run, name
     # ...while logging, checkpointing, validation, the loaders and the mesh may change.
     for name in ("max_steps", "log_every_steps", "checkpoint.keep", "val.conf", "data.threads", "data.cache",
-                 "mesh.data", "parallel.mode", "compile_cache", "plots"):
+                 "mesh.data", "parallel.mode", "compile_cache", "plots", "dtype", "parallel.sync_bn"):
         assert name not in run, name
-    assert "mesh.data" in step and "parallel.rules" in step and "seed" not in step and "val.iou" not in step
+    assert "mesh.data" in step and "parallel.rules" in step and "parallel.sync_bn" in step and "dtype" in step
+    assert "seed" not in step and "val.iou" not in step
 
 
 def test_resume_compares_the_run_fields(tmp_path, data_yaml):

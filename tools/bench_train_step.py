@@ -1,11 +1,13 @@
 """Train-step speed of yolojax beside ultralytics, same model, batch and targets.
 
-    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640 [--boxes 8 --max-boxes 100]
+    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640 [--boxes 8 --max-boxes 100
+        --dtype bfloat16]
 
 yolojax: one jit-compiled ``train_step`` (forward, v8 loss, backward, SGD-Nesterov update,
 EMA) with an update on every batch. ultralytics: ``model(batch)`` (forward + v8DetectionLoss),
 ``loss.sum().backward()``, gradient clipping, ``SGD.step()``, ``zero_grad()`` and its ModelEMA
-update, in fp32 on the same CPU. Each runs in its own process (tools/side_by_side.py) and the
+update, in fp32 on the same CPU (yolojax in --dtype: float32, or bfloat16 compute with float32
+parameters, to see what bfloat16 costs on a CPU). Each runs in its own process (tools/side_by_side.py) and the
 two alternate step by step; the table shows median seconds per step and the ratio
 ultralytics / yolojax (> 1: yolojax is faster). Needs the [dev] extra.
 """
@@ -82,13 +84,14 @@ def ultralytics_step_fn(scale: str, batch: dict, imgsz: int):
     return step
 
 
-def yolojax_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int) -> Callable[[], None]:
-    """A closure running one yolojax ``train_step`` (state kept between calls), fp32."""
+def yolojax_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int,
+                 dtype: str = "float32") -> Callable[[], None]:
+    """A closure running one yolojax ``train_step`` (state kept between calls), computing in ``dtype``."""
     from yolojax.loss import DetectionLoss
     from yolojax.models import YOLOv8
     from yolojax.train import TrainState, make_recipe, make_train_step
 
-    model = YOLOv8(scale=scale, num_classes=80)
+    model = YOLOv8(scale=scale, num_classes=80, dtype=jnp.dtype(dtype))
     variables = jax.jit(model.init, static_argnames="train")(
         jax.random.key(0), jnp.zeros((1, imgsz, imgsz, 3)), train=False)
     recipe = make_recipe(epochs=100, batch_size=batch, dataset_size=10_000, num_classes=80, optimizer="SGD",
@@ -125,12 +128,14 @@ def main() -> None:
                         help="give ultralytics yolojax's glibc malloc tunables too (default: glibc's defaults)")
     parser.add_argument("--boxes", type=int, default=8, help="real boxes per image")
     parser.add_argument("--max-boxes", type=int, default=0, help="box rows per image (padding; 0: --boxes)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="yolojax's compute dtype")
     args = parser.parse_args()
 
     import torch
 
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} with "
-          f"{args.threads} threads; batch {args.batch} at {args.imgsz}, {args.boxes} boxes per image in "
+          f"{args.threads} threads; yolojax in {args.dtype}; batch {args.batch} at {args.imgsz}, "
+          f"{args.boxes} boxes per image in "
           f"{args.max_boxes or args.boxes} rows; each in its own process; ultralytics with "
           f"{'the same' if args.same_malloc else 'glibc default'} malloc settings; "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -138,7 +143,7 @@ def main() -> None:
     ratios = []
     shape = (args.batch, args.imgsz, args.boxes, args.max_boxes)
     for scale in args.scales:
-        ours = Worker(yolojax_step, scale, *shape)
+        ours = Worker(yolojax_step, scale, *shape, args.dtype)
         theirs = Worker(ultralytics_step, scale, *shape, args.threads, environ=ultralytics_environ(args.same_malloc))
         compile_s = ours.first_run_seconds()
         theirs.first_run_seconds()

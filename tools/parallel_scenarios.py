@@ -10,7 +10,10 @@ host-side initial state and batches, and is compared with the one-device run ("r
 leaf, max|a - ref| / max(max|ref|, 1e-12) (relative to the leaf's largest magnitude:
 elementwise relative error is ill-posed for entries near 0).
 
---dtype float32 (default) or float64 (jax_enable_x64, model and loss in float64).
+--dtype float32 (default), float64 (jax_enable_x64, model and loss in float64) or bfloat16
+(bfloat16 compute, float32 parameters, statistics and loss: dtype=bfloat16).
+Scenarios named *_nosync run with sync_bn=False (each device's BatchNorm statistics); their
+reference is "ref_groups8", one device normalising each eighth of the batch by itself.
 --perturb EPS adds a "control": the one-device run from params * (1 + EPS * N(0, 1)).
 Measured: in float32 this problem amplifies rounding-level differences ~1e3x in the first
 step and ~10x per step after (BatchNorm biases start at 0, so their values are the updates
@@ -40,7 +43,7 @@ def parse():
                     help="SGD (default): the update is linear in the gradient, so runs that "
                          "differ only in float summation order stay within ~1e-6; AdamW's first "
                          "steps are ~lr*sign(g), which flips for near-zero gradient entries")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
                     help="float64 (jax_enable_x64; model, statistics and loss in float64) makes "
                          "float summation-order noise ~1e-16, so any difference that remains is "
                          "an implementation error")
@@ -88,17 +91,18 @@ def recipe():
 
 
 DTYPE = jnp.dtype(ARGS.dtype)
-MODEL = YOLOv8(scale="n", num_classes=NC, dtype=DTYPE, param_dtype=DTYPE)
+PARAM_DTYPE = jnp.float32 if DTYPE == jnp.bfloat16 else DTYPE  # mixed precision keeps float32 params
+MODEL = YOLOv8(scale="n", num_classes=NC, dtype=DTYPE, param_dtype=PARAM_DTYPE)
 LOSS = DetectionLoss(NC)
 
 
 def host_state():
     """The initial TrainState on the host: float32 init (the same values for every
-    --dtype), cast to DTYPE. Parameter shapes do not depend on the image size, so the init
-    traces a 64 px input."""
+    --dtype), cast to the parameter dtype. Parameter shapes do not depend on the image size,
+    so the init traces a 64 px input."""
     model32 = YOLOv8(scale="n", num_classes=NC)
     variables = jax.jit(lambda: model32.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))()
-    variables = jax.tree.map(lambda x: x.astype(DTYPE), variables)
+    variables = jax.tree.map(lambda x: x.astype(PARAM_DTYPE), variables)
     return jax.device_get(TrainState.create(MODEL.apply, variables, recipe()))
 
 
@@ -134,14 +138,16 @@ def run_steps(step_fn, state, mesh=None):
 
 
 SCENARIOS = {
-    # name: (mode, data, model, rules, n_devices)
-    "data8": ("jit", 8, 1, "data", 8),
-    "data4_model2_tp": ("jit", 4, 2, "tp", 8),
-    "data2_model4_tp": ("jit", 2, 4, "tp", 8),
-    "fsdp8": ("jit", 8, 1, "fsdp", 8),
-    "pmap8": ("pmap", 8, 1, "data", 8),
-    "data4": ("jit", 4, 1, "data", 4),
-    "multihost": ("jit", 4, 1, "data", 4),
+    # name: (mode, data, model, rules, n_devices, sync_bn)
+    "data8": ("jit", 8, 1, "data", 8, True),
+    "data4_model2_tp": ("jit", 4, 2, "tp", 8, True),
+    "data2_model4_tp": ("jit", 2, 4, "tp", 8, True),
+    "fsdp8": ("jit", 8, 1, "fsdp", 8, True),
+    "pmap8": ("pmap", 8, 1, "data", 8, True),
+    "data4": ("jit", 4, 1, "data", 4, True),
+    "multihost": ("jit", 4, 1, "data", 4, True),
+    "data8_nosync": ("jit", 8, 1, "data", 8, False),
+    "pmap8_nosync": ("pmap", 8, 1, "data", 8, False),
 }
 
 # Leaves whose compiled shardings the tests check.
@@ -150,14 +156,34 @@ TP_BN = "model_2/cv1/bn/scale"
 FSDP_KERNEL = "model_7/conv/kernel"  # (3, 3, 128, 256)
 
 
-def compiled_param_specs(step_fn, state, mesh):
+def compiled_facts(step_fn, state, mesh):
+    """The compiled step's parameter shardings (of the leaves the tests check) and its
+    collectives (yolojax.parallel.compiled: op, dtype, count, bytes)."""
+    from yolojax.parallel.compiled import collectives
+
     b = BATCHES[0]
     placed = par.place_batch({k: v[par.process_batch_rows(BATCH, mesh)] for k, v in b.items()}, mesh)
     compiled = step_fn.lower(state, placed).compile()
     in_state = compiled.input_shardings[0][0]
     params_sh = flat(jax.tree.map(lambda s: np.array(str(tuple(s.spec)) if hasattr(s, "spec") else "?"),
                                   in_state.params, is_leaf=lambda x: hasattr(x, "spec")))
-    return {k: str(v) for k, v in params_sh.items() if k in (TP_KERNEL, TP_BN, FSDP_KERNEL)}
+    specs = {k: str(v) for k, v in params_sh.items() if k in (TP_KERNEL, TP_BN, FSDP_KERNEL)}
+    return specs, [c.as_dict() for c in collectives(compiled.as_text(), mesh.size)]
+
+
+def run_reference(name, init, model):
+    """One device, ``model`` (MODEL, or MODEL with bn_groups), from ``init``."""
+    t0 = time.time()
+    step = make_train_step(LOSS)
+    # A copy: device_put may alias numpy buffers zero-copy on CPU, and the step donates.
+    state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), init.replace(apply_fn=model.apply)),
+                           jax.devices()[0])
+    state, losses, t_first, _ = run_steps(step, state)
+    ref = {"losses": losses, "params": flat(jax.device_get(state.params)),
+           "batch_stats": flat(jax.device_get(state.batch_stats))}
+    if ARGS.save_params:
+        np.savez(os.path.join(ARGS.save_params, f"{name}.npz"), **ref["params"])
+    return ref, {"losses": losses, "first_step_s": t_first, "total_s": time.time() - t0}, step
 
 
 def main():
@@ -166,31 +192,26 @@ def main():
     names = [s for s in ARGS.scenarios.split(",") if s]
     init = host_state()
     out = {"devices": jax.device_count(), "process_count": jax.process_count(), "scenarios": {}}
-    ref = None
+    refs = {}
     if "ref" in names:
-        t0 = time.time()
-        step = make_train_step(LOSS)
-        # A copy: device_put may alias numpy buffers zero-copy on CPU, and the step donates.
-        state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), init), jax.devices()[0])
-        state, losses, t_first, t_all = run_steps(step, state)
-        ref = {"losses": losses, "params": flat(jax.device_get(state.params)),
-               "batch_stats": flat(jax.device_get(state.batch_stats))}
-        out["scenarios"]["ref"] = {"losses": losses, "first_step_s": t_first, "total_s": time.time() - t0}
-        if ARGS.save_params:
-            np.savez(os.path.join(ARGS.save_params, "ref.npz"), **ref["params"])
+        refs["ref"], out["scenarios"]["ref"], step = run_reference("ref", init, MODEL)
         if ARGS.perturb:
-            out["scenarios"]["control"] = control(step, init, ref)
+            out["scenarios"]["control"] = control(step, init, refs["ref"])
+    if "ref_groups8" in names:
+        refs["ref_groups8"], out["scenarios"]["ref_groups8"], _ = run_reference(
+            "ref_groups8", init, MODEL.clone(bn_groups=8))
     for name in names:
-        if name in ("ref", "memory_x"):
+        if name in ("ref", "ref_groups8", "memory_x"):
             continue
         t0 = time.time()
-        mode, data, model, rules, ndev = SCENARIOS[name]
+        mode, data, model, rules, ndev, sync_bn = SCENARIOS[name]
         mesh = par.make_mesh(data, model, jax.devices()[:ndev])
-        step, shardings = par.make_parallel_train_step(mode, loss_step(LOSS), mesh, init, rules)
+        step, shardings = par.make_parallel_train_step(mode, loss_step(LOSS), mesh, init, rules, sync_bn=sync_bn)
         state = par.shard_state(init, shardings)
-        res = {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "mode": mode, "rules": rules}
+        res = {"mesh": {k: int(v) for k, v in mesh.shape.items()}, "mode": mode, "rules": rules, "sync_bn": sync_bn}
+        ref = refs.get("ref" if sync_bn else "ref_groups8")
         if mode == "jit":
-            res["compiled_specs"] = compiled_param_specs(step, state, mesh)
+            res["compiled_specs"], res["collectives"] = compiled_facts(step, state, mesh)
             res["table"] = par.sharding_table(state.params)
         state, losses, t_first, t_all = run_steps(step, state, mesh)
         res["result_specs"] = {k: str(tuple(v.sharding.spec)) for k, v in
@@ -205,6 +226,8 @@ def main():
         stats = flat(to_host(state.batch_stats))
         if ref is not None:
             res.update(compare(losses, params, stats, ref))
+        if not sync_bn and "ref" in refs:  # how far per-device statistics move the run from global ones
+            res["vs_sync"] = compare(losses, params, stats, refs["ref"])
             res["param_changed"] = max(
                 float(np.max(np.abs(params[k] - np.asarray(v)))) for k, v in flat(init.params).items())
         if ARGS.save_params and par.is_main_process():

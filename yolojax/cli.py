@@ -55,6 +55,11 @@ TRAIN_KEYS: dict[str, str] = {
     "cutmix": "cutmix", "bgr": "bgr", "cls_pw": "cls_pw",
 }
 RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
+# ultralytics 8.4.190's amp values (engine/trainer.py) -> dtype: True is mixed precision on an
+# accelerator and float32 on CPU (its check_amp), i.e. dtype='auto'.
+AMP_DTYPES = {True: "auto", False: "float32", "fp32": "float32", "bf16": "bfloat16"}
+# yolojax plan's own keys, beside the train ones (yolojax.train.plan, docs/scaling.md).
+PLAN_KEYS = ("model", "cfg", "topology", "json", "hlo", "rules", "sync_bn")
 
 # ultralytics argument -> keyword of the yolojax function each other mode calls.
 VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batch", "conf": "conf", "iou": "iou",
@@ -175,25 +180,44 @@ def train_config(args: Sequence[str]) -> tuple[Any, Path]:
     The config starts from ``cfg=`` (a config file or a shipped config's name, e.g. ``quickstart``)
     or the shipped ``yolov8{scale}`` config, the scale from
     ``model=`` (default yolov8n.yaml, as ultralytics); then every key is set through
-    :data:`TRAIN_KEYS` or by its own field name. Raises :class:`UsageError`.
+    :data:`TRAIN_KEYS` (``amp`` through :data:`AMP_DTYPES`) or by its own field name. Raises
+    :class:`UsageError`.
     """
-    fields = flatten(default_config())
-    pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *RUN_KEYS, *fields}))
-    scale, weights = model_scale(pairs.get("model", "yolov8n.yaml"))
+    pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *RUN_KEYS, "amp", *flatten(default_config())}))
+    config = config_from_pairs(pairs, *model_scale(pairs.get("model", "yolov8n.yaml")), skip=RUN_KEYS)
+    resume = parse_value(pairs.get("resume", "False")) is True
+    return config, run_dir(pairs, "train", reuse=resume)
+
+
+def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: Sequence[str] = ()) -> Any:
+    """The train config of ``pairs`` (``cfg=`` or the ``yolov8{scale}`` config, then each key
+    but ``skip`` set on its field), with ``scale`` and ``weights`` from ``model=``."""
     config = load_config(pairs.get("cfg", f"yolov8{scale}"))
     if "model" in pairs or "cfg" not in pairs:
         config.model.scale, config.weights = scale, weights
     current = flatten(config)
     for key, raw in pairs.items():
-        if key in RUN_KEYS:
+        if key in skip:
+            continue
+        if key == "amp":
+            config.dtype = amp_dtype(raw)
             continue
         field = TRAIN_KEYS.get(key, key)
         parent = config
         for part in field.split(".")[:-1]:
             parent = parent[part]
         parent[field.split(".")[-1]] = _typed(key, current[field], raw)
-    resume = parse_value(pairs.get("resume", "False")) is True
-    return config, run_dir(pairs, "train", reuse=resume)
+    return config
+
+
+def amp_dtype(raw: str) -> str:
+    """ultralytics' ``amp`` value -> the ``dtype`` field (:data:`AMP_DTYPES`); raises :class:`UsageError`."""
+    value = parse_value(raw)
+    if isinstance(value, str):
+        value = value.lower()
+    if value not in AMP_DTYPES:
+        raise UsageError(f"amp={raw}: expected True, False, fp32 or bf16 (ultralytics' values)")
+    return AMP_DTYPES[value]
 
 
 def _call_args(args: Sequence[str], keys: Mapping[str, str], required: Sequence[str]) -> dict[str, Any]:
@@ -285,12 +309,71 @@ def run_convert(args: Sequence[str]) -> int:
     return 0
 
 
+def run_plan(args: Sequence[str]) -> int:
+    """``yolojax plan``: the train step of these train keys compiled for ``topology=`` (this
+    machine's devices, ``cpu:N``, or a TPU topology such as ``v5e:2x2``) and its per-device
+    figures printed (:func:`yolojax.train.plan.make_plan`); ``json=PATH`` also writes them.
+    ``batch`` is the global batch; ``rules`` and ``sync_bn`` name ``parallel.rules`` and
+    ``parallel.sync_bn``; ``hlo=PATH`` writes the compiled HLO text. Weights need not exist (the scale comes from the name); the class
+    count comes from ``data=``, else from existing weights, else 80."""
+    from yolojax.parallel.targets import check_target_name, request_cpu_devices
+
+    pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *PLAN_KEYS, "amp", *flatten(default_config())}))
+    topology = str(pairs.get("topology", ""))
+    try:
+        check_target_name(topology)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    request_cpu_devices(topology)  # before anything starts JAX's backends
+    model = pairs.get("model", "yolov8n.yaml")
+    match = SCALE_IN_NAME.search(Path(model).name)
+    scale, weights = (match.group(1).lower(), model) if match else model_scale(model)
+    renamed = {{"rules": "parallel.rules", "sync_bn": "parallel.sync_bn"}.get(k, k): v for k, v in pairs.items()}
+    config = config_from_pairs(renamed, scale, "", skip=("model", "cfg", "topology", "json", "hlo"))
+    num_classes = plan_class_count(str(pairs.get("data", "")), weights)
+    config.data.yaml = ""
+    from yolojax.parallel.targets import target_devices
+    from yolojax.train.plan import describe, make_plan
+    from yolojax.train.settings import resolve
+
+    settings = resolve(config, need_data=False)
+    plan = make_plan(settings, target_devices(topology), num_classes=num_classes, hlo_path=pairs.get("hlo"))
+    for line in describe(plan):
+        print(line)
+    if "json" in pairs:
+        out = Path(str(pairs["json"]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(plan.as_json(), indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def plan_class_count(data_yaml: str, weights: str) -> int:
+    """The class count a plan builds the head for: ``data=``'s names, else existing weights'
+    names, else COCO's 80."""
+    if data_yaml:
+        from yolojax.data.sources.data_yaml import load_data_yaml
+
+        try:
+            return len(load_data_yaml(Path(data_yaml)).names)
+        except Exception as e:  # noqa: BLE001 - any failure is a data.yaml that cannot serve
+            raise ConfigError(f"data={data_yaml}: {error_line(e)}") from None
+    if weights and Path(weights).exists():
+        from yolojax.weights import load_weights
+
+        names = load_weights(weights)[1].get("names")
+        if names:
+            return len(names)
+    return 80
+
+
 MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (run_train, "train a model (the fields of yolojax/configs/base.py)"),
     "val": (run_val, "mAP50 / mAP50-95 on a data.yaml or COCO JSON (model=*.onnx runs onnxruntime)"),
     "predict": (run_predict, "annotated images and predictions.json (model=*.onnx runs onnxruntime)"),
     "export": (run_export, "format=onnx (default) or format=pt (an ultralytics checkpoint)"),
     "convert": (run_convert, "an ultralytics .pt -> a yolojax checkpoint directory (out=DIR)"),
+    "plan": (run_plan, "the train step compiled for topology= (cpu:N, v5e:2x2, ...): memory, FLOPs, collectives"),
 }
 
 
@@ -305,9 +388,11 @@ def help_text() -> str:
     lines.append("  " + ", ".join(f"{k} -> {v}" for k, v in TRAIN_KEYS.items() if k != v))
     lines.append("  same name as the config field: " + ", ".join(k for k, v in TRAIN_KEYS.items() if k == v))
     lines.append("  and every other config field by name: " + ", ".join(fields))
+    lines.append("  amp: True (dtype=auto), False or fp32 (float32), bf16 (bfloat16)")
     for mode, keys in (("val", VAL_KEYS), ("predict", PREDICT_KEYS), ("export", EXPORT_KEYS),
                        ("convert", CONVERT_KEYS)):
         lines.append(f"{mode} keys: {', '.join(keys)}")
+    lines.append(f"plan keys: the train keys and {', '.join(PLAN_KEYS)}")
     lines.append("example: yolojax train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=640 batch=16")
     return "\n".join(lines)
 

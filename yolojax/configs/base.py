@@ -17,7 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.reg_max = 16
     c.weights = ""                 # '' (from scratch), an ultralytics .pt, a converted dir or a train workdir
     c.cls_remap = True             # fine-tuning: copy pretrained class rows by class name (ultralytics' cls_remap)
-    c.dtype = "float32"            # float32 | bfloat16 (compute dtype; params stay float32)
+    # Compute dtype, ultralytics' amp: 'auto' computes in bfloat16 on GPU and TPU and in float32 on
+    # CPU; parameters, optimiser state, EMA, BatchNorm statistics, the loss and every cross-device
+    # gradient sum stay float32 whatever it is.
+    c.dtype = "auto"               # auto | float32 | bfloat16
 
     # Data.
     c.data = ml_collections.ConfigDict()
@@ -122,6 +125,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "jit"        # jit (GSPMD) | pmap (shard_map data parallel)
     c.parallel.rules = "data"      # data | fsdp | tp (parameter sharding rules, jit mode)
+    # BatchNorm statistics over the global batch (True: exact, equal to one device, one small
+    # all-reduce per BatchNorm layer) or per device (False: ultralytics' DDP, no BN collective
+    # on the forward pass). docs/parallel.md, "BatchNorm statistics".
+    c.parallel.sync_bn = True
 
     # Checkpointing (WORKDIR/checkpoints) and logging (metrics.jsonl, tensorboard/).
     c.checkpoint = ml_collections.ConfigDict()

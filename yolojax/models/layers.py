@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from yolojax.ops.anchors import dist2bbox, make_anchors
@@ -33,12 +34,20 @@ class BatchNorm(nn.Module):
     Under ``jit`` with a batch sharded over devices the mean is global automatically; under
     ``pmap``/``shard_map`` pass ``axis_name`` to average over devices too.
 
+    ``groups`` > 1 normalises each of ``groups`` equal slices of the batch rows with its own
+    statistics (ultralytics' DDP, where each GPU's BatchNorm sees only its rows): under
+    ``jit`` with the batch sharded ``groups`` ways over 'data', each device's rows, and no
+    collective on the forward pass. The running statistics then move by the groups' mean
+    moments (the mean, and the mean of the unbiased variances), where ultralytics' DDP keeps
+    rank 0's (``broadcast_buffers``); with one group this is the plain rule.
+
     Variables: params ``scale``, ``bias`` (C,); batch_stats ``mean``, ``var`` (C,).
     """
 
     epsilon: float = BN_EPSILON
     momentum: float = BN_MOMENTUM
     axis_name: str | None = None
+    groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -51,11 +60,16 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), acc)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), acc)
 
+        g = self.groups if train else 1
+        if x.shape[0] % g:
+            raise ValueError(f"BatchNorm groups={g} must divide the batch of {x.shape[0]}")
+        # (G, B/G, H, W, C) with G > 1; one group reduces over (B, H, W) of x itself.
+        rows, axes = (x.reshape(g, x.shape[0] // g, *x.shape[1:]), (1, 2, 3)) if g > 1 else (x, (0, 1, 2))
         if train:
-            x32 = x.astype(acc)
-            mean = jnp.mean(x32, axis=(0, 1, 2))
-            mean_sq = jnp.mean(jnp.square(x32), axis=(0, 1, 2))
-            count = x.shape[0] * x.shape[1] * x.shape[2]
+            x32 = rows.astype(acc)
+            mean = jnp.mean(x32, axis=axes)  # (G, C) or (C,)
+            mean_sq = jnp.mean(jnp.square(x32), axis=axes)
+            count = int(np.prod([rows.shape[a] for a in axes]))
             if self.axis_name is not None:
                 mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
                 count = count * jax.lax.psum(1, self.axis_name)
@@ -63,16 +77,19 @@ class BatchNorm(nn.Module):
             if not self.is_initializing():
                 unbiased = var * (count / max(count - 1, 1))
                 m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-                ra_var.value = m * ra_var.value + (1.0 - m) * unbiased
+                group_mean = (lambda v: jnp.mean(v, axis=0)) if g > 1 else (lambda v: v)
+                ra_mean.value = m * ra_mean.value + (1.0 - m) * group_mean(mean)
+                ra_var.value = m * ra_var.value + (1.0 - m) * group_mean(unbiased)
         else:
             mean, var = ra_mean.value, ra_var.value
 
         mul = scale.astype(acc) * jax.lax.rsqrt(var + self.epsilon)
         shift = bias.astype(acc) - mean * mul
+        if g > 1:
+            mul, shift = mul[:, None, None, None], shift[:, None, None, None]
         # In the statistics' precision: the gradients of scale and bias are then sums over the
         # batch in float32 (also across devices), not in a bfloat16 model's compute dtype.
-        return (x.astype(acc) * mul + shift).astype(self.dtype)
+        return (rows.astype(acc) * mul + shift).reshape(x.shape).astype(self.dtype)
 
 
 class Conv2d(nn.Module):
@@ -108,6 +125,7 @@ class Conv(nn.Module):
     kernel_size: int = 1
     stride: int = 1
     bn_axis_name: str | None = None
+    bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -115,9 +133,8 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = Conv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="conv")(x)
-        x = BatchNorm(
-            axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
-        )(x, train)
+        x = BatchNorm(axis_name=self.bn_axis_name, groups=self.bn_groups, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="bn")(x, train)
         return nn.silu(x)
 
 
@@ -128,12 +145,13 @@ class Bottleneck(nn.Module):
     shortcut: bool = True
     expansion: float = 1.0
     bn_axis_name: str | None = None
+    bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         hidden = int(self.features * self.expansion)
         y = Conv(hidden, 3, name="cv1", **kw)(x, train)
         y = Conv(self.features, 3, name="cv2", **kw)(y, train)
@@ -150,12 +168,13 @@ class C2f(nn.Module):
     shortcut: bool = False
     expansion: float = 0.5
     bn_axis_name: str | None = None
+    bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         c = int(self.features * self.expansion)
         y = Conv(2 * c, 1, name="cv1", **kw)(x, train)
         ys = [y[..., :c], y[..., c:]]
@@ -170,12 +189,13 @@ class SPPF(nn.Module):
     features: int
     pool_size: int = 5
     bn_axis_name: str | None = None
+    bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         k, p = self.pool_size, self.pool_size // 2
         ys = [Conv(x.shape[-1] // 2, 1, name="cv1", **kw)(x, train)]
         for _ in range(3):
@@ -239,13 +259,14 @@ class Detect(nn.Module):
     reg_max: int = 16
     strides: tuple[int, ...] = (8, 16, 32)
     bn_axis_name: str | None = None
+    bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     cls_width: int | None = None
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool):
-        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         ch0 = feats[0].shape[-1]
         c2 = max(16, ch0 // 4, self.reg_max * 4)
         c3 = self.cls_width or max(ch0, min(self.num_classes, 100))

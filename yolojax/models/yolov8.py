@@ -73,6 +73,8 @@ class YOLOv8(nn.Module):
       reg_max: DFL bins per box side (16 for YOLOv8).
       dtype: computation dtype (jnp.bfloat16 for mixed precision); params stay ``param_dtype``.
       bn_axis_name: mapped axis name to average BatchNorm statistics over under pmap/shard_map.
+      bn_groups: BatchNorm statistics per this many equal slices of the batch rows (each
+        device's rows under jit with the batch over 'data': ``parallel.sync_bn=False``).
       cls_width: hidden width of the head's class branch; None: :func:`default_cls_width`. An
         ultralytics model fine-tuned to another class count keeps its source's width (e.g. 80
         for yolov8n tuned to 2 classes), so it comes from the weights (``info["cls_width"]``).
@@ -95,6 +97,7 @@ class YOLOv8(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     bn_axis_name: str | None = None
+    bn_groups: int = 1
     cls_width: int | None = None
     frozen: tuple[str, ...] = ()
 
@@ -112,7 +115,7 @@ class YOLOv8(nn.Module):
             raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
         if images.shape[1] % 32 or images.shape[2] % 32:
             raise ValueError(f"image height and width must be multiples of 32, got {images.shape[1:3]}")
-        kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         ch = lambda c: scaled_channels(self.scale, c)
         n = lambda r: scaled_depth(self.scale, r)
 

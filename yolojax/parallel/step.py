@@ -3,7 +3,9 @@
 Both wrap a step function ``step_fn(state, batch, axis_name=None) -> (state, metrics)`` (e.g.
 :func:`yolojax.train.step.loss_step`'s, over a :class:`yolojax.train.TrainState` and DESIGN.md's
 batch) and give the same numbers as one device (BatchNorm statistics and the loss
-normaliser over the global batch). The wrappers only place and shard; the step function
+normaliser over the global batch). With ``sync_bn=False`` BatchNorm normalises each
+device's rows with their own statistics instead (ultralytics' DDP), which takes the
+BatchNorm all-reduces off the forward pass; the running statistics move by the devices' mean. The wrappers only place and shard; the step function
 is the caller's, so this package imports nothing from yolojax.train.
 
 * ``mode="jit"``: ``jax.jit`` with in/out shardings from the partition rules
@@ -112,16 +114,23 @@ def constrained_apply(apply_fn: Callable, mesh: Mesh) -> Callable:
 # -- train steps -----------------------------------------------------------------------------
 
 def make_jit_train_step(step_fn: Callable, mesh: Mesh, shardings: Any,
-                        constrain_activations: bool = True) -> Callable:
+                        constrain_activations: bool = True, sync_bn: bool = True,
+                        model: Any | None = None) -> Callable:
     """``jit(step_fn)`` with the state's in/out shardings (from
     :func:`yolojax.parallel.rules.state_shardings`), batch over 'data', replicated
     metrics, and the input state donated. ``step_fn(state, batch)`` runs without an axis
-    name: GSPMD inserts the collectives."""
+    name: GSPMD inserts the collectives. ``sync_bn=False`` runs ``model`` (default: the
+    module of ``state.apply_fn``) with ``bn_groups`` = the mesh's 'data' size, so each
+    device's rows are normalised by their own statistics."""
+    groups = 1 if sync_bn else mesh.shape[DATA]
 
     def step(state, batch):
         inner = state
+        if groups > 1:
+            module = model if model is not None else _module_of(state.apply_fn)
+            inner = state.replace(apply_fn=module.clone(bn_groups=groups).apply)
         if constrain_activations:
-            inner = state.replace(apply_fn=constrained_apply(state.apply_fn, mesh))
+            inner = inner.replace(apply_fn=constrained_apply(inner.apply_fn, mesh))
         new_state, metrics = step_fn(inner, batch)
         return new_state.replace(apply_fn=state.apply_fn), metrics
 
@@ -140,7 +149,7 @@ def _module_of(apply_fn: Callable) -> Any:
     return module
 
 
-def make_pmap_train_step(step_fn: Callable, mesh: Mesh, model: Any | None = None) -> Callable:
+def make_pmap_train_step(step_fn: Callable, mesh: Mesh, model: Any | None = None, sync_bn: bool = True) -> Callable:
     """Data parallel with replicated state and explicit collectives (``parallel.mode='pmap'``).
 
     ``jit(shard_map(step_fn))`` over the mesh's 'data' axis ('model' must be 1): the
@@ -152,16 +161,17 @@ def make_pmap_train_step(step_fn: Callable, mesh: Mesh, model: Any | None = None
     that is the one-device objective ``total * B_global``, so the summed gradient, BN
     statistics, loss and update equal the one-device run up to float summation order.
     Place the state with ``replicated(mesh)`` shardings and batches with
-    :func:`place_batch`.
+    :func:`place_batch`. ``sync_bn=False``: BatchNorm without the axis (each device's own
+    statistics), its new running statistics averaged over the axis as the model returns them.
     """
     if mesh.shape.get(MODEL, 1) != 1:
         raise ValueError(f"parallel.mode='pmap' is data parallel only; got mesh {dict(mesh.shape)}")
 
     def step(state, batch):
         module = model if model is not None else _module_of(state.apply_fn)
-        inner = state.replace(apply_fn=module.clone(bn_axis_name=DATA).apply)
+        apply = module.clone(bn_axis_name=DATA).apply if sync_bn else _mean_running_stats(module.apply)
         with portable_convolutions():  # XLA's own convolution gradients inside shard_map
-            new_state, metrics = step_fn(inner, batch, axis_name=DATA)
+            new_state, metrics = step_fn(state.replace(apply_fn=apply), batch, axis_name=DATA)
         return new_state.replace(apply_fn=state.apply_fn), metrics
 
     mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
@@ -173,17 +183,32 @@ def make_pmap_train_step(step_fn: Callable, mesh: Mesh, model: Any | None = None
     )
 
 
+def _mean_running_stats(apply_fn: Callable) -> Callable:
+    """``apply_fn`` whose returned ``batch_stats`` updates are averaged over 'data' (inside
+    shard_map), so that per-device BatchNorm leaves the replicated state replicated."""
+
+    def apply(variables, images, *args, **kwargs):
+        out = apply_fn(variables, images, *args, **kwargs)
+        if kwargs.get("mutable") and isinstance(out, tuple) and "batch_stats" in out[1]:
+            feats, updates = out
+            return feats, {**updates, "batch_stats": jax.lax.pmean(updates["batch_stats"], DATA)}
+        return out
+
+    return apply
+
+
 def make_parallel_train_step(mode: str, step_fn: Callable, mesh: Mesh, state: Any,
-                             rules: str | Rules = "data", model: Any | None = None):
+                             rules: str | Rules = "data", model: Any | None = None, sync_bn: bool = True):
     """Settings-level entry point: returns ``(jitted step, state_shardings)`` for
     ``parallel.mode`` ``"jit"`` (shardings from ``rules``) or ``"pmap"`` (replicated).
     ``step_fn(state, batch, axis_name=None)`` is the step to wrap; ``state`` may be
-    concrete or abstract (``jax.eval_shape``)."""
+    concrete or abstract (``jax.eval_shape``), so pass ``model`` (the module) with an
+    abstract state and ``sync_bn=False``."""
     if mode == "jit":
         shardings = state_shardings(state, mesh, rules)
-        return make_jit_train_step(step_fn, mesh, shardings), shardings
+        return make_jit_train_step(step_fn, mesh, shardings, sync_bn=sync_bn, model=model), shardings
     if mode == "pmap":
         rep = replicated(mesh)
         shardings = jax.tree.map(lambda _: rep, state)
-        return make_pmap_train_step(step_fn, mesh, model), shardings
+        return make_pmap_train_step(step_fn, mesh, model, sync_bn=sync_bn), shardings
     raise ValueError(f"parallel.mode must be one of {MODES}, got {mode!r}")

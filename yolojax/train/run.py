@@ -48,7 +48,7 @@ from yolojax.train.preflight import (check_plot_output, check_split_paths, check
                                      close_image_cache)
 from yolojax.train.progress import NonFiniteLossError, StepProgress, compile_first_step, finite_or_none
 from yolojax.train.settings import Settings, resolve
-from yolojax.train.setup import (build_data, build_model, build_step, load_pretrained, prepare_data, read_names,
+from yolojax.train.setup import (build_data, describe_devices, build_model, build_step, load_pretrained, prepare_data, read_names,
                                  start_distributed, validate_ema)
 
 __all__ = ["NonFiniteLossError", "train"]
@@ -77,7 +77,8 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     settings = resolve(config)
     compile_cache = enable_compilation_cache(settings.compile_cache)
     start_distributed(settings.distributed)
-    settings = settings.on_devices(jax.device_count(), jax.process_count())
+    settings = settings.on_devices(jax.device_count(), jax.process_count(), jax.devices()[0].platform)
+    logger.info("%s", describe_devices(settings, jax.devices()[0].platform, jax.device_count()))
     workdir, is_main = Path(workdir).absolute(), jax.process_index() == 0
     check_workdir(workdir, settings)
     data_yaml = prepare_data(settings)

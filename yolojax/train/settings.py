@@ -46,7 +46,11 @@ from yolojax.train.freeze import frozen_layer_names, parse_freeze
 from yolojax.train.optim import OPTIMIZERS
 from yolojax.weights.ultralytics import MAX_REG_MAX
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
+# dtype='auto' per platform (jax.devices()[0].platform): bfloat16 on accelerators, as
+# ultralytics' amp=True is on every CUDA device; float32 on CPU, where ultralytics' AMP is off.
+AUTO_DTYPE = {"cpu": "float32"}
+ACCELERATOR_DTYPE = "bfloat16"
 SCALE_NAMES = tuple(SCALES)  # n, s, m, l, x
 
 
@@ -141,6 +145,7 @@ class DistributedSettings:
 @dataclasses.dataclass(frozen=True)
 class ParallelSettings:
     mode: str = setting(rules.one_of(*PARALLEL_MODES), run=False, step=True)
+    sync_bn: bool = setting(rules.boolean(), run=False, step=True)  # before 'rules' shadows the module
     rules: str = setting(rules.one_of(*RULE_SETS), run=False, step=True)
 
 
@@ -166,7 +171,9 @@ class Settings:
     model: ModelSettings = group(ModelSettings)
     weights: str = setting(rules.text(), run=True, step=False)
     cls_remap: bool = setting(rules.boolean(), run=False, step=True)
-    dtype: str = setting(rules.one_of(*DTYPES), run=True, step=True)
+    # Not run-defining: the state (float32 parameters, optimiser, EMA) is the same in any
+    # compute dtype, so a run started on a GPU in bfloat16 may resume on a CPU in float32.
+    dtype: str = setting(rules.one_of(*DTYPES), run=False, step=True)
     data: DataSettings = group(DataSettings)
     fraction: float = setting(_fraction_or_count(), run=True, step=True)
     single_cls: bool = setting(rules.boolean(), run=True, step=True)
@@ -229,14 +236,15 @@ class Settings:
     raw: Mapping[str, Any] = derived()              # the config as given (config.json, checkpoints)
     augment: AugmentConfig = derived()              # the augmentation hyperparameters
     frozen: tuple[str, ...] = derived()             # ultralytics' frozen name substrings (freeze, '.dfl')
-    compute_dtype: str = derived()                  # the dtype the model computes in
+    compute_dtype: str | None = derived()           # the dtype the model computes in ('auto': on_devices)
     val_batch_size: int = derived()                 # val.batch_size, or 2 x batch_size (ultralytics)
     val_max_det: int | None = derived()             # val.max_det, None for ultralytics' rule
     mesh_shape: tuple[int, int] | None = derived()  # (data, model) on the devices (on_devices)
 
-    def on_devices(self, device_count: int, process_count: int) -> Settings:
+    def on_devices(self, device_count: int, process_count: int, platform: str = "cpu") -> Settings:
         """These settings with ``mesh_shape`` resolved for ``device_count`` devices over
-        ``process_count`` processes.
+        ``process_count`` processes, and ``compute_dtype`` for ``dtype='auto'`` on ``platform``
+        (``jax.devices()[0].platform``: 'cpu', 'gpu', 'tpu', ...; :func:`auto_dtype`).
 
         Raises:
           ConfigError: the mesh does not fit the devices, or the global batch does not
@@ -252,7 +260,7 @@ class Settings:
         if self.batch_size % shape[0]:
             raise ConfigError(f"batch_size={self.batch_size}: must divide over the mesh's {shape[0]} 'data' "
                               f"shards (mesh.data)")
-        return dataclasses.replace(self, mesh_shape=shape)
+        return dataclasses.replace(self, mesh_shape=shape, compute_dtype=resolve_dtype(self.dtype, platform))
 
     def step_view(self) -> dict[str, Any]:
         """The config values that may reach the traced train step (``step`` fields), as given."""
@@ -261,6 +269,18 @@ class Settings:
     def run_view(self) -> dict[str, Any]:
         """The config values that define the run (``run`` fields), as given."""
         return _select(self.raw, "run")
+
+
+def auto_dtype(platform: str) -> str:
+    """``dtype='auto'``'s compute dtype on ``platform``: 'float32' on 'cpu', 'bfloat16' on GPU
+    and TPU (ultralytics 8.4.190 trains with amp=True, i.e. mixed precision, on CUDA and
+    without it on CPU, engine/trainer.py)."""
+    return AUTO_DTYPE.get(platform, ACCELERATOR_DTYPE)
+
+
+def resolve_dtype(dtype: str, platform: str) -> str:
+    """The compute dtype of the ``dtype`` setting on ``platform`` ('auto' resolved)."""
+    return auto_dtype(platform) if dtype == "auto" else dtype
 
 
 def field_rules() -> dict[str, dataclasses.Field]:
@@ -283,12 +303,13 @@ def _select(raw: Mapping[str, Any], role: str) -> dict[str, Any]:
     return {name: value for name, value in flatten(raw).items() if name in fields and fields[name].metadata[role]}
 
 
-def resolve(config: Any) -> Settings:
+def resolve(config: Any, need_data: bool = True) -> Settings:
     """Check every field of ``config`` and return the frozen :class:`Settings`.
 
     Args:
       config: an ``ml_collections.ConfigDict`` (or a nested mapping) with every field of
         ``yolojax/configs/base.py``.
+      need_data: refuse a config that names no dataset (False: a plan, which reads none).
 
     Raises:
       ConfigError: one line naming the field, the value and what is allowed, for an unknown
@@ -307,7 +328,7 @@ def resolve(config: Any) -> Settings:
     for name, f in fields.items():
         f.metadata["rule"].check(name, values[name])
     values = _parsed(values)
-    _check_combinations(values)
+    _check_combinations(values, need_data)
     return _build(Settings, "", values, raw)
 
 
@@ -329,7 +350,7 @@ def _parsed(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_combinations(values: Mapping[str, Any]) -> None:
+def _check_combinations(values: Mapping[str, Any], need_data: bool = True) -> None:
     """Settings that are each allowed but cannot go together."""
     if values["data.augment_on"] == "device":
         try:
@@ -343,7 +364,7 @@ def _check_combinations(values: Mapping[str, Any]) -> None:
     if values["data.synthetic.min_size"] > values["data.synthetic.max_size"]:
         raise ConfigError(f"data.synthetic.min_size={values['data.synthetic.min_size']}: must be <= "
                           f"data.synthetic.max_size={values['data.synthetic.max_size']}")
-    if not values["data.yaml"] and not values["data.synthetic.root"]:
+    if need_data and not values["data.yaml"] and not values["data.synthetic.root"]:
         raise ConfigError("data.yaml='': no dataset: set data.yaml=PATH (or data.synthetic.root)")
     if values["data.yaml"] and not Path(values["data.yaml"]).is_file():
         raise ConfigError(f"data.yaml={values['data.yaml']!r}: must be an existing data.yaml file")
@@ -361,9 +382,9 @@ def _build(cls: type, prefix: str, values: Mapping[str, Any], raw: Mapping[str, 
             kwargs[f.name] = values[f"{prefix}{f.name}"]
     if cls is not Settings:
         return cls(**kwargs)
-    batch = values["batch_size"]
+    batch, dtype = values["batch_size"], values["dtype"]
     return Settings(**kwargs, raw=raw, augment=AugmentConfig.from_config(kwargs),
-                    frozen=frozen_layer_names(list(values["freeze"])), compute_dtype=values["dtype"],
+                    frozen=frozen_layer_names(list(values["freeze"])), compute_dtype=None if dtype == "auto" else dtype,
                     val_batch_size=values["val.batch_size"] or 2 * batch, val_max_det=values["val.max_det"] or None,
                     mesh_shape=None)
 

@@ -32,6 +32,17 @@ def start_distributed(distributed: DistributedSettings) -> bool:
                                   d.process_id if d.process_id >= 0 else None, auto=d.auto)
 
 
+def describe_devices(settings: Settings, platform: str, device_count: int) -> str:
+    """The line a run logs about where it computes: the devices, the mesh, the resolved compute
+    dtype and where BatchNorm statistics are reduced (after :meth:`Settings.on_devices`)."""
+    data, model = settings.mesh_shape
+    auto = f" (dtype=auto on {platform})" if settings.dtype == "auto" else ""
+    bn = "the global batch" if settings.parallel.sync_bn or data == 1 else "each device's rows (sync_bn=False)"
+    return (f"devices: {device_count} {platform}, mesh data={data} model={model}, parallel.mode="
+            f"{settings.parallel.mode} rules={settings.parallel.rules}; computing in {settings.compute_dtype}{auto}; "
+            f"BatchNorm statistics over {bn}")
+
+
 def prepare_data(settings: Settings) -> Path:
     """The data.yaml to train on: ``data.yaml``, or the synthetic dataset, written once."""
     if settings.data.yaml:
@@ -197,7 +208,8 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
     for line in describe_recipe(recipe, optimizer=s.optimizer, lr0=s.lr0, momentum=s.momentum,
                                 weight_decay=s.weight_decay):
         logger.info("%s", line)
-    resolved = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": s.val_batch_size}
+    resolved = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": s.val_batch_size,
+                "dtype": s.compute_dtype}
     cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
     cls_width = cls_width or default_cls_width(scale, num_classes)
     model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=s.model.reg_max, cls_width=cls_width,
@@ -265,7 +277,8 @@ def build_step(settings: Settings, model: RunModel, compile_cache: Path | None) 
 
     mesh = make_mesh(settings.mesh.data, settings.mesh.model)
     step_fn, shardings = make_parallel_train_step(settings.parallel.mode, loss_step(model.loss_fn), mesh,
-                                                  model.state, rules=settings.parallel.rules)
+                                                  model.state, rules=settings.parallel.rules,
+                                                  sync_bn=settings.parallel.sync_bn, model=model.module)
     state = shard_state(jax.device_get(model.state), shardings)
     if compile_cache is not None and step_cache_applies():
         step_fn = CachedStep(step_fn, StepCache(compile_cache), {
