@@ -99,9 +99,11 @@ def test_model_key_reads_the_scale_of_unnamed_weights(tmp_path):
     (["train", "cos_lr=maybe"], "cos_lr=maybe: expected true or false"),
     (["train", "epochs="], "'epochs=' has no value"),
     (["trian"], "unknown mode 'trian'; did you mean 'train'?"),
-    (["train", "amp=fp16"], "amp=fp16: expected True, False, fp32 or bf16"),
+    (["train", "amp=fp16"], "amp=fp16: expected True (dtype=auto: bfloat16 on GPU/TPU), False or fp32"),
     (["plan", "topology=v5e"], "topology='v5e': use ''"),
     (["plan", "json="], "'json=' has no value"),
+    (["plan", "topology=cpu:0"], "cpu:N (N >= 1 simulated CPU devices)"),
+    (["train", "amp=bf16", "dtype=float32"], "amp=bf16 and dtype=float32 both set the compute dtype"),
 ])
 def test_bad_command_lines_are_refused_in_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -121,6 +123,13 @@ def test_help_lists_every_key(capsys):
     for key in [*cli.TRAIN_KEYS, *cli.RUN_KEYS, *cli.VAL_KEYS, *cli.PREDICT_KEYS, *cli.EXPORT_KEYS, *cli.PLAN_KEYS,
                 "max_steps", "mesh.data", "parallel.mode", "amp", "plan"]:
         assert key in text, key
+
+
+@pytest.mark.parametrize("argv", [["plan", "--help"], ["plan", "help"], ["plan", "-h"]])
+def test_plan_help_names_its_keys(argv, capsys):
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "topology=" in text and "v5e:2x2" in text and "json=PATH" in text and "sync_bn" in text
 
 
 @pytest.mark.parametrize("amp, dtype", [("True", "auto"), ("False", "float32"), ("fp32", "float32"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from yolojax.parallel.chips import CHIPS, chip_for, roofline
-from yolojax.parallel.compiled import Collective, collectives
+from yolojax.parallel.compiled import Collective, collectives, laid_out_bytes, memory_traffic
 
 REPO = Path(__file__).resolve().parents[1]
 PLAN_KEYS = {"devices", "dtype", "peak_bytes_per_device", "fits", "flops_per_device", "bytes_accessed_per_device",
@@ -66,6 +66,30 @@ def test_async_tpu_collectives_count_once_with_their_larger_side():
     found = {(c.op, c.dtype): c for c in collectives(TPU_HLO)}
     assert found["all-gather", "bf16"] == Collective("all-gather", "bf16", 1, 1024 * 256 * 2, 8)
     assert found["all-reduce", "f32"] == Collective("all-reduce", "f32", 1, 4000, 4)
+
+
+def test_tpu_layouts_pad_the_minor_dimensions_to_their_tiles():
+    # 16 channels (the minor-most dimension, first in the layout) in 128 lanes: 8x the bytes.
+    assert laid_out_bytes("bf16[16,320,320,16]{3,2,1,0:T(8,128)(2,1)}") == (16 * 320 * 320 * 16 * 2,
+                                                                            16 * 320 * 320 * 128 * 2)
+    assert laid_out_bytes("f32[5,3]{0,1:T(8,128)}") == (60, 8 * 128 * 4)  # dimension 0 is minor here
+    assert laid_out_bytes("f32[1000]{0}") == (4000, 4000)  # no tile, no padding
+
+
+def test_memory_traffic_counts_each_kernel_once_by_layer():
+    hlo = """
+ENTRY %main {
+  %p = bf16[8,64,64,16]{3,2,1,0:T(8,128)(2,1)} parameter(0)
+  %k = bf16[3,3,16,16]{3,2,1,0:T(8,128)(2,1)} parameter(1)
+  %conv = bf16[8,64,64,16]{3,2,1,0:T(8,128)(2,1)} convolution(%p, %k), metadata={op_name="jit(step)/model_2/m_0/cv1/conv"}
+  %fusion = bf16[8,64,64,16]{3,2,1,0:T(8,128)(2,1)} fusion(%conv), kind=kLoop, metadata={op_name="jit(step)/model_2/m_0/cv1/bn/mul"}
+  ROOT %t = (bf16[8,64,64,16]{3,2,1,0:T(8,128)(2,1)}) tuple(%fusion)
+}
+"""
+    traffic = memory_traffic(hlo)
+    act_plain, act_laid = 8 * 64 * 64 * 16 * 2, 8 * 64 * 64 * 128 * 2
+    kernel_plain, kernel_laid = 3 * 3 * 16 * 16 * 2, 3 * 3 * 16 * 128 * 2
+    assert traffic == {"model_2/m_0": (3 * act_plain + kernel_plain + act_plain, 3 * act_laid + kernel_laid + act_laid, 2)}
 
 
 def test_chips_and_the_roofline():
@@ -124,3 +148,31 @@ def test_plan_compiles_for_a_tpu_topology_without_a_tpu(tmp_path):
     reduces = [c for c in plan["collectives"] if c["op"] == "all-reduce"]
     assert reduces and all(c["dtype"] in ("f32", "s32") for c in reduces)
     assert plan["step_seconds_estimate"] > 0 and plan["images_per_second_per_chip"] > 0
+
+
+def _plan_of(peak_state: int, temp: int, hbm: int, rules: str = "data"):
+    import dataclasses
+
+    from yolojax.parallel.compiled import ProgramCost
+    from yolojax.train.plan import Plan
+
+    chip = dataclasses.replace(CHIPS["v5e"], hbm_bytes=hbm)
+    cost = ProgramCost(peak_bytes=peak_state + temp, argument_bytes=peak_state, output_bytes=peak_state,
+                       alias_bytes=peak_state, temp_bytes=temp, flops=1e12, bytes_accessed=1e11, io_bytes=1e10,
+                       xla_optimal_seconds=-1.0, collectives=[])
+    return Plan("v5e:4x4", 16, chip, "bfloat16", (16, 1), rules, "jit", True, 256, 16, 640, 32, "SGD", cost,
+                roofline(1e12, 1e11, [], chip), roofline(1e12, 1e10, [], chip), cost.peak_bytes <= hbm, 1.0)
+
+
+def test_a_plan_that_does_not_fit_suggests_fsdp_or_a_smaller_batch():
+    from yolojax.train.plan import describe, suggestions
+
+    gib = 2**30
+    assert suggestions(_plan_of(2 * gib, 4 * gib, 16 * gib)) == []  # fits
+    state_bound = suggestions(_plan_of(12 * gib, 6 * gib, 16 * gib))  # fsdp: 12/16 + 6 GiB fits
+    assert state_bound[0].startswith("rules=fsdp") and "~6.75 GiB" in state_bound[0]
+    activation_bound = suggestions(_plan_of(1 * gib, 30 * gib, 16 * gib, rules="fsdp"))
+    assert activation_bound[0].startswith("batch=128 (8 images per device)")  # 1 + 30/2 = 16 GiB
+    lines = describe(_plan_of(1 * gib, 30 * gib, 16 * gib, rules="fsdp"))
+    assert any("DOES NOT FIT" in line for line in lines) and lines[-1].startswith("suggestion: batch=128")
+    assert any("optimal_seconds (-1) is not a duration" in line for line in lines)

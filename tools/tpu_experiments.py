@@ -28,9 +28,8 @@ import jax.numpy as jnp
 from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plan_hotspots import hotspots  # noqa: E402
+from yolojax.parallel.compiled import memory_traffic  # noqa: E402
 
 BF16 = jnp.bfloat16
 
@@ -96,7 +95,7 @@ def measure(name, f, shapes, device, argnums=(0, 1)):
     compiled = jax.jit(train_like(f, argnums)).lower(*args).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    laid = sum(v[1] for v in hotspots(compiled.as_text()).values())
+    laid = sum(v[1] for v in memory_traffic(compiled.as_text()).values())
     print(f"  {name:34} FLOPs {cost['flops']:9.3g}  bytes accessed {cost['bytes accessed']:9.3g}  "
           f"laid-out I/O {laid:9.3g}  temp {compiled.memory_analysis().temp_size_in_bytes / 2**20:7.1f} MiB")
     return cost["bytes accessed"], laid

@@ -60,6 +60,16 @@ RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
 AMP_DTYPES = {True: "auto", False: "float32", "fp32": "float32", "bf16": "bfloat16"}
 # yolojax plan's own keys, beside the train ones (yolojax.train.plan, docs/scaling.md).
 PLAN_KEYS = ("model", "cfg", "topology", "json", "hlo", "rules", "sync_bn")
+PLAN_HELP = """usage: yolojax plan KEY=VALUE ...   (also python -m yolojax.plan KEY=VALUE ...)
+The train step of these train keys compiled for a target without running it; per device: peak
+memory (and whether it fits the chip), FLOPs, bytes, collectives, a roofline step time.
+  topology=   '' this machine's devices (default); cpu:N simulated CPU devices; a TPU topology
+              such as v5e:2x2 ... v5e:16x16, v5p:2x2x1, v6e:4x4 (pip install 'yolojax[tpu]')
+  model=      yolov8{n,s,m,l,x}.pt or .yaml (the weights need not exist); data= for the class count
+  batch=      the global batch; imgsz=, dtype= or amp=, mesh.data=, mesh.model=, parallel.mode=
+  rules=      parallel.rules: data, fsdp or tp; sync_bn= parallel.sync_bn (True: global BN statistics)
+  json=PATH   write the figures as JSON; hlo=PATH write the compiled HLO text
+  and every other train key (yolojax help). docs/scaling.md explains the figures."""
 
 # ultralytics argument -> keyword of the yolojax function each other mode calls.
 VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batch", "conf": "conf", "iou": "iou",
@@ -196,6 +206,8 @@ def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: 
     if "model" in pairs or "cfg" not in pairs:
         config.model.scale, config.weights = scale, weights
     current = flatten(config)
+    if "amp" in pairs and "dtype" in pairs:
+        raise UsageError(f"amp={pairs['amp']} and dtype={pairs['dtype']} both set the compute dtype: give one")
     for key, raw in pairs.items():
         if key in skip:
             continue
@@ -216,7 +228,8 @@ def amp_dtype(raw: str) -> str:
     if isinstance(value, str):
         value = value.lower()
     if value not in AMP_DTYPES:
-        raise UsageError(f"amp={raw}: expected True, False, fp32 or bf16 (ultralytics' values)")
+        raise UsageError(f"amp={raw}: expected True (dtype=auto: bfloat16 on GPU/TPU), False or fp32 (float32), or "
+                         "bf16; float16 is not offered (bfloat16 needs no loss scaler)")
     return AMP_DTYPES[value]
 
 
@@ -318,6 +331,9 @@ def run_plan(args: Sequence[str]) -> int:
     count comes from ``data=``, else from existing weights, else 80."""
     from yolojax.parallel.targets import check_target_name, request_cpu_devices
 
+    if args[:1] and args[0] in ("help", "-h", "--help"):
+        print(PLAN_HELP)
+        return 0
     pairs = parse_pairs(args, sorted({*TRAIN_KEYS, *PLAN_KEYS, "amp", *flatten(default_config())}))
     topology = str(pairs.get("topology", ""))
     try:

@@ -81,7 +81,7 @@ class StepEstimate:
         bandwidth), summed: no overlap with compute assumed.
       step_seconds: max(compute, memory) + collectives (compute and memory traffic overlap
         perfectly; a lower bound for the fused kernels, an upper bound for the collectives).
-      bound: 'compute' or 'memory', whichever of the two is larger.
+      bound: 'compute', 'memory' or 'collective', whichever of the three is largest.
     """
 
     compute_seconds: float
@@ -108,5 +108,5 @@ def roofline(flops: float, bytes_accessed: float, collectives: Iterable[Any], ch
     compute = flops / (chip.peak_flops_f32 if float32 else chip.peak_flops)
     memory = bytes_accessed / chip.hbm_bandwidth
     comm = collective_seconds(collectives, chip)
-    return StepEstimate(compute, memory, comm, max(compute, memory) + comm,
-                        "compute" if compute >= memory else "memory")
+    parts = {"compute": compute, "memory": memory, "collective": comm}
+    return StepEstimate(compute, memory, comm, max(compute, memory) + comm, max(parts, key=parts.get))

@@ -20,6 +20,12 @@ DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1,
 _ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\]")
 # "%name = TYPE opcode(operands), attributes" (TYPE may be a tuple with spaces).
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+([a-z][a-z0-9\-]*)\((.*)$")
+_ARRAY_LAYOUT = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\](\{[^}]*\})?")
+_TILE = re.compile(r"T\((\d+)(?:,(\d+))?\)")
+_LAYER = re.compile(r"(model_\d+(?:/[a-z]+[0-9_]*)?)")
+# Top-level instructions that read and write HBM (a fusion is one kernel: its inputs and output).
+MEMORY_OPS = ("fusion", "convolution", "copy", "transpose", "reduce", "reduce-window", "select-and-scatter",
+              "custom-call", "dot", "scatter", "gather", "dynamic-slice", "dynamic-update-slice", "concatenate")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
 _GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
@@ -59,6 +65,72 @@ def array_bytes(type_text: str) -> dict[str, float]:
             size *= int(d)
         out[dtype] += size * DTYPE_BYTES[dtype]
     return out
+
+
+def laid_out_bytes(type_text: str) -> tuple[float, float]:
+    """(bytes as shaped, bytes as laid out) of the arrays in an HLO type: a layout's first tile
+    (TPU's ``T(8,128)``) pads the most-minor dimensions of the physical order to its sizes
+    (a 16-channel bfloat16 activation in 128 lanes takes 8x its bytes)."""
+    plain = laid = 0.0
+    for dtype, dims, layout in _ARRAY_LAYOUT.findall(type_text):
+        shape = [int(d) for d in dims.split(",") if d]
+        size = DTYPE_BYTES[dtype]
+        padded = list(shape)
+        tile = _TILE.search(layout or "")
+        order = [int(i) for i in (layout or "{}").strip("{}").split(":")[0].split(",") if i.strip().isdigit()]
+        if tile and len(order) == len(shape):
+            tiles = [int(tile.group(1))] + ([int(tile.group(2))] if tile.group(2) else [])
+            for tile_dim, axis in zip(reversed(tiles), order):  # order lists the minor-most dimension first
+                padded[axis] = -(-padded[axis] // tile_dim) * tile_dim
+        n_plain = n_laid = size
+        for d, e in zip(shape, padded):
+            n_plain, n_laid = n_plain * d, n_laid * e
+        plain, laid = plain + n_plain, laid + n_laid
+    return plain, laid
+
+
+def layer_of(line: str) -> str:
+    """The model layer (``model_2/m_0``, ...) in an instruction's ``op_name``, else the
+    loss, optimiser or the op's own name."""
+    m = re.search(r'op_name="([^"]*)"', line)
+    if not m:
+        return "(no op_name)"
+    name = m.group(1)
+    layer = _LAYER.search(name)
+    if layer:
+        return layer.group(1)
+    return "other: " + name.split("/")[-1][:40]
+
+
+def memory_traffic(hlo_text: str) -> dict[str, tuple[float, float, int]]:
+    """HBM traffic of one run of the entry computation if each top-level kernel
+    (:data:`MEMORY_OPS`) reads its inputs and writes its output once: ``{layer: (bytes as
+    shaped, bytes as laid out, instructions)}`` (:func:`layer_of`). A lower bound beside XLA's
+    'bytes accessed', which also counts operand reads inside fused computations."""
+    types: dict[str, str] = {}
+    lines = hlo_text.splitlines()
+    for line in lines:
+        m = _INSTRUCTION.match(line)
+        if m:
+            types[m.group(1)] = m.group(2)
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    in_entry = False
+    for line in lines:
+        if line.startswith("ENTRY"):
+            in_entry = True
+            continue
+        if in_entry and line.startswith("}"):
+            break
+        m = _INSTRUCTION.match(line) if in_entry else None
+        if not m or m.group(3) not in MEMORY_OPS:
+            continue
+        plain, laid = laid_out_bytes(m.group(2))
+        for operand in re.findall(r"%([\w.\-]+)", m.group(4).split(")", 1)[0]):
+            p, l_ = laid_out_bytes(types.get(operand, ""))
+            plain, laid = plain + p, laid + l_
+        entry = out[layer_of(line)]
+        entry[0], entry[1], entry[2] = entry[0] + plain, entry[1] + laid, entry[2] + 1
+    return {k: (v[0], v[1], int(v[2])) for k, v in out.items()}
 
 
 def _group_size(attributes: str, num_devices: int) -> int:
@@ -128,6 +200,8 @@ class ProgramCost:
       flops: floating-point operations of one run (XLA's cost analysis).
       bytes_accessed: bytes read and written by its operations (XLA's cost analysis; each
         fused kernel's inputs and outputs, with the backend's padded layouts).
+      io_bytes: the laid-out bytes its top-level kernels read and write
+        (:func:`memory_traffic`), a lower bound of its HBM traffic.
       xla_optimal_seconds: XLA's own time estimate, or None where it reports none.
       collectives: :func:`collectives` of its HLO.
     """
@@ -139,6 +213,7 @@ class ProgramCost:
     temp_bytes: int
     flops: float
     bytes_accessed: float
+    io_bytes: float
     xla_optimal_seconds: float | None
     collectives: list[Collective]
 
@@ -154,8 +229,10 @@ def program_cost(compiled: Any, num_devices: int) -> ProgramCost:
     alias, temp = int(memory.alias_size_in_bytes), int(memory.temp_size_in_bytes)
     code = int(getattr(memory, "generated_code_size_in_bytes", 0) or 0)
     optimal = cost.get("optimal_seconds")
+    text = compiled.as_text()
     return ProgramCost(
         peak_bytes=arg + out - alias + temp + code, argument_bytes=arg, output_bytes=out, alias_bytes=alias,
         temp_bytes=temp, flops=float(cost.get("flops", 0.0)), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        io_bytes=sum(v[1] for v in memory_traffic(text).values()),
         xla_optimal_seconds=float(optimal) if optimal is not None else None,
-        collectives=collectives(compiled.as_text(), num_devices))
+        collectives=collectives(text, num_devices))

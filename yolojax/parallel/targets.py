@@ -20,7 +20,7 @@ from typing import Any
 from yolojax.parallel.chips import Chip, chip_for
 
 TPU_TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):\d+(x\d+){1,2}$")
-CPU_TARGET = re.compile(r"^cpu:(\d+)$")
+CPU_TARGET = re.compile(r"^cpu:([1-9]\d*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def check_target_name(name: str) -> None:
     """
     if name in ("", "local") or CPU_TARGET.match(name) or TPU_TOPOLOGY.match(name):
         return
-    raise ValueError(f"topology={name!r}: use '' (this machine's devices), cpu:N (a simulated CPU mesh) or a TPU "
+    raise ValueError(f"topology={name!r}: use '' (this machine's devices), cpu:N (N >= 1 simulated CPU devices) or a TPU "
                      "topology such as v5e:2x2, v5e:16x16, v5p:2x2x1, v6e:4x4")
 
 

@@ -35,10 +35,14 @@ class Plan:
       sync_bn: parallel.sync_bn.
       batch: the global batch; per_device_batch: the rows each 'data' shard holds; imgsz;
       max_boxes: M, the box rows per image.
-      cost: :class:`ProgramCost`; estimate: the roofline (None without a known chip).
+      cost: :class:`ProgramCost`; estimate: the roofline from XLA's bytes accessed (None
+      without a known chip); estimate_low: the roofline from the kernels' laid-out
+      input/output bytes (``cost.io_bytes``), a lower bound of the step time.
       fits: peak bytes <= the chip's HBM (None without a known chip).
       compile_seconds: lowering and compiling, seconds.
       optimizer: the optimiser the state carries (optimizer='auto' resolved).
+      assumptions: what the plan assumed where a run would read its dataset (the optimiser
+        optimizer='auto' picks, the box rows M).
     """
 
     target: str
@@ -56,13 +60,20 @@ class Plan:
     optimizer: str
     cost: ProgramCost
     estimate: StepEstimate | None
+    estimate_low: StepEstimate | None
     fits: bool | None
     compile_seconds: float
+    assumptions: tuple[str, ...] = ()
 
     @property
     def images_per_second_per_chip(self) -> float | None:
         """Estimated training images/s one chip processes (its rows / the step estimate)."""
         return self.per_device_batch / self.estimate.step_seconds if self.estimate else None
+
+    @property
+    def images_per_second_per_chip_high(self) -> float | None:
+        """The same from the lower-bound step time (:attr:`estimate_low`)."""
+        return self.per_device_batch / self.estimate_low.step_seconds if self.estimate_low else None
 
     @property
     def xla_estimate_sane(self) -> bool:
@@ -84,12 +95,16 @@ class Plan:
             "memory": {"argument_bytes": self.cost.argument_bytes, "output_bytes": self.cost.output_bytes,
                        "alias_bytes": self.cost.alias_bytes, "temp_bytes": self.cost.temp_bytes},
             "flops_per_device": self.cost.flops, "bytes_accessed_per_device": self.cost.bytes_accessed,
+            "io_bytes_per_device": self.cost.io_bytes,
             "collectives": [c.as_dict() for c in self.cost.collectives],
             "step_seconds_estimate": est.step_seconds if est else None,
+            "step_seconds_estimate_low": self.estimate_low.step_seconds if self.estimate_low else None,
             "roofline": dataclasses.asdict(est) if est else None,
+            "roofline_low": dataclasses.asdict(self.estimate_low) if self.estimate_low else None,
             "images_per_second_per_chip": self.images_per_second_per_chip,
+            "images_per_second_per_chip_high": self.images_per_second_per_chip_high,
             "xla_optimal_seconds": self.cost.xla_optimal_seconds,
-            "compile_seconds": self.compile_seconds,
+            "compile_seconds": self.compile_seconds, "assumptions": list(self.assumptions),
         }
 
 
@@ -161,15 +176,23 @@ def make_plan(settings: Settings, target: Target, num_classes: int = 80, max_box
         Path(hlo_path).write_text(compiled.as_text())
     cost = program_cost(compiled, len(target.devices))
     chip = target.chip
-    estimate = fits = None
+    estimate = estimate_low = fits = None
     if chip is not None:
-        estimate = roofline(cost.flops, cost.bytes_accessed, cost.collectives, chip,
-                            float32=settings.compute_dtype == "float32")
+        float32 = settings.compute_dtype == "float32"
+        estimate = roofline(cost.flops, cost.bytes_accessed, cost.collectives, chip, float32=float32)
+        estimate_low = roofline(cost.flops, cost.io_bytes, cost.collectives, chip, float32=float32)
         fits = cost.peak_bytes <= chip.hbm_bytes
     data = settings.mesh_shape[0]
+    assumptions = []
+    if settings.optimizer == "auto":
+        assumptions.append(f"optimizer=auto picks {optimizer} for {dataset_size} training images and epochs="
+                           f"{settings.epochs} (set optimizer= to plan another)")
+    if not max_boxes and not settings.data.max_boxes:
+        assumptions.append(f"M={m} box rows per image (a run takes M from its label scan; set data.max_boxes=)")
     return Plan(target.name, len(target.devices), chip, settings.compute_dtype, settings.mesh_shape,
                 settings.parallel.rules, settings.parallel.mode, settings.parallel.sync_bn, settings.batch_size,
-                settings.batch_size // data, settings.imgsz, m, optimizer, cost, estimate, fits, seconds)
+                settings.batch_size // data, settings.imgsz, m, optimizer, cost, estimate, estimate_low, fits, seconds,
+                tuple(assumptions))
 
 
 def suggestions(plan: Plan) -> list[str]:
@@ -208,13 +231,14 @@ def describe(plan: Plan) -> list[str]:
     lines = [
         f"target {plan.target}: {plan.devices} devices{chip}, mesh data={plan.mesh[0]} model={plan.mesh[1]}, "
         f"parallel.mode={plan.mode} rules={plan.rules} sync_bn={plan.sync_bn}",
-        f"step: batch {plan.batch} ({plan.per_device_batch} per device) at {plan.imgsz} px, M={plan.max_boxes}, "
-        f"{plan.dtype} compute, {plan.optimizer}; compiled in {plan.compile_seconds:.1f} s",
+        f"step: batch {plan.batch} ({plan.per_device_batch} per device) at {plan.imgsz} px, M={plan.max_boxes} box "
+        f"rows, {plan.dtype} compute, {plan.optimizer}; compiled in {plan.compile_seconds:.1f} s",
         "per device:",
         f"  peak memory      {_gib(c.peak_bytes)} (state and batch {_gib(c.argument_bytes)}, temporaries "
-        f"{_gib(c.temp_bytes)})" + ("" if plan.fits is None else ", fits" if plan.fits else ", DOES NOT FIT"),
+        f"{_gib(c.temp_bytes)}, outputs not donated and code {_gib(c.peak_bytes - c.argument_bytes - c.temp_bytes)})"
+        + ("" if plan.fits is None else ", fits" if plan.fits else ", DOES NOT FIT"),
         f"  FLOPs per step   {c.flops:.3g}",
-        f"  bytes accessed   {c.bytes_accessed:.3g}",
+        f"  bytes accessed   {c.bytes_accessed:.3g} (XLA's count); kernels' laid-out input/output {c.io_bytes:.3g}",
     ]
     if c.collectives:
         lines.append("  collectives      " + "; ".join(
@@ -222,16 +246,21 @@ def describe(plan: Plan) -> list[str]:
     else:
         lines.append("  collectives      none")
     if est is not None:
+        low = plan.estimate_low
         lines.append(f"  step estimate    {est.step_seconds * 1e3:.1f} ms ({est.bound}-bound: compute "
                      f"{est.compute_seconds * 1e3:.1f} ms, memory {est.memory_seconds * 1e3:.1f} ms, collectives "
                      f"{est.collective_seconds * 1e3:.1f} ms) -> {plan.images_per_second_per_chip:.0f} images/s per chip, "
-                     f"MFU {est.compute_seconds / est.step_seconds:.0%} (a roofline estimate)")
+                     f"MFU {est.compute_seconds / est.step_seconds:.1%} (a roofline estimate)")
+        lines.append(f"  lower bound      {low.step_seconds * 1e3:.1f} ms from the kernels' input/output -> "
+                     f"{plan.images_per_second_per_chip_high:.0f} images/s per chip, "
+                     f"MFU {low.compute_seconds / low.step_seconds:.1%}")
     else:
         lines.append("  step estimate    none: no published peaks for this device (a CPU or an unknown chip)")
     xla = c.xla_optimal_seconds
     if plan.xla_estimate_sane:
         lines.append(f"  XLA's estimate   {xla * 1e3:.1f} ms")
-    elif xla is not None:
-        lines.append(f"  XLA's estimate   not shown: optimal_seconds={xla:.3g} is not a duration")
+    elif xla is not None and plan.chip is not None:
+        lines.append(f"  XLA's estimate   not shown: its optimal_seconds ({xla:.3g}) is not a duration")
+    lines += [f"assumed: {a}" for a in plan.assumptions]
     lines += [f"suggestion: {s}" for s in suggestions(plan)]
     return lines

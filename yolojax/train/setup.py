@@ -209,7 +209,7 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
                                 weight_decay=s.weight_decay):
         logger.info("%s", line)
     resolved = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": s.val_batch_size,
-                "dtype": s.compute_dtype}
+                "dtype": s.compute_dtype, "mesh": {"data": s.mesh_shape[0], "model": s.mesh_shape[1]}}
     cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
     cls_width = cls_width or default_cls_width(scale, num_classes)
     model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=s.model.reg_max, cls_width=cls_width,
