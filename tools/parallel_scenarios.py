@@ -226,10 +226,10 @@ def main():
         stats = flat(to_host(state.batch_stats))
         if ref is not None:
             res.update(compare(losses, params, stats, ref))
-        if not sync_bn and "ref" in refs:  # how far per-device statistics move the run from global ones
-            res["vs_sync"] = compare(losses, params, stats, refs["ref"])
             res["param_changed"] = max(
                 float(np.max(np.abs(params[k] - np.asarray(v)))) for k, v in flat(init.params).items())
+        if not sync_bn and "ref" in refs:  # how far per-device statistics move the run from global ones
+            res["vs_sync"] = compare(losses, params, stats, refs["ref"])
         if ARGS.save_params and par.is_main_process():
             np.savez(os.path.join(ARGS.save_params, f"{name}.npz"), **params)
         res["first_step_s"], res["total_s"] = t_first, time.time() - t0
