@@ -264,7 +264,9 @@ def test_run_output_says_each_thing_once_and_no_noise(reference_run):
     # round(64 / 8) = 8 batches, decay 5e-4 * 8 * 8 / 64, warmup round(min(3, 3 - 1) * 3) iterations.
     assert resolved == {"optimizer": "AdamW", "lr0": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
                         "accumulate": 8, "warmup_iters": 6, "warmup_bias_lr": 0.0, "iters_per_epoch": 3,
-                        "num_classes": 6, "val_batch_size": 8}
+                        "num_classes": 6, "val_batch_size": 8, "dtype": "float32", "mesh": {"data": 1, "model": 1}}
+    assert sum(line.endswith("devices: 1 cpu, mesh data=1 model=1, parallel.mode=jit rules=data; computing in float32 "
+                             "(dtype=auto on cpu); BatchNorm statistics over the global batch") for line in lines) == 1
 
 
 @pytest.mark.parametrize("split, value, message", [

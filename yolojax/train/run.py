@@ -78,7 +78,6 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     compile_cache = enable_compilation_cache(settings.compile_cache)
     start_distributed(settings.distributed)
     settings = settings.on_devices(jax.device_count(), jax.process_count(), jax.devices()[0].platform)
-    logger.info("%s", describe_devices(settings, jax.devices()[0].platform, jax.device_count()))
     workdir, is_main = Path(workdir).absolute(), jax.process_index() == 0
     check_workdir(workdir, settings)
     data_yaml = prepare_data(settings)
@@ -88,6 +87,7 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     check_writable(workdir)
     if is_main:
         check_plot_output(workdir)
+    logger.info("%s", describe_devices(settings, jax.devices()[0].platform, jax.device_count()))
 
     with contextlib.ExitStack() as stack:
         # -- Data: the splits (label scans, image cache) and the training iterator.
