@@ -2,8 +2,9 @@
 collectives and a roofline step time per device (``yolojax plan``, docs/scaling.md).
 
 The step is the one :func:`yolojax.train.run.train` would build from the same settings
-(model, dtype, mesh, rules, parallel mode, sync_bn, batch, imgsz, max boxes), traced on
-abstract values only: nothing is initialised or placed, so a pod's step compiles on a laptop
+(model, dtype, mesh, rules, parallel mode, sync_bn, batch, imgsz, max boxes) for the host
+pipeline's batch (``data.augment_on=device`` also renders augmentation in the step, which a
+plan leaves out), traced on abstract values only: nothing is initialised or placed, so a pod's step compiles on a laptop
 through libtpu's compile-only devices (:mod:`yolojax.parallel.targets`).
 """
 
