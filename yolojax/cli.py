@@ -327,8 +327,9 @@ def run_plan(args: Sequence[str]) -> int:
     machine's devices, ``cpu:N``, or a TPU topology such as ``v5e:2x2``) and its per-device
     figures printed (:func:`yolojax.train.plan.make_plan`); ``json=PATH`` also writes them.
     ``batch`` is the global batch; ``rules`` and ``sync_bn`` name ``parallel.rules`` and
-    ``parallel.sync_bn``; ``hlo=PATH`` writes the compiled HLO text. Weights need not exist (the scale comes from the name); the class
-    count comes from ``data=``, else from existing weights, else 80."""
+    ``parallel.sync_bn``; ``hlo=PATH`` writes the compiled HLO text. Weights need not exist
+    (the scale comes from the name); the class count comes from ``data=``, else from existing
+    weights, else 80."""
     from yolojax.parallel.targets import check_target_name, request_cpu_devices
 
     if args[:1] and args[0] in ("help", "-h", "--help"):

@@ -5,8 +5,9 @@ Both wrap a step function ``step_fn(state, batch, axis_name=None) -> (state, met
 batch) and give the same numbers as one device (BatchNorm statistics and the loss
 normaliser over the global batch). With ``sync_bn=False`` BatchNorm normalises each
 device's rows with their own statistics instead (ultralytics' DDP), which takes the
-BatchNorm all-reduces off the forward pass; the running statistics move by the devices' mean. The wrappers only place and shard; the step function
-is the caller's, so this package imports nothing from yolojax.train.
+BatchNorm all-reduces off the forward pass; the running statistics move by the devices'
+mean. The wrappers only place and shard; the step function is the caller's, so this package
+imports nothing from yolojax.train.
 
 * ``mode="jit"``: ``jax.jit`` with in/out shardings from the partition rules
   (:func:`yolojax.parallel.rules.state_shardings`), the batch over 'data', the state

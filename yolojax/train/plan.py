@@ -121,20 +121,15 @@ def abstract_step(settings: Settings, target: Target, num_classes: int, max_boxe
     import jax.numpy as jnp
 
     from yolojax.loss import DetectionLoss
-    from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models import default_cls_width
     from yolojax.parallel import batch_sharding, make_mesh, make_parallel_train_step
-    from yolojax.train.optim import make_recipe
+    from yolojax.train.setup import run_module, run_recipe
     from yolojax.train.state import TrainState
     from yolojax.train.step import loss_step
 
     s = settings
-    recipe = make_recipe(epochs=s.epochs, batch_size=s.batch_size, dataset_size=dataset_size,
-                         num_classes=num_classes, optimizer=s.optimizer, lr0=s.lr0, lrf=s.lrf, momentum=s.momentum,
-                         weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs, warmup_momentum=s.warmup_momentum,
-                         warmup_bias_lr=s.warmup_bias_lr, cos_lr=s.cos_lr, nbs=s.nbs, frozen=s.frozen)
-    model = YOLOv8(scale=s.model.scale, num_classes=num_classes, reg_max=s.model.reg_max,
-                   cls_width=default_cls_width(s.model.scale, num_classes),
-                   dtype=jnp.bfloat16 if s.compute_dtype == "bfloat16" else jnp.float32, frozen=s.frozen)
+    recipe = run_recipe(s, dataset_size, num_classes)
+    model = run_module(s, num_classes, default_cls_width(s.model.scale, num_classes))
     images = jnp.zeros((1, s.imgsz, s.imgsz, 3), jnp.float32)
     state = jax.eval_shape(lambda: TrainState.create(model.apply, model.init(jax.random.key(0), images), recipe))
     loss_fn = DetectionLoss(num_classes=num_classes, reg_max=s.model.reg_max, box=s.box, cls=s.cls, dfl=s.dfl)

@@ -48,8 +48,8 @@ from yolojax.train.preflight import (check_plot_output, check_split_paths, check
                                      close_image_cache)
 from yolojax.train.progress import NonFiniteLossError, StepProgress, compile_first_step, finite_or_none
 from yolojax.train.settings import Settings, resolve
-from yolojax.train.setup import (build_data, describe_devices, build_model, build_step, load_pretrained, prepare_data, read_names,
-                                 start_distributed, validate_ema)
+from yolojax.train.setup import (build_data, build_model, build_step, describe_devices, load_pretrained, prepare_data,
+                                 read_names, start_distributed, validate_ema)
 
 __all__ = ["NonFiniteLossError", "train"]
 

@@ -186,25 +186,45 @@ class RunModel:
     info: dict
 
 
+def run_recipe(settings: Settings, dataset_size: int, num_classes: int, iters_per_epoch: int | None = None) -> Any:
+    """The run's :class:`yolojax.train.optim.Recipe` (ultralytics' optimiser arithmetic) for
+    ``dataset_size`` training images (a run's, or the size a plan assumes)."""
+    from yolojax.train.optim import make_recipe
+
+    s = settings
+    return make_recipe(
+        epochs=s.epochs, batch_size=s.batch_size, dataset_size=dataset_size, num_classes=num_classes,
+        iters_per_epoch=iters_per_epoch, optimizer=s.optimizer, lr0=s.lr0, lrf=s.lrf, momentum=s.momentum,
+        weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs, warmup_momentum=s.warmup_momentum,
+        warmup_bias_lr=s.warmup_bias_lr, cos_lr=s.cos_lr, nbs=s.nbs, frozen=s.frozen)
+
+
+def run_module(settings: Settings, num_classes: int, cls_width: int) -> Any:
+    """The run's YOLOv8 module: its scale, classes, reg_max, the resolved compute dtype
+    (:meth:`Settings.on_devices`) and the frozen layers."""
+    import jax.numpy as jnp
+
+    from yolojax.models import YOLOv8
+
+    if settings.compute_dtype is None:
+        raise ValueError("dtype='auto' is resolved by Settings.on_devices, which has not run")
+    return YOLOv8(scale=settings.model.scale, num_classes=num_classes, reg_max=settings.model.reg_max,
+                  cls_width=cls_width, dtype=jnp.dtype(settings.compute_dtype), frozen=settings.frozen)
+
+
 def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict) -> RunModel:
     """The recipe (logged), the model (``freeze`` applied), its initial or pretrained variables
     and the loss (``cls_pw`` class weights)."""
-    import jax.numpy as jnp
-
     from yolojax.loss import DetectionLoss
-    from yolojax.models import YOLOv8, default_cls_width
+    from yolojax.models import default_cls_width
     from yolojax.models.summary import model_summary
     from yolojax.train.freeze import check_frozen
-    from yolojax.train.optim import describe_recipe, make_recipe, resolved_settings
+    from yolojax.train.optim import describe_recipe, resolved_settings
     from yolojax.train.state import TrainState
     from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
 
     s, scale, num_classes = settings, settings.model.scale, len(data.names)
-    recipe = make_recipe(
-        epochs=s.epochs, batch_size=s.batch_size, dataset_size=len(data.batches.source), num_classes=num_classes,
-        iters_per_epoch=data.steps_per_epoch, optimizer=s.optimizer, lr0=s.lr0, lrf=s.lrf, momentum=s.momentum,
-        weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs, warmup_momentum=s.warmup_momentum,
-        warmup_bias_lr=s.warmup_bias_lr, cos_lr=s.cos_lr, nbs=s.nbs, frozen=s.frozen)
+    recipe = run_recipe(s, len(data.batches.source), num_classes, data.steps_per_epoch)
     for line in describe_recipe(recipe, optimizer=s.optimizer, lr0=s.lr0, momentum=s.momentum,
                                 weight_decay=s.weight_decay):
         logger.info("%s", line)
@@ -212,8 +232,7 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
                 "dtype": s.compute_dtype, "mesh": {"data": s.mesh_shape[0], "model": s.mesh_shape[1]}}
     cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
     cls_width = cls_width or default_cls_width(scale, num_classes)
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=s.model.reg_max, cls_width=cls_width,
-                   dtype=jnp.bfloat16 if s.compute_dtype == "bfloat16" else jnp.float32, frozen=s.frozen)
+    model = run_module(s, num_classes, cls_width)
     info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": s.model.reg_max,
             "cls_width": cls_width, "imgsz": s.imgsz}
     logger.info("%s", model_summary(model).line())
