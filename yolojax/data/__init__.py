@@ -19,6 +19,7 @@ from yolojax.data.sources.data_yaml import DataSpec, image_to_label_paths, list_
 from yolojax.data.sources.label_scan import ScanReport, ScanResult, scan_yolo_split
 from yolojax.data.sources.label_table import LabelTable
 from yolojax.data.augment.letterbox import Letterbox, apply_letterbox, letterbox_params, rect_batch_shapes
+from yolojax.data.faults import DataWorkerError, UnreadableSplitError
 from yolojax.data.pipeline import Batches, make_train_iterator, make_val_iterator
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources.yolo import DetectionSource, FileDetectionSource, yolo_source
@@ -28,6 +29,7 @@ __all__ = [
     "AugmentConfig",
     "Batches",
     "DataSpec",
+    "DataWorkerError",
     "DetectionSource",
     "FileDetectionSource",
     "LabelTable",
@@ -36,6 +38,7 @@ __all__ = [
     "ScanResult",
     "TfdsSource",
     "TrainSchedule",
+    "UnreadableSplitError",
     "ValSchedule",
     "apply_letterbox",
     "coco91_to_coco80",

@@ -61,13 +61,50 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return image
 
 
+class UnreadableImageError(OSError):
+    """An image file that cannot be read or decoded; ``path`` names it and ``reason`` says why
+    in a few words (e.g. "file not found")."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # crosses from a worker process with its fields
+        return type(self), (self.path, self.reason)
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return (e.strerror or type(e).__name__).lower()
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB (:func:`decode_image_rgb`).
+
+    Raises:
+      UnreadableImageError: the file is missing, cannot be opened, is empty or does not decode
+        (e.g. truncated); its ``reason`` says which.
+    """
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError as e:
+        raise UnreadableImageError(path, _os_reason(e)) from None
+    image = decode_image_rgb(data)
+    if image is None:
+        raise UnreadableImageError(path, "empty file" if data.size == 0 else "truncated or corrupt, does not decode")
+    return image
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray | None:
     """Read an image file as uint8 (H, W, 3) RGB; None when missing or undecodable."""
     try:
-        data = np.fromfile(str(path), np.uint8)
-    except OSError:
+        return read_image_file(path)
+    except UnreadableImageError:
         return None
-    return decode_image_rgb(data)
 
 
 def long_side_size(shape_hw: tuple[int, int], imgsz: int) -> tuple[int, int]:

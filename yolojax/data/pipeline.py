@@ -2,34 +2,37 @@
 
 Graph: ``MapDataset.range(start_step, num_steps)`` -> ``.map(batch builder)`` (decode,
 augment / letterbox, pad to max_boxes; runs in the worker processes) ->
-``to_iter_dataset`` (threads, prefetch) -> ``mp_prefetch`` (``workers`` processes) ->
-``.map`` in the main process (unlinks the workers' shared memory on arrival, counts and logs
-boxes beyond a ``max_boxes`` cap). Every batch is a pure function of (arguments, step), so
-the iterator state is just the position and restoring it with ``set_state`` continues
-exactly, with or without worker processes. A state is relative to the iterator's
-``start_step``: restore it into an iterator built with the same arguments.
+``to_iter_dataset`` (threads, prefetch) -> ``mp_prefetch`` (``workers`` processes; every
+array in shared memory named after its worker) -> ``.map`` in the main process (unlinks the
+workers' shared memory on arrival, counts and logs boxes beyond a ``max_boxes`` cap, names
+images that could no longer be read) -> :class:`yolojax.data.faults.WatchedIterator` (a dead
+worker as :class:`yolojax.data.faults.DataWorkerError`). Every batch is a pure function of
+(arguments, step), so the iterator state is just the position and restoring it with
+``set_state`` continues exactly, with or without worker processes. A state is relative to
+the iterator's ``start_step``: restore it into an iterator built with the same arguments.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
-import gc
 import logging
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
 import grain
 import numpy as np
 from absl import flags
-from grain.multiprocessing import SharedMemoryArray
 
 from yolojax.config import check_arguments
 from yolojax.data.augment.config import AugmentConfig
 from yolojax.data.batching import TruncationReporter, bucket_boxes, label_counts, sample_box_bound, unlink_on_arrival
 from yolojax.data.device.batches import AUGMENT_ON, DeviceBatchBuilder, check_device_options
+from yolojax.data.faults import SkipReporter, WatchedIterator, skip_reporter_for
+from yolojax.data.memory import shm_pool
 from yolojax.data.memory.image_cache import CachedSource, open_image_cache
 from yolojax.data.augment.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
@@ -48,7 +51,8 @@ class Batches:
 
     Attributes:
       iterator: Grain ``DatasetIterator`` of batch dicts; ``get_state()`` / ``set_state()``
-        (JSON-able dicts) for checkpoints (e.g. ``grain.checkpoint.CheckpointSave(iterator)``).
+        (JSON-able dicts) for checkpoints (e.g. ``grain.checkpoint.CheckpointSave(iterator)``);
+        ``next`` raises :class:`yolojax.data.faults.DataWorkerError` when a worker process dies.
       start_step: the step of the first batch.
       num_steps: steps in the whole run (the iterator yields num_steps - start_step batches).
       steps_per_epoch: steps per epoch (validation: num_steps).
@@ -59,6 +63,7 @@ class Batches:
         ``boxes_dropped``), kept in this (the main) process.
       owns_cache: the iterator made ``source``'s image cache (its ``cache`` argument) and
         :meth:`close` removes it.
+      skips: the images skipped so far because they could no longer be read (training).
     """
 
     iterator: grain.DatasetIterator
@@ -70,6 +75,7 @@ class Batches:
     max_boxes: int | None = None
     truncation: TruncationReporter | None = None
     owns_cache: bool = False
+    skips: SkipReporter | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterator
@@ -82,32 +88,19 @@ class Batches:
         return step // self.steps_per_epoch
 
     def close(self) -> None:
-        """Stop worker processes and free the shared memory of the batches they had prefetched.
+        """Stop worker processes and free the shared memory of the batches they had prefetched
+        or left behind (:meth:`yolojax.data.faults.WatchedIterator.close`); idempotent.
 
-        Grain's closed iterator keeps those batches in reference cycles; collecting them now
+        Grain's closed iterator keeps those batches in reference cycles; collecting them
         unlinks their shared memory, which Python's resource_tracker would otherwise report
-        at exit as "leaked shared_memory objects" (and unlink itself). Grain unlinks them on a
-        background thread, so this waits for that thread. (Batches a worker built but never
-        sent cannot hold shared memory: see :func:`builds_in_shared_memory`.) An image cache
-        the iterator made is removed (one passed in stays).
+        at exit as "leaked shared_memory objects" (and unlink itself); so would the blocks of
+        a worker that was killed. (Batches a worker built but never sent cannot hold shared
+        memory: see :func:`builds_in_shared_memory`.) An image cache the iterator made is
+        removed (one passed in stays).
         """
         self.iterator.close()
         if self.owns_cache:
             self.source.close()
-        gc.collect()
-        _wait_for_shared_memory_unlinks()
-
-
-def _wait_for_shared_memory_unlinks() -> None:
-    """Wait until Grain's deletion thread has closed and unlinked every array freed so far.
-
-    Grain (0.2.x ``SharedMemoryArray.enable_async_del``) hands freed arrays to a one-thread
-    pool; a no-op queued behind them returns once they are done. Without this, arrays freed
-    just before exit are still linked when the interpreter stops the thread.
-    """
-    deletion_pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access - no public drain
-    if deletion_pool is not None:
-        deletion_pool.apply(int)
 
 
 def _process_index_and_count(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -146,11 +139,31 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> bool:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``prctl``), so data
+    workers never outlive a main process that was killed (SIGKILL, the OOM killer) and keep
+    using CPU and shared memory; their blocks then go with Python's resource tracker. Returns
+    whether it is set (False where ``prctl`` is unavailable)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != 1
+    except (OSError, AttributeError):
+        return False
+
+
 def _init_worker(worker_index: int, worker_count: int) -> None:
-    """Worker set-up: one OpenCV thread (the processes are the parallelism), reuse freed memory."""
+    """Worker set-up: one OpenCV thread (the processes are the parallelism), reuse freed memory,
+    Ctrl-C left to the main process (a terminal sends it to every process of the group;
+    the main process stops the workers, which would otherwise die mid-batch), and death with
+    the main process (:func:`die_with_parent`)."""
     del worker_index, worker_count
     cv2.setNumThreads(1)
     keep_freed_memory()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 def builds_in_shared_memory(workers: int, threads: int) -> bool:
@@ -167,7 +180,7 @@ def builds_in_shared_memory(workers: int, threads: int) -> bool:
 
 
 def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: int, prefetch: int,
-             reporter: TruncationReporter) -> grain.DatasetIterator:
+             main_steps: Sequence[Callable[[Batch], Batch]]) -> WatchedIterator:
     if not 0 <= start_step <= num_steps:
         raise ValueError(f"start_step {start_step} outside [0, {num_steps}]")
     batches = grain.MapDataset.range(start_step, num_steps).map(builder)
@@ -179,12 +192,16 @@ def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: in
     if workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's multiprocessing reads absl flags; use their defaults
             flags.FLAGS.mark_as_parsed()
+        if shm_pool.available():  # blocks a killed worker leaves can be found by its pid
+            stream = stream.map(shm_pool.in_named_blocks)
         stream = stream.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
             worker_init_fn=_init_worker,
         )
         stream = stream.map(unlink_on_arrival)
-    return iter(stream.map(reporter))
+    for step in main_steps:
+        stream = stream.map(step)
+    return WatchedIterator(iter(stream), workers)
 
 
 def train_max_boxes(source: DetectionSource, aug: AugmentConfig, epochs: int, max_boxes: int | None,
@@ -299,6 +316,10 @@ def make_train_iterator(
       :class:`Batches` of dicts: image uint8 (b, H, W, 3) RGB (H = W = imgsz unless rect or
       multi_scale; device mode: the ``aug_*`` arrays instead), boxes float32 (b, M, 4) xyxy
       pixels, classes int32 (b, M), mask bool (b, M), with b = batch_size / process_count.
+      An image that can no longer be read is replaced by the next readable one and named once
+      in a WARNING (:class:`yolojax.data.train_batches.BatchImages`); ``next`` raises
+      :class:`yolojax.data.faults.UnreadableSplitError` when none can be read, and
+      :class:`yolojax.data.faults.DataWorkerError` when a worker process dies.
 
     Raises:
       ValueError: imgsz not a multiple of 32; an unknown ``augment_on``; device mode with an
@@ -322,10 +343,10 @@ def make_train_iterator(
     else:
         builder = TrainBatchBuilder(source, schedule, aug, imgsz, max_boxes, mosaic_pool,
                                     shared_memory=builds_in_shared_memory(workers, threads), multi_scale=multi_scale)
-    reporter = TruncationReporter(max_boxes)
-    iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, reporter)
+    reporter, skips = TruncationReporter(max_boxes), skip_reporter_for(source)
+    iterator = _iterate(builder, start_step, schedule.total_steps, workers, threads, prefetch, (reporter, skips))
     return Batches(iterator, start_step, schedule.total_steps, schedule.steps_per_epoch, source, schedule, max_boxes,
-                   reporter, owns_cache)
+                   reporter, owns_cache, skips)
 
 
 def make_val_iterator(
@@ -384,6 +405,6 @@ def make_val_iterator(
     builder = ValBatchBuilder(source, schedule, imgsz, max_boxes,
                               shared_memory=builds_in_shared_memory(workers, threads))
     reporter = TruncationReporter(max_boxes)
-    iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, reporter)
+    iterator = _iterate(builder, 0, schedule.num_steps, workers, threads, prefetch, (reporter,))
     return Batches(iterator, 0, schedule.num_steps, schedule.num_steps, source, schedule, max_boxes, reporter,
                    owns_cache)

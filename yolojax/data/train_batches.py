@@ -8,6 +8,7 @@ import numpy as np
 
 from yolojax.data.augment.config import AugmentConfig
 from yolojax.data.batching import new_image_batch, pad_labels
+from yolojax.data.faults import SKIPPED_KEY, SkippedImage, UnreadableSplitError
 from yolojax.data.memory.image_cache import resized_record
 from yolojax.data.augment.multi_scale import draw_size, rescale_batch, scaled_shape
 from yolojax.data.schedule import TrainSchedule, record_rng
@@ -19,13 +20,88 @@ MOSAIC_POOLS = ("batch", "dataset")
 
 def load_image(source: DetectionSource, index: int, imgsz: int) -> LoadedImage:
     """Source image `index` as ultralytics' ``load_image`` gives it (decoded, long side resized to
-    imgsz, bilinear; from the image cache of a cached source) with its labels."""
+    imgsz, bilinear; from the image cache of a cached source) with its labels.
+
+    Raises:
+      OSError: the image cannot be read (e.g. :class:`yolojax.data.image_io.UnreadableImageError`).
+    """
     record = resized_record(source, index, imgsz)
     return LoadedImage(record["image"], record["boxes"], record["classes"], int(index))
 
 
+class BatchImages:
+    """source index -> :class:`LoadedImage`, each image read once per batch.
+
+    An image that can no longer be read (moved, deleted or damaged since the label scan; not
+    with a RAM cache, which never reads the files again) is replaced by the next readable one
+    (index + 1, + 2, ..., wrapping round), and so is every unreadable image passed on the way.
+    The choice depends only on the files, so a batch keeps its shape and stays a function of
+    its step (a resume is exact). Each replacement is recorded in ``skipped``.
+
+    Args:
+      source: the training images and labels.
+      imgsz: the long side images are resized to.
+    """
+
+    def __init__(self, source: DetectionSource, imgsz: int):
+        self.source = source
+        self.imgsz = int(imgsz)
+        self.loaded: dict[int, LoadedImage] = {}
+        self.skipped: list[SkippedImage] = []
+
+    def __call__(self, index: int) -> LoadedImage:
+        """Image `index` (or the image in its place).
+
+        Raises:
+          UnreadableSplitError: not one image of the source can be read.
+        """
+        index = int(index)
+        if index not in self.loaded:
+            self._load(index)
+        return self.loaded[index]
+
+    def _load(self, index: int) -> None:
+        unreadable: list[tuple[int, OSError]] = []
+        n = len(self.source)
+        for j in ((index + k) % n for k in range(n)):
+            if j in self.loaded:
+                image = self.loaded[j]
+                break
+            try:
+                image = load_image(self.source, j, self.imgsz)
+                break
+            except OSError as e:
+                unreadable.append((j, e))
+        else:
+            j, e = unreadable[0]
+            raise UnreadableSplitError(f"no image of the train split can be read any more ({n} images, e.g. "
+                                       f"{self._path(j, e)}: {_reason(e)}): moved or deleted during the run?")
+        for j, e in unreadable:
+            self.skipped.append(SkippedImage(j, self._path(j, e), _reason(e), image.index, self._path(image.index)))
+            self.loaded[j] = image
+        self.loaded[index] = image
+
+    def _path(self, index: int, error: OSError | None = None) -> str:
+        path = getattr(error, "path", None)
+        paths = getattr(self.source, "image_paths", None)
+        return str(path or (paths[index] if paths is not None else f"image {index}"))
+
+
+def _reason(error: OSError) -> str:
+    return getattr(error, "reason", None) or error.strerror or str(error)
+
+
+def with_skipped(batch: dict[str, Any], images: BatchImages) -> dict[str, Any]:
+    """``batch`` with the records of the images it skipped (none: as it is), for
+    :class:`yolojax.data.faults.SkipReporter` in the main process."""
+    if images.skipped:
+        batch[SKIPPED_KEY] = tuple(images.skipped)
+    return batch
+
+
 class TrainBatchBuilder:
-    """step -> this process's training batch (DESIGN.md's format, plus 'num_boxes').
+    """step -> this process's training batch (DESIGN.md's format, plus 'num_boxes', and
+    'skipped_images' when an image could not be read: :class:`BatchImages`).
 
     Args:
       source: the images and labels.
@@ -85,13 +161,7 @@ class TrainBatchBuilder:
         rect = self.schedule.batch_shapes_hw is not None
         mixing = self.aug.mixing_on(epoch, self.schedule.epochs) and not rect
         out_hw = self.schedule.out_hw(int(step), self.imgsz)
-        loaded: dict[int, LoadedImage] = {}
-
-        def load(i: int) -> LoadedImage:
-            if i not in loaded:
-                loaded[i] = load_image(self.source, i, self.imgsz)
-            return loaded[i]
-
+        load = BatchImages(self.source, self.imgsz)
         images = new_image_batch((len(indices), *out_hw, 3), self.shared_memory)
         labels_of = lambda i: (load(i).boxes, load(i).classes)  # noqa: E731
         boxes, classes = [], []
@@ -110,4 +180,4 @@ class TrainBatchBuilder:
             new_hw = scaled_shape(out_hw, size)
             if new_hw != out_hw:
                 batch = rescale_batch(batch, new_hw, new_image_batch((len(indices), *new_hw, 3), self.shared_memory))
-        return batch
+        return with_skipped(batch, load)

@@ -11,8 +11,8 @@ from yolojax.data.batching import pad_labels
 from yolojax.data.device.params import pack_batch, source_slots, views_per_sample
 from yolojax.data.schedule import TrainSchedule, record_rng
 from yolojax.data.sources.yolo import DetectionSource
-from yolojax.data.train_batches import TrainBatchBuilder, load_image
-from yolojax.data.augment.sample import LoadedImage, draw_sample, sample_boxes
+from yolojax.data.train_batches import BatchImages, TrainBatchBuilder, with_skipped
+from yolojax.data.augment.sample import draw_sample, sample_boxes
 
 __all__ = ["AUGMENT_ON", "DeviceBatchBuilder", "check_device_options"]
 
@@ -60,13 +60,7 @@ class DeviceBatchBuilder(TrainBatchBuilder):
     def __call__(self, step: int) -> dict[str, Any]:
         epoch, positions, indices = self.schedule.image_indices(int(step))
         mixing = self.aug.mixing_on(epoch, self.schedule.epochs)
-        loaded: dict[int, LoadedImage] = {}
-
-        def load(i: int) -> LoadedImage:
-            if i not in loaded:
-                loaded[i] = load_image(self.source, i, self.imgsz)
-            return loaded[i]
-
+        load = BatchImages(self.source, self.imgsz)
         params, boxes, classes = [], [], []
         for slot, (pos, index) in enumerate(zip(positions, indices)):
             rng = record_rng(self.schedule.seed, epoch, pos)
@@ -79,4 +73,4 @@ class DeviceBatchBuilder(TrainBatchBuilder):
         batch = pack_batch(params, lambda i: load(i).image, self.groups, self.slots, self.views, self.imgsz,
                            self.shared_memory)
         batch.update(pad_labels(boxes, classes, self.max_boxes))
-        return batch
+        return with_skipped(batch, load)

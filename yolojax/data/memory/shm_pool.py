@@ -12,17 +12,24 @@ So each worker keeps its blocks and reuses one once the main process is done wit
   aliasing it: JAX on CPU keeps the numpy array alive instead of copying it) a flag byte in
   the block's last page is set, and the worker may write the block again.
 
-Blocks are named ``yjxpool_*``. An exiting worker unlinks its blocks except those the main
-process may still open or hold (sent and not freed), which it marks orphaned: the main
-process unlinks those when it frees them (a file lock on the block orders the two). A block
-whose name Grain unlinked (batches it discarded on ``set_state`` or ``close``) is dropped by the worker when it next looks for a free block.
-Linux only (the blocks are files in ``/dev/shm``); elsewhere workers use fresh blocks.
+Blocks are named ``yjxpool_{worker pid}_{its parent's pid}_*``. An exiting worker unlinks its blocks except those
+the main process may still open or hold (sent and not freed), which it marks orphaned: the
+main process unlinks those when it frees them (a file lock on the block orders the two). A
+block whose name Grain unlinked (batches it discarded on ``set_state`` or ``close``) is dropped
+by the worker when it next looks for a free block.
+
+Every other array a worker sends goes in a one-off block named ``yjxshm_{worker pid}_{its
+parent's pid}_*`` (:func:`in_named_blocks`, in place of Grain's anonymous ``psm_*`` blocks), so
+that the main process can find and release the blocks of its workers that exited without
+cleaning up (SIGKILL, e.g. from the out-of-memory killer): :func:`unlink_blocks_of_exited_workers`.
+Linux only (the blocks are files in ``/dev/shm``); elsewhere workers use Grain's fresh blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import math
 import mmap
 import os
@@ -31,12 +38,14 @@ import sys
 import threading
 import weakref
 from multiprocessing import resource_tracker, shared_memory, util
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from grain.multiprocessing import SharedMemoryArray, SharedMemoryArrayMetadata
 
 PREFIX = "yjxpool_"
+ONE_OFF_PREFIX = "yjxshm_"
 SHM_DIR = "/dev/shm"
 FREE, IN_USE = 0, 1  # the flag byte at the start of a block's last page
 ORPHANED = 1  # the byte after it: its worker exited, the main process unlinks it when done
@@ -154,7 +163,7 @@ class _Pool:
             self.blocks.remove(block)
             block.close(unlink=True)
         self.count += 1
-        name = f"{PREFIX}{os.getpid()}_{self.count}_{secrets.token_hex(4)}"
+        name = f"{_owner(PREFIX)}{self.count}_{secrets.token_hex(4)}"
         block = _Block(shared_memory.SharedMemory(name, create=True, size=_flag_offset(nbytes) + mmap.PAGESIZE),
                        nbytes)
         block.set_flag(IN_USE)
@@ -232,3 +241,100 @@ def adopt(array: SharedMemoryArray) -> np.ndarray:
         raise
     weakref.finalize(data, _release, fd, flag, name)
     return np.frombuffer(data, array.dtype, array.size).reshape(array.shape)
+
+
+def in_named_blocks(batch: dict[str, Any]) -> dict[str, Any]:
+    """Worker side: ``batch`` with every array Grain would copy into an anonymous shared-memory
+    block copied into a block named after this process (``yjxshm_{pid}_*``) instead; arrays
+    already in shared memory (pooled or not) and those Grain pickles (object, non-contiguous
+    or empty arrays) stay as they are. Grain sends and the main process unlinks these blocks
+    as it would its own (:func:`yolojax.data.batching.unlink_on_arrival`)."""
+    return {key: _in_named_block(value) for key, value in batch.items()}
+
+
+def _in_named_block(value: Any) -> Any:
+    if (isinstance(value, SharedMemoryArray) or not isinstance(value, np.ndarray) or value.dtype.hasobject
+            or not value.flags.c_contiguous or value.size == 0):
+        return value
+    name = f"{_owner(ONE_OFF_PREFIX)}{secrets.token_hex(6)}"
+    out = SharedMemoryArray.from_shared_memory(shared_memory.SharedMemory(name, create=True, size=value.nbytes),
+                                               value.shape, value.dtype)
+    np.copyto(out, value, casting="no")
+    return out
+
+
+def unlink_blocks_of_exited_workers() -> int:
+    """Main side: unlink every block (pooled or one-off) of this process's worker processes that
+    have exited, and drop the resource tracker's entry their creation made (Python's
+    resource_tracker would otherwise unlink them at exit and report "leaked shared_memory
+    objects"). A block this process still maps stays readable until it is freed; the blocks
+    of workers still running (e.g. another iterator's) stay. Returns how many were unlinked.
+
+    Call it only once the batches Grain had in flight are freed (:func:`wait_for_grain_unlinks`):
+    Grain unlinks those itself and does not expect the name to be gone.
+    """
+    count = 0
+    for name in os.listdir(SHM_DIR) if available() else ():
+        parts = name.split("_")
+        if f"{parts[0]}_" not in (PREFIX, ONE_OFF_PREFIX) or len(parts) < 4 or parts[2] != str(os.getpid()):
+            continue
+        if _running(int(parts[1])):
+            continue
+        count += _unlink_unless_held(name)
+    return count
+
+
+def _unlink_unless_held(name: str) -> int:
+    """Unlink the block ``name`` of an exited worker and drop its tracker entry, unless it is a
+    pooled block this process still holds (:func:`_release` unlinks that one when it is freed:
+    one unregistering only, or the resource tracker reports a KeyError). The block's file lock
+    orders this with :func:`_release`. Returns 1 when it unlinked the block, else 0."""
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:  # unlinked meanwhile, by whoever also unregisters it
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if name.startswith(PREFIX):
+            size = os.fstat(fd).st_size
+            flags = os.pread(fd, 2, size - mmap.PAGESIZE) if size >= mmap.PAGESIZE else b""
+            if len(flags) == 2 and flags[0] == IN_USE and flags[1] == ORPHANED:
+                return 0
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        resource_tracker.unregister("/" + name, "shared_memory")
+        return 1
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _owner(prefix: str) -> str:
+    """The start of the names of this process's blocks: the prefix, its pid and its parent's."""
+    return f"{prefix}{os.getpid()}_{os.getppid()}_"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid went to another user's process: not a worker of ours
+        return False
+    return True
+
+
+def wait_for_grain_unlinks() -> None:
+    """Main side: free the batches a closed Grain iterator still holds in reference cycles, and
+    wait until Grain's deletion thread has closed and unlinked their shared memory.
+
+    Grain (0.2.x ``SharedMemoryArray.enable_async_del``) hands freed arrays to a one-thread
+    pool; a no-op queued behind them returns once they are done. Without this, arrays freed
+    just before exit are still linked when the interpreter stops the thread.
+    """
+    gc.collect()
+    deletion_pool = SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access - no public drain
+    if deletion_pool is not None:
+        deletion_pool.apply(int)

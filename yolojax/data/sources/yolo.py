@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from yolojax.data.sources.data_yaml import image_to_label_paths, list_image_files, load_data_yaml, split_paths
-from yolojax.data.image_io import read_image_rgb
+from yolojax.data.image_io import read_image_file
 from yolojax.data.sources.label_scan import ScanReport, scan_yolo_split
 from yolojax.data.sources.label_table import LabelTable
 from yolojax.data.sources.subset import fraction_count
@@ -91,10 +91,14 @@ class FileDetectionSource:
         return self._shapes_hw
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Record ``index`` (module docstring).
+
+        Raises:
+          yolojax.data.image_io.UnreadableImageError: the image can no longer be read (moved,
+            deleted or damaged since the label scan); an OSError.
+        """
         index = int(index)
-        image = read_image_rgb(self.image_paths[index])
-        if image is None:
-            raise OSError(f"cannot read image {self.image_paths[index]} (changed since the label scan?)")
+        image = read_image_file(self.image_paths[index])
         return {
             "image": image,
             "boxes": self.labels.boxes_of(index),
