@@ -23,7 +23,6 @@ be no further from the one-device run than the 1e-7 control is.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ import time
 import jax
 import numpy as np
 import pytest
+
+from processes import child_env, free_port
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from yolojax import parallel as par
@@ -46,13 +47,6 @@ NOSYNC = ["ref_groups8", "data8_nosync", "pmap8_nosync"]
 # rounding (half an ulp is 2^-9 = 1.95e-3 relative).
 BF16_PERTURB = 2e-3
 
-
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 # -- in-process unit tests (1 device) --------------------------------------------------------
@@ -95,7 +89,7 @@ def test_tactics_specs():
 def _launch(out_dir, dtype, scenarios, *extra):
     cmd = [sys.executable, TOOL, "--devices", "8", "--dtype", dtype, "--out", str(out_dir / "r.json"),
            "--save-params", str(out_dir), "--scenarios", ",".join(scenarios), *extra]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _collect(proc, out_dir, t0):
@@ -250,7 +244,7 @@ def memory_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel_memory") / "m.json"
     proc = subprocess.run(
         [sys.executable, TOOL, "--devices", "8", "--out", str(out), "--scenarios", "memory_x"],
-        env=_env(), capture_output=True, text=True, timeout=600,
+        env=child_env(), capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads(out.read_text())
@@ -265,21 +259,16 @@ def test_fsdp_memory_yolov8x(memory_results):
 
 # -- two processes -------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(results, tmp_path):
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, TOOL, "--devices", "2", "--dtype", "float64", "--coordinator", f"127.0.0.1:{port}",
              "--num-processes", "2", "--process-id", str(i), "--scenarios", "multihost",
              "--save-params", str(tmp_path), "--out", str(tmp_path / "mh.json")],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
     ]

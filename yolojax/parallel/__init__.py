@@ -2,7 +2,7 @@
 multi-host initialisation and host-to-device batch placement. See docs/parallel.md."""
 
 from yolojax.parallel.distributed import (
-    initialize_distributed, is_main_process, local_batch_size, process_count, process_index,
+    broadcast_json, initialize_distributed, is_main_process, local_batch_size, process_count, process_index,
 )
 from yolojax.parallel.mesh import (
     AXES, DATA, MODEL, batch_sharding, make_mesh, replicated, resolve_axis_sizes,
@@ -17,7 +17,7 @@ from yolojax.parallel.step import (
 )
 
 __all__ = [
-    "AXES", "DATA", "MODEL", "MODES", "RULE_SETS", "TACTICS", "batch_sharding",
+    "AXES", "DATA", "MODEL", "MODES", "RULE_SETS", "TACTICS", "batch_sharding", "broadcast_json",
     "constrained_apply", "follow", "get_rules", "init_sharded_state", "initialize_distributed",
     "is_main_process", "local_batch_size", "local_data_shards", "make_jit_train_step", "make_mesh",
     "make_parallel_train_step", "make_pmap_train_step", "path_str",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 import jax
+import numpy as np
 
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
@@ -44,6 +47,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     return True
 
 
+def is_distributed() -> bool:
+    """Whether :func:`initialize_distributed` started ``jax.distributed`` in this process
+    (answers without initialising a backend)."""
+    return _initialized
+
+
 def process_index() -> int:
     return jax.process_index()
 
@@ -64,3 +73,26 @@ def local_batch_size(global_batch_size: int) -> int:
     if global_batch_size % n:
         raise ValueError(f"global batch {global_batch_size} does not split over {n} processes")
     return global_batch_size // n
+
+
+def broadcast_json(value: Any, max_bytes: int = 1 << 16) -> Any:
+    """Process 0's ``value`` (anything ``json.dumps`` takes, at most ``max_bytes`` encoded) on
+    every process; with one process, ``value`` itself. The other processes' ``value`` is ignored.
+
+    Raises:
+      ValueError: process 0's value encodes to more than ``max_bytes``.
+    """
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    encoded = np.zeros(max_bytes + 4, np.uint8)
+    if jax.process_index() == 0:
+        data = json.dumps(value).encode()
+        if len(data) > max_bytes:
+            raise ValueError(f"broadcast_json: {len(data)} bytes, more than max_bytes={max_bytes}")
+        encoded[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), np.uint8)
+        encoded[4:4 + len(data)] = np.frombuffer(data, np.uint8)
+    received = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
+    size = int(np.frombuffer(received[:4].tobytes(), np.uint32)[0])
+    return json.loads(received[4:4 + size].tobytes().decode())
