@@ -1,6 +1,15 @@
-"""pytest set-up: the ``shared_data`` mark (tests/shared_data.py)."""
+"""pytest set-up: the ``shared_data`` mark (tests/shared_data.py); one JAX compilation cache
+for the modules that run the train command on the same tiny recipe."""
+
+import pytest
 
 from shared_data import require
+
+
+@pytest.fixture(scope="session")
+def train_compile_cache(tmp_path_factory):
+    """A JAX persistent compilation cache directory shared by this session's train subprocesses."""
+    return tmp_path_factory.mktemp("jax_cache")
 
 
 def pytest_configure(config):

@@ -4,6 +4,7 @@ workdir weights, the best checkpoint; and the train step's non-finite guard."""
 from __future__ import annotations
 
 import gc
+import logging
 import shutil
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_save_restore_roundtrip_with_iterator_position(tmp_path):
     assert next(it) == 5  # the exact data position: items 0..4 were consumed before the save
 
 
-def test_interrupted_write_is_never_latest(tmp_path):
+def test_interrupted_write_is_never_latest(tmp_path, caplog):
     root = tmp_path / "checkpoints"
     save_steps(root, [2, 4])
     # An async write killed before finalisation leaves Orbax's temporary directory ...
@@ -92,11 +93,13 @@ def test_interrupted_write_is_never_latest(tmp_path):
     np.testing.assert_array_equal(variables["params"]["conv"]["bias"], np.full((4,), 5.0))
     assert is_train_workdir(tmp_path) and is_train_workdir(root)
 
-    # Opening the run moves the leftovers away; restoring uses step 4; new saves work.
-    ckpt = RunCheckpointer(root, keep=5)
+    # Opening the run removes the leftovers (one line each); restoring uses step 4; new saves work.
+    with caplog.at_level(logging.WARNING, logger="yolojax.weights.workdir"):
+        ckpt = RunCheckpointer(root, keep=5)
     assert ckpt.latest_step() == 4
     assert not (root / "8").exists() and not tmp_dir.exists()
-    assert len(list((tmp_path / "checkpoints_incomplete").iterdir())) == 2
+    removed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removed ")]
+    assert len(removed) == 2 and all("half-written by an interrupted save" in m for m in removed), removed
     it = make_iterator()
     state, meta = ckpt.restore(ckpt.latest_step(), fake_state(0.0, 0), it)
     assert meta["step"] == 4 and next(it) == 4

@@ -264,15 +264,22 @@ def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_train(args: Sequence[str]) -> int:
-    from yolojax.train.run import NonFiniteLossError, train
+    """``yolojax train``: exit status 0 (finished), 75 (stopped by a signal, resumable), 1 (a
+    refusal or a fault, one line), 130 (a second signal): :mod:`yolojax.train.outcome`."""
+    from yolojax.train.outcome import exit_status, final_status, interrupted_line, summary_line
+    from yolojax.train.run import NonFiniteLossError, TrainError, train
 
     config, workdir = train_config(args)
     try:
         summary = train(config, workdir)
-    except NonFiniteLossError as e:
-        raise ValueError(str(e)) from None
-    print(f"done: {summary['step']} steps; results in {summary['workdir']}", file=sys.stderr)
-    return 0
+    except (ConfigError, NonFiniteLossError, TrainError) as e:
+        print(f"yolojax train: error: {e}", file=sys.stderr)
+        return final_status(1, getattr(e, "log_path", None))
+    except KeyboardInterrupt:
+        print(f"yolojax train: {interrupted_line(workdir)}", file=sys.stderr)
+        return final_status(130)
+    print(summary_line(summary), file=sys.stderr)
+    return exit_status(summary)
 
 
 def run_val(args: Sequence[str]) -> int:

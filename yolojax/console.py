@@ -6,14 +6,20 @@
 * :func:`configure_logging`: yolojax's INFO lines and every library's warnings, one line each,
   above the progress bar.
 * :func:`ensure_writable_dir`: an output folder refused before the work rather than after.
+* :func:`log_to_file`: while a train run lasts, every shown line and every traceback (logged
+  errors, exceptions of background threads and of collected coroutines) also goes to a log
+  file in its workdir, and the terminal gets the lines without the tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -69,13 +75,77 @@ class _ShownRecords(logging.Filter):
 
 class _TqdmHandler(logging.Handler):
     """Writes each line to the current ``sys.stderr``, above any active tqdm progress bar
-    instead of through it."""
+    instead of through it. While ``log_file`` is set (:func:`log_to_file`), a record's
+    traceback goes only there, and so do asyncio's records (tracebacks of library tasks) and
+    absl's errors (Orbax's reports of a failed save, which the run reports in its own line)."""
+
+    log_file: Path | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.log_file is not None:
+                if record.name == "asyncio" or (record.name == "absl" and record.levelno >= logging.ERROR):
+                    return
+            if self.log_file is not None and record.exc_info:
+                record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+                record.msg = f"{record.getMessage()} (traceback in {self.log_file})"
+                record.args = None
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise (as logging.StreamHandler)
             self.handleError(record)
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that never complains on the terminal: a full or lost disk drops its lines."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | os.PathLike) -> Iterator[logging.Handler]:
+    """While the ``with`` block runs, append every line :func:`configure_logging` shows to
+    ``path`` with a timestamp and its full traceback; also there (and not on the terminal):
+    exceptions of collected objects (``sys.unraisablehook``, e.g. tensorstore callbacks after a
+    failed write) and of background threads (``threading.excepthook``; the terminal gets one
+    line). Writing errors (a full disk) drop lines silently. Yields the file's handler (e.g. to
+    log a fatal traceback only there: ``handler.handle(record)``).
+    """
+    path = Path(path)
+    handler = _QuietFileHandler(path, mode="a", encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s " + LOG_FORMAT))
+    handler.addFilter(_ShownRecords())
+    root = logging.getLogger()
+    console = [h for h in root.handlers if isinstance(h, _TqdmHandler)]
+    previous_unraisable, previous_thread_hook = sys.unraisablehook, threading.excepthook
+
+    def to_file(message: str, exc_info: tuple) -> None:
+        handler.handle(logging.makeLogRecord({"name": "yolojax", "levelno": logging.ERROR, "levelname": "ERROR",
+                                              "msg": message, "exc_info": exc_info}))
+
+    def unraisable(u: sys.UnraisableHookArgs) -> None:
+        where = f": {u.object!r}" if u.object is not None else ""
+        to_file(f"{u.err_msg or 'Exception ignored in'}{where}", (u.exc_type, u.exc_value, u.exc_traceback))
+
+    def thread_exception(a: threading.ExceptHookArgs) -> None:
+        name = a.thread.name if a.thread is not None else "?"
+        to_file(f"exception in thread {name}", (a.exc_type, a.exc_value, a.exc_traceback))
+        if a.exc_type is not SystemExit:
+            logging.getLogger("yolojax").warning("thread %s failed: %s: %s (traceback in %s)", name,
+                                                 a.exc_type.__name__, error_line(a.exc_value), path)
+
+    root.addHandler(handler)
+    for h in console:
+        h.log_file = path
+    sys.unraisablehook, threading.excepthook = unraisable, thread_exception
+    try:
+        yield handler
+    finally:
+        sys.unraisablehook, threading.excepthook = previous_unraisable, previous_thread_hook
+        for h in console:
+            h.log_file = None
+        root.removeHandler(handler)
+        handler.close()
 
 
 def configure_logging() -> logging.Handler:

@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from yolojax.console import ConfigError, configure_logging
 
     configure_logging()  # before the imports below (see yolojax.cli.run_train)
-    from yolojax.train.run import NonFiniteLossError, train
+    from yolojax.train.outcome import (EXIT_ERROR, EXIT_USAGE, exit_status, final_status, interrupted_line,
+                                       summary_line)
+    from yolojax.train.run import NonFiniteLossError, TrainError, train
 
     config_flag = config_flags.DEFINE_config_file(
         "config", None, "config file with get_config(), or a shipped config's name (yolov8n, quickstart, ...); "
@@ -53,10 +55,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         configure_logging()
         try:
             summary = train(config_flag.value, flags.FLAGS.workdir)
-        except (ConfigError, NonFiniteLossError) as e:
+        except (ConfigError, NonFiniteLossError, TrainError) as e:
             print(f"{PROG}: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(final_status(EXIT_ERROR, getattr(e, "log_path", None)))
+        except KeyboardInterrupt:
+            print(f"{PROG}: {interrupted_line(flags.FLAGS.workdir)}", file=sys.stderr)
+            sys.exit(final_status(130))
         print(summary_line(summary), file=sys.stderr)
+        sys.exit(exit_status(summary))
 
     def parse_flags(args: Sequence[str]) -> list[str]:
         # Unknown or ill-typed --config.FIELD overrides raise inside the config loader; turn
@@ -65,13 +71,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             return flags.FLAGS(resolve_config_argument(args))
         except (AttributeError, KeyError) as e:
             print(f"{PROG}: error: unknown config field {unknown_field_text(e)}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         except ConfigError as e:
             print(f"{PROG}: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
         except (flags.Error, TypeError, ValueError) as e:
             print(f"{PROG}: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_USAGE)
 
     app.run(run, argv=list(argv) if argv is not None else None, flags_parser=parse_flags)
 
@@ -86,18 +92,6 @@ def unknown_field_text(error: BaseException) -> str:
     name = lines[0].strip("'\"") if lines else type(error).__name__
     hint = next((line for line in lines[1:] if line.lower().startswith("did you mean")), None)
     return f"'{name}'" + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
-
-
-def summary_line(summary: dict) -> str:
-    """The last line a run prints: where it stopped and what it wrote."""
-    if summary["stopped_by_signal"] is not None:
-        return (f"stopped by signal {summary['stopped_by_signal']} at step {summary['step']}; latest checkpoint: "
-                f"{summary['workdir']}/checkpoints/{summary['checkpoint_step']} (re-run to resume)")
-    best = f", checkpoints_best/{summary['best_step']}" if summary["best_step"] is not None else ""
-    early = (f"stopped early ({summary['stopped_early']}) at step {summary['step']} of {summary['total_steps']}\n"
-             if summary["stopped_early"] is not None else "")
-    return (f"{early}done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, tensorboard/, "
-            f"checkpoints/{summary['checkpoint_step']}{best}")
 
 
 if __name__ == "__main__":

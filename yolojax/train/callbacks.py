@@ -1,14 +1,14 @@
 """When a train run stops or keeps extra checkpoints: early stopping (``patience``), the time
 limit (``time``) and the periodic epoch checkpoints (``save_period``), as ultralytics 8.4.190's
-``BaseTrainer`` decides them, and SIGTERM / SIGINT (:class:`SignalStop`). The train loop (:mod:`yolojax.train.run`) asks these small
-objects after each step and each epoch; none of them touches the model or the files.
+``BaseTrainer`` decides them (SIGTERM and SIGINT: :class:`yolojax.parallel.peers.PreemptionSync`).
+The train loop (:mod:`yolojax.train.run`) asks these small objects after each step and each
+epoch; none of them touches the model or the files.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from typing import Any, Callable
 
@@ -85,42 +85,3 @@ def period_epoch(epoch: int, save_period: int) -> bool:
     writes ``epoch{epoch}.pt`` when ``save_period > 0 and epoch % save_period == 0`` (so the
     first epoch, then every ``save_period``-th)."""
     return save_period > 0 and epoch % save_period == 0
-
-
-class SignalStop:
-    """SIGTERM / SIGINT: the loop finishes the current step, saves and stops (exit 0); a second
-    signal is fatal. A context manager: the previous handlers come back on exit.
-
-    Attributes:
-      signum: the signal received, or None.
-    """
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            self.restore()
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("signal %d: saving a checkpoint and stopping", signum)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def __enter__(self) -> SignalStop:
-        self.install()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()

@@ -5,7 +5,8 @@
 :mod:`yolojax.weights.workdir`. Saves are asynchronous: ``save`` returns after the
 device-to-host copy and the files are written in a background thread into a temporary
 directory that Orbax renames into place when complete, so a step is never half-written as
-the latest. Resuming takes the newest step that reads; damaged newer steps are named in one
+the latest. A save that fails (a full disk) raises :class:`CheckpointWriteError` naming the step
+and directory, at the latest when the next save starts or the run closes. Resuming takes the newest step that reads; damaged newer steps are named in one
 warning and moved to ``<directory>_damaged/`` so that the run can save them again.
 """
 
@@ -18,9 +19,10 @@ from typing import Any, Mapping
 
 import jax
 
+from yolojax.train.outcome import CheckpointWriteError
 from yolojax.weights.workdir import (BEST_DIR, CHECKPOINTS_DIR, ITEMS, PERIOD_DIR, STATE_FIELDS, CheckpointError,
                                      complete_steps, damaged_message, first_line, latest_complete_step, move_aside,
-                                     quarantine_incomplete, quiet_failed_read_callbacks, read_newest_intact,
+                                     remove_incomplete, quiet_failed_read_callbacks, read_newest_intact,
                                      read_step)
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class RunCheckpointer:
 
         self.directory = Path(directory).absolute()
         if jax.process_index() == 0:
-            quarantine_incomplete(self.directory)
+            remove_incomplete(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep or None,
             create=True,
@@ -58,6 +60,7 @@ class RunCheckpointer:
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         self.last_saved_step: int | None = latest_complete_step(self.directory)
+        self._in_flight: int | None = None  # the step of a save started and not yet known complete
 
     def latest_step(self) -> int | None:
         """The newest complete step on disk (a save still in flight does not count)."""
@@ -79,21 +82,35 @@ class RunCheckpointer:
         return dropped
 
     def save(self, step: int, state: Any, iterator: Any, meta: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
-        """Start an asynchronous save of ``step`` (skipped if that step is already saved)."""
+        """Start an asynchronous save of ``step`` (skipped if that step is already saved), after
+        the previous save completed. Raises :class:`CheckpointWriteError` when the previous save
+        or this one's start fails."""
         import grain
 
         if self.last_saved_step == step:
             return False
+        self.wait()
         args = self._ocp.args.Composite(
             state=self._ocp.args.StandardSave(state_arrays(state)),
             data=grain.checkpoint.CheckpointSave(iterator),
             meta=self._ocp.args.JsonSave(dict(meta)),
             config=self._ocp.args.JsonSave(dict(config)),
         )
-        saved = self.manager.save(step, args=args, force=True)
+        self._in_flight = step
+        try:
+            saved = self.manager.save(step, args=args, force=True)
+        except Exception as e:
+            self._failed()
+            raise CheckpointWriteError(f"the checkpoint of step {step} in {self.directory}") from e
         if saved:
             self.last_saved_step = step
+        else:
+            self._in_flight = None
         return saved
+
+    def _failed(self) -> None:
+        self._in_flight = None
+        self.last_saved_step = self.latest_step()
 
     def restore(self, step: int, state: Any, iterator: Any, shardings: Any | None = None) -> tuple[Any, dict]:
         """Restore ``step`` into ``state`` (a TrainState giving structure, dtypes and, with
@@ -146,12 +163,21 @@ class RunCheckpointer:
         return state, meta
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is complete on disk."""
-        self.manager.wait_until_finished()
+        """Block until the save in flight (if any) is complete on disk. Raises
+        :class:`CheckpointWriteError` when it failed."""
+        step, self._in_flight = self._in_flight, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._failed()
+            raise CheckpointWriteError(f"the checkpoint of step {step} in {self.directory}") from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """:meth:`wait`, then close the manager (which it does even when the save failed)."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 class BestCheckpointer:
@@ -237,8 +263,14 @@ class RunCheckpoints:
     def __enter__(self) -> RunCheckpoints:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:  # the run's own error is the one to report; a save failing as well is logged
+            self.close()
+        except CheckpointWriteError as close_error:
+            logger.debug("closing the checkpoints after an error: %s", close_error, exc_info=True)
 
     def resume(self, state: Any, iterator: Any, shardings: Any) -> tuple[Any, dict | None]:
         """Restore the newest intact checkpoint into ``state`` and ``iterator`` (``(state, None)``
@@ -267,13 +299,27 @@ class RunCheckpoints:
             logger.warning("step %d: the weights hold non-finite values: not checkpointed (latest stays step %s)",
                            step, self.latest.latest_step())
             return False
+        self.wait()
         (self.period if period else self.latest).save(step, state, iterator, meta, config)
         return True
+
+    def _checkpointers(self) -> list[RunCheckpointer]:
+        return [c for c in (self.latest, self.best.checkpointer if self.best else None, self.period) if c is not None]
+
+    def wait(self) -> None:
+        """Block until every save in flight is complete; raises :class:`CheckpointWriteError`
+        for the first that failed (so a failed best or periodic save stops the run at the next
+        save, before anything newer is written)."""
+        for checkpointer in self._checkpointers():
+            checkpointer.wait()
 
     def offer_best(self, step: int, row: Mapping[str, Any], state: Any, iterator: Any, meta: Mapping[str, Any],
                    config: Mapping[str, Any]) -> None:
         """Offer a validated step to ``checkpoints_best/`` (kept when its :data:`BEST_METRIC` is the highest)."""
-        if self.best is not None and self.best.offer(step, row, state, iterator, meta, config):
+        if self.best is None:
+            return
+        self.wait()
+        if self.best.offer(step, row, state, iterator, meta, config):
             logger.info("step %d: best %s so far (%.4g): saved in %s", step, BEST_METRIC, self.best.value,
                         self.best.directory)
 
@@ -287,6 +333,11 @@ class RunCheckpoints:
         """Wait for the saves in flight and close the checkpointers (again: nothing more)."""
         if self._open:
             self._open = False
-            for checkpointer in (self.latest, self.best, self.period):
-                if checkpointer is not None:
+            errors = []
+            for checkpointer in self._checkpointers():
+                try:
                     checkpointer.close()
+                except CheckpointWriteError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]

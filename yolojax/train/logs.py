@@ -19,6 +19,26 @@ from yolojax.plots.results import plot_results
 logger = logging.getLogger(__name__)
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The JSON rows of ``metrics.jsonl`` (a line that does not parse, e.g. cut short by a
+    full disk, is skipped; no file: none)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def previous_validation(path: Path, step: int) -> dict | None:
+    """The validation row of ``step`` in ``metrics.jsonl`` (one with ``mAP50-95``), or None."""
+    rows = [r for r in read_rows(path) if r.get("step") == step and "mAP50-95" in r and "epoch" in r]
+    return rows[-1] if rows else None
+
+
 class MetricsLog:
     """Appends JSON rows to ``metrics.jsonl`` (only rows past the resumed step are kept)."""
 
@@ -26,16 +46,15 @@ class MetricsLog:
         self.path = path
         self.enabled = enabled
         if enabled and path.exists():
-            # Drop rows written after the checkpoint we resume from (they will be redone).
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("step", 0) <= resume_step:
-                    kept.append(line)
-            path.write_text("".join(k + "\n" for k in kept))
+            # Drop rows written after the checkpoint we resume from (they will be redone); the
+            # kept rows replace the file only once written in full (a full disk loses none).
+            kept = [row for row in read_rows(path) if row.get("step", 0) <= resume_step]
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            try:
+                tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def write(self, row: dict) -> None:
         if not self.enabled:

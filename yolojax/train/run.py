@@ -35,15 +35,20 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from yolojax.console import ConfigError
+from yolojax.console import ConfigError, log_to_file
+from yolojax.parallel import broadcast_json
+from yolojax.parallel.peers import PeerWatch, PreemptionSync
 from yolojax.runtime import enable_compilation_cache
-from yolojax.train.callbacks import EarlyStopping, SignalStop, TimeLimit, period_epoch
+from yolojax.train.callbacks import EarlyStopping, TimeLimit, period_epoch
 from yolojax.train.checkpoints import CheckpointError, RunCheckpoints
-from yolojax.train.logs import MetricsLog, TensorBoardLog, write_results_png
+from yolojax.train.outcome import TrainError, fault_line, kept_text, run_log_path
+from yolojax.train.lock import WorkdirLock
+from yolojax.train.logs import MetricsLog, TensorBoardLog, previous_validation, write_results_png
 from yolojax.train.preflight import (check_plot_output, check_split_paths, check_workdir, check_writable,
                                      close_image_cache)
 from yolojax.train.progress import NonFiniteLossError, StepProgress, compile_first_step, finite_or_none
@@ -51,7 +56,7 @@ from yolojax.train.settings import Settings, resolve
 from yolojax.train.setup import (build_data, build_model, build_step, describe_devices, load_pretrained, prepare_data,
                                  read_names, start_distributed, validate_ema)
 
-__all__ = ["NonFiniteLossError", "train"]
+__all__ = ["NonFiniteLossError", "TrainError", "train"]
 
 logger = logging.getLogger("yolojax.train")
 
@@ -67,18 +72,58 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     ``data.max_boxes`` cap).
 
     Raises:
-      ConfigError: settings, a dataset, weights or a workdir that cannot serve, in one line,
-        before any training.
+      ConfigError: settings, a dataset, weights or a workdir that cannot serve (one held by
+        another run: :class:`yolojax.train.lock.WorkdirLock`), in one line, before any training.
       NonFiniteLossError: ``max_nonfinite`` non-finite losses in a row.
+      TrainError: any other fault (a full disk, a dead data worker, the device out of memory, a
+        lost peer, ...), in one line (:func:`yolojax.train.outcome.fault_line`); its traceback
+        is in the workdir's ``train.log``.
     """
     import jax
 
-    # -- Settings: every field checked, then what needs the devices, the files and the workdir.
+    # -- Settings: every field checked, then what needs the devices; the workdir locked and its log opened.
     settings = resolve(config)
     compile_cache = enable_compilation_cache(settings.compile_cache)
     start_distributed(settings.distributed)
     settings = settings.on_devices(jax.device_count(), jax.process_count(), jax.devices()[0].platform)
-    workdir, is_main = Path(workdir).absolute(), jax.process_index() == 0
+    workdir, process = Path(workdir).absolute(), jax.process_index()
+    log_path = run_log_path(workdir, process)
+    with contextlib.ExitStack() as guard:
+        # Several processes: a lost one ends the others within seconds, in one line (PeerWatch);
+        # an error on one (a locked workdir too) ends the others.
+        peers = guard.enter_context(PeerWatch(None, process, jax.process_count(), log_file=log_path,
+                                              prefix="yolojax.train: error", suffix=lambda: kept_text(workdir)))
+        if process == 0:
+            guard.enter_context(WorkdirLock(workdir))  # before anything is written there
+        else:
+            check_writable(workdir)
+        log = guard.enter_context(log_to_file(log_path))
+        position = RunPosition()
+        try:
+            return run(settings, workdir, compile_cache, position)
+        except (ConfigError, NonFiniteLossError):
+            raise
+        except Exception as e:
+            peers.settle()  # a collective that failed because a peer died: the watch ends the process
+            line = fault_line(e, settings, workdir, position.step, log_path)
+            log.handle(logging.makeLogRecord({"name": logger.name, "levelno": logging.ERROR, "levelname": "ERROR",
+                                              "msg": line, "exc_info": (type(e), e, e.__traceback__)}))
+            raise TrainError(line, log_path) from e
+
+
+class RunPosition:
+    """Where a run is, for the line a fault ends it with: ``step``, the step being taken (or
+    checkpointed, validated), None before the first."""
+
+    step: int | None = None
+
+
+def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosition) -> dict:
+    """The phases of :func:`train` after the settings, in a locked ``workdir``."""
+    import jax
+
+    # -- Checks: the files and the workdir, before the data are scanned.
+    is_main = jax.process_index() == 0
     check_workdir(workdir, settings)
     data_yaml = prepare_data(settings)
     names = read_names(data_yaml, settings)
@@ -90,6 +135,9 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
     logger.info("%s", describe_devices(settings, jax.devices()[0].platform, jax.device_count()))
 
     with contextlib.ExitStack() as stack:
+        # SIGTERM / SIGINT from here on (to any process) stop every process after a common step, checkpointed.
+        stop = stack.enter_context(PreemptionSync())
+
         # -- Data: the splits (label scans, image cache) and the training iterator.
         data = build_data(settings, data_yaml, names, jax.process_index(), jax.process_count())
         stack.callback(close_image_cache, data.batches.source, data.val_source)
@@ -154,11 +202,23 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
                 ckpts.offer_best(step, row, state, iterator, meta_for(step), config_dict)
             return stopper(epoch + 1, row["mAP50-95"] or 0.0)
 
+        def replay_epoch_end(step: int) -> bool:
+            """Resumed at an epoch end: what the interrupted run did after saving it, taken from
+            metrics.jsonl (its validation row: early stopping counts it, and a best checkpoint
+            whose save failed is saved now) or redone (a validation that never finished)."""
+            row = broadcast_json(previous_validation(workdir / "metrics.jsonl", step) if is_main else None)
+            if row is None:
+                return end_of_epoch(step, step == data.total_steps, saved=True)
+            ckpts.offer_best(step, row, state, iterator, meta_for(step), config_dict)
+            return stopper(row["epoch"] + 1, row["mAP50-95"] or 0.0)
+
         # -- Loop: each step's metrics are read one step late; epoch ends (and the last step, a
         # signal, the time limit) checkpoint before they validate.
-        stop, timer = stack.enter_context(SignalStop()), TimeLimit(settings.time)
-        pending, step, stopped = None, start_step, None
-        while step < data.total_steps:
+        timer, pending, step, stopped = TimeLimit(settings.time), None, start_step, None
+        if meta and settings.val.enabled and start_step % data.steps_per_epoch == 0:
+            stopped = "patience" if replay_epoch_end(start_step) and start_step < data.total_steps else None
+        while step < data.total_steps and stopped is None:
+            position.step = step + 1
             batch = place(next(iterator))
             if step == start_step:
                 state, metrics, _ = compile_first_step(step_fn, state, batch, progress.bar)
@@ -169,25 +229,22 @@ def train(config: Any, workdir: str | os.PathLike) -> dict:
             if pending is not None:
                 progress.consume(*pending)
             pending = (step, metrics)
-            timed_out = timer.exceeded()
+            if timer.exceeded():  # each process's clock: the processes agree on a step through `stop`
+                stop.request_stop(f"time limit of {settings.time:g} hours reached at step {step}")
+            halt = stop.should_stop(step)  # the same answer on every process
             epoch_end = step % data.steps_per_epoch == 0
-            last = step == data.total_steps or timed_out
+            last = step == data.total_steps or (halt and stop.requested is not None)
             periodic = settings.checkpoint.every_steps and step % settings.checkpoint.every_steps == 0
-            if not (epoch_end or periodic or last or stop.signum is not None):
+            if not (epoch_end or periodic or last or halt):
                 continue
             progress.consume(*pending)
             pending = None
             saved = save(step)  # before validation: a failing validation never loses it
             no_progress = (epoch_end or last) and end_of_epoch(step, last, saved)
-            if timed_out:
-                logger.info("time limit of %g hours reached at step %d", settings.time, step)
-                stopped = "time"
+            if halt:
+                stopped = "time" if stop.requested is not None else int(stop.signum or signal.SIGTERM)
             elif no_progress and step < data.total_steps:
                 stopped = "patience"
-            elif stop.signum is not None:
-                stopped = stop.signum
-            if stopped is not None:
-                break
         if pending is not None:
             progress.consume(*pending)
 

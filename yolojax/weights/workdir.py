@@ -15,8 +15,8 @@ A step is complete once Orbax renamed its temporary directory into place and wro
 ``_CHECKPOINT_METADATA`` and ``commit_success.txt`` (:func:`complete_steps`): only such steps
 are ever taken as the latest. A step directory left by an interrupted write (a
 ``*.orbax-checkpoint-tmp-*`` directory, or a step without its commit files) is ignored
-(:func:`incomplete_entries`), and the run that writes there next moves it aside
-(:func:`quarantine_incomplete`). The writer is :mod:`yolojax.train.checkpoints`.
+(:func:`incomplete_entries`), and the run that writes there next removes it, with a line
+naming it (:func:`remove_incomplete`). The writer is :mod:`yolojax.train.checkpoints`.
 
 A complete step whose files were damaged afterwards (a data file truncated or deleted, a
 JSON item unreadable) fails to read: resuming and loading weights
@@ -111,15 +111,21 @@ def move_aside(entry: Path, kind: str) -> Path:
     return dest
 
 
-def quarantine_incomplete(directory: str | os.PathLike) -> list[Path]:
-    """Move :func:`incomplete_entries` to ``<directory>_incomplete/`` (never deleted, never
-    read again); returns their new paths."""
-    moved = []
+def _size_mib(entry: Path) -> float:
+    files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def remove_incomplete(directory: str | os.PathLike) -> list[Path]:
+    """Delete :func:`incomplete_entries` (never read: half-written by an interrupted save, e.g.
+    on a full disk), logging one line for each; returns what was removed."""
+    removed = []
     for entry in incomplete_entries(directory):
-        dest = move_aside(entry, "incomplete")
-        logger.warning("checkpoint %s is incomplete (interrupted write); moved to %s", entry, dest)
-        moved.append(dest)
-    return moved
+        size = _size_mib(entry)
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        logger.warning("removed %s (%.1f MiB): a checkpoint half-written by an interrupted save", entry, size)
+        removed.append(entry)
+    return removed
 
 
 def first_line(error: BaseException) -> str:
