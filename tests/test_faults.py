@@ -381,3 +381,28 @@ def test_stderr_after_the_last_line_goes_to_the_log(tmp_path):
     assert proc.stderr == "the one line\n"
     assert log.read_text() == ("a library thread failing at exit\ninterrupted by a second signal; no checkpoint "
                                "was written yet; re-run to start again\n")
+
+
+def test_the_last_line_is_kept_in_the_run_log(tmp_path):
+    from yolojax.train.outcome import log_last_line, summary_line
+
+    summary = {"stopped_by_signal": 15, "stopped_early": None, "step": 4, "total_steps": 9,
+               "workdir": str(tmp_path), "checkpoint_step": 4, "best_step": None}
+    (tmp_path / "train.log").write_text("earlier lines\n")
+    log_last_line(summary, summary_line(summary))
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert lines[0] == "earlier lines" and lines[1].endswith(summary_line(summary))
+
+
+def test_the_resume_command_of_yolojax_train_names_its_run_directory(tmp_path):
+    import shlex
+
+    from yolojax.cli import resume_command, train_config
+
+    args = ["model=yolov8n.yaml", "data=x.yaml", "epochs=3", "name=exp", "exist_ok=True"]
+    command = resume_command(args, tmp_path / "runs" / "detect" / "exp2")
+    assert command.startswith("yolojax train model=yolov8n.yaml data=x.yaml epochs=3 ") and "exist_ok" not in command
+    (tmp_path / "runs" / "detect" / "exp2").mkdir(parents=True)
+    (tmp_path / "runs" / "detect" / "exp2" / "metrics.jsonl").write_text("")
+    _, workdir = train_config(shlex.split(command)[2:])
+    assert workdir == tmp_path / "runs" / "detect" / "exp2"  # resume=True reuses it, not exp3

@@ -29,6 +29,7 @@ import difflib
 import json
 import logging
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -266,7 +267,7 @@ def _onnx_or_weights(kwargs: dict[str, Any]) -> dict[str, Any]:
 def run_train(args: Sequence[str]) -> int:
     """``yolojax train``: exit status 0 (finished), 75 (stopped by a signal, resumable), 1 (a
     refusal or a fault, one line), 130 (a second signal): :mod:`yolojax.train.outcome`."""
-    from yolojax.train.outcome import exit_status, final_status, interrupted_line, summary_line
+    from yolojax.train.outcome import exit_status, final_status, interrupted_line, log_last_line, summary_line
     from yolojax.train.run import NonFiniteLossError, TrainError, train
 
     config, workdir = train_config(args)
@@ -279,7 +280,18 @@ def run_train(args: Sequence[str]) -> int:
         print(f"yolojax train: {interrupted_line(workdir)}", file=sys.stderr)
         return final_status(130)
     print(summary_line(summary), file=sys.stderr)
+    log_last_line(summary, summary_line(summary))
+    if summary["stopped_by_signal"] is not None:
+        print(f"to resume: {resume_command(args, Path(summary['workdir']))}", file=sys.stderr)
     return exit_status(summary)
+
+
+def resume_command(args: Sequence[str], workdir: Path) -> str:
+    """The ``yolojax train`` command that resumes the run in ``workdir``: ``args`` with
+    ``project``/``name`` naming it and ``resume=True`` (the same command again would start a
+    new run in the next free ``nameN``, as ultralytics does)."""
+    kept = [a for a in args if a.split("=", 1)[0] not in ("project", "name", "exist_ok", "resume")]
+    return shlex.join(["yolojax", "train", *kept, f"project={workdir.parent}", f"name={workdir.name}", "resume=True"])
 
 
 def run_val(args: Sequence[str]) -> int:

@@ -76,15 +76,17 @@ class _ShownRecords(logging.Filter):
 class _TqdmHandler(logging.Handler):
     """Writes each line to the current ``sys.stderr``, above any active tqdm progress bar
     instead of through it. While ``log_file`` is set (:func:`log_to_file`), a record's
-    traceback goes only there, and so do asyncio's records (tracebacks of library tasks) and
-    absl's errors (Orbax's reports of a failed save, which the run reports in its own line)."""
+    traceback goes only there, and so do asyncio's records (tracebacks of library tasks),
+    absl's errors (Orbax's reports of a failed save, which the run reports in its own line) and
+    Orbax's "Waiting for previous save" advice (the run waits for every save on purpose)."""
 
     log_file: Path | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if self.log_file is not None:
-                if record.name == "asyncio" or (record.name == "absl" and record.levelno >= logging.ERROR):
+                if record.name == "asyncio" or (record.name == "absl" and (
+                        record.levelno >= logging.ERROR or str(record.msg).startswith("Waiting for previous save"))):
                     return
             if self.log_file is not None and record.exc_info:
                 record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
@@ -107,7 +109,8 @@ def log_to_file(path: str | os.PathLike) -> Iterator[logging.Handler]:
     """While the ``with`` block runs, append every line :func:`configure_logging` shows to
     ``path`` with a timestamp and its full traceback; also there (and not on the terminal):
     exceptions of collected objects (``sys.unraisablehook``, e.g. tensorstore callbacks after a
-    failed write) and of background threads (``threading.excepthook``; the terminal gets one
+    failed write; tensorstore's hundreds of alike "Event loop is closed" reports are counted in
+    one line) and of background threads (``threading.excepthook``; the terminal gets one
     line). Writing errors (a full disk) drop lines silently. Yields the file's handler (e.g. to
     log a fatal traceback only there: ``handler.handle(record)``).
     """
@@ -123,7 +126,12 @@ def log_to_file(path: str | os.PathLike) -> Iterator[logging.Handler]:
         handler.handle(logging.makeLogRecord({"name": "yolojax", "levelno": logging.ERROR, "levelname": "ERROR",
                                               "msg": message, "exc_info": exc_info}))
 
+    closed_loop_reports = [0]
+
     def unraisable(u: sys.UnraisableHookArgs) -> None:
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            closed_loop_reports[0] += 1  # tensorstore callbacks after a failed Orbax write: hundreds, all alike
+            return
         where = f": {u.object!r}" if u.object is not None else ""
         to_file(f"{u.err_msg or 'Exception ignored in'}{where}", (u.exc_type, u.exc_value, u.exc_traceback))
 
@@ -141,6 +149,11 @@ def log_to_file(path: str | os.PathLike) -> Iterator[logging.Handler]:
     try:
         yield handler
     finally:
+        if closed_loop_reports[0]:
+            handler.handle(logging.makeLogRecord({
+                "name": "yolojax", "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"{closed_loop_reports[0]} reports 'Event loop is closed' of library callbacks after a failed "
+                       "write were dropped"}))
         sys.unraisablehook, threading.excepthook = previous_unraisable, previous_thread_hook
         for h in console:
             h.log_file = None

@@ -588,7 +588,8 @@ class PreemptionSync:
             self.restore()
             raise KeyboardInterrupt
         self.signum = signum
-        logger.warning("signal %d: every process saves a checkpoint at a common step and stops", signum)
+        logger.warning("signal %d: %s", signum, "every process saves a checkpoint at a common step and stops"
+                       if self._multi else "saving a checkpoint after this step and stopping")
         if self._multi:
             os.kill(os.getpid(), signal.SIGTERM)  # jax's C++ handler: the preemption notice
 

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     configure_logging()  # before the imports below (see yolojax.cli.run_train)
     from yolojax.train.outcome import (EXIT_ERROR, EXIT_USAGE, exit_status, final_status, interrupted_line,
-                                       summary_line)
+                                       log_last_line, summary_line)
     from yolojax.train.run import NonFiniteLossError, TrainError, train
 
     config_flag = config_flags.DEFINE_config_file(
@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{PROG}: {interrupted_line(flags.FLAGS.workdir)}", file=sys.stderr)
             sys.exit(final_status(130))
         print(summary_line(summary), file=sys.stderr)
+        log_last_line(summary, summary_line(summary))
         sys.exit(exit_status(summary))
 
     def parse_flags(args: Sequence[str]) -> list[str]:

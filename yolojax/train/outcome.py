@@ -22,6 +22,7 @@ import errno
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -176,6 +177,19 @@ def summary_line(summary: dict) -> str:
              if summary["stopped_early"] is not None else "")
     return (f"{early}done: {summary['step']} steps; {summary['workdir']}/metrics.jsonl, results.png, tensorboard/, "
             f"checkpoints/{summary['checkpoint_step']}{best}")
+
+
+def log_last_line(summary: dict, line: str) -> None:
+    """Append the run's last line (:func:`summary_line`, printed after :func:`yolojax.train.train`
+    returned) to this process's log in the workdir, so the log tells a finished or stopped run
+    from a crashed one. A log that cannot be written is left as it is."""
+    import jax
+
+    try:
+        with run_log_path(summary["workdir"], jax.process_index()).open("a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    except OSError:
+        pass
 
 
 def exit_status(summary: dict) -> int:
