@@ -227,3 +227,24 @@ def test_iterators_over_one_source_share_its_skip_reporter():
     assert isinstance(skip_reporter_for(one), SkipReporter)
     assert skip_reporter_for(one) is skip_reporter_for(one)
     assert skip_reporter_for(other) is not skip_reporter_for(one)
+
+
+def test_blocks_of_a_killed_run_are_removed_and_live_ones_kept():
+    """A run whose process group was SIGKILLed (resource tracker included) leaves its workers'
+    blocks; the next pipeline removes those whose worker and main pids are both gone."""
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    time.sleep(0.1)
+    orphan = Path(shm_pool.SHM_DIR) / f"{shm_pool.ONE_OFF_PREFIX}{dead.pid}_{dead.pid}_test{os.getpid()}"
+    live = Path(shm_pool.SHM_DIR) / f"{shm_pool.ONE_OFF_PREFIX}{dead.pid}_{os.getpid()}_test{os.getpid()}"
+    try:
+        orphan.write_bytes(b"x")
+        live.write_bytes(b"x")
+        removed = shm_pool.remove_orphaned_blocks()
+        assert orphan.name in removed and not orphan.exists()
+        assert live.exists() and live.name not in removed
+    finally:
+        orphan.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)

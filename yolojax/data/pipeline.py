@@ -194,6 +194,8 @@ def _iterate(builder, start_step: int, num_steps: int, workers: int, threads: in
             flags.FLAGS.mark_as_parsed()
         if shm_pool.available():  # blocks a killed worker leaves can be found by its pid
             stream = stream.map(shm_pool.in_named_blocks)
+            for name in shm_pool.remove_orphaned_blocks():
+                logger.warning("removed /dev/shm/%s: shared memory left by a data worker whose run was killed", name)
         stream = stream.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
             worker_init_fn=_init_worker,

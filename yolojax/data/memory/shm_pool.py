@@ -284,6 +284,26 @@ def unlink_blocks_of_exited_workers() -> int:
     return count
 
 
+def remove_orphaned_blocks() -> list[str]:
+    """Unlink the blocks (pooled or one-off) whose worker and main process are both gone: left
+    by a run whose whole process group was SIGKILLed, resource tracker included, so nobody else
+    would ever unlink them. Blocks of live processes, and those this user may not remove, stay.
+    Returns the names removed."""
+    removed = []
+    for name in os.listdir(SHM_DIR) if available() else ():
+        parts = name.split("_")
+        if f"{parts[0]}_" not in (PREFIX, ONE_OFF_PREFIX) or len(parts) < 4 or not (parts[1] + parts[2]).isdigit():
+            continue
+        if _running(int(parts[1])) or _running(int(parts[2])):
+            continue
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+        except OSError:
+            continue
+        removed.append(name)
+    return removed
+
+
 def _unlink_unless_held(name: str) -> int:
     """Unlink the block ``name`` of an exited worker and drop its tracker entry, unless it is a
     pooled block this process still holds (:func:`_release` unlinks that one when it is freed:
