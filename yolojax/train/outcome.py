@@ -26,12 +26,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from yolojax.parallel.peers import EXIT_PEER_LOST
 from yolojax.weights.workdir import BEST_DIR, CHECKPOINTS_DIR, latest_complete_step
 
 EXIT_FINISHED = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_RESUMABLE = 75
+EXIT_RESUMABLE = EXIT_PEER_LOST  # 75: one status for a signal stop and a lost peer, both resumable
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM)
