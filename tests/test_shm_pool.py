@@ -88,3 +88,34 @@ def test_an_exiting_worker_leaves_held_blocks_to_the_main_process(pool):
     del held
     gc.collect()
     assert held_name not in os.listdir(shm_pool.SHM_DIR)  # unlinked when the main process freed it
+
+
+_UNTRACK_SCRIPT = """
+import os, sys
+from multiprocessing import shared_memory
+from yolojax.data.memory import shm_pool
+tracked = shared_memory.SharedMemory(sys.argv[1], create=True, size=4096)  # registered by its creation
+tracked.close()
+os.unlink("/dev/shm/" + sys.argv[1])
+shm_pool.untrack(sys.argv[1])
+fd = os.open("/dev/shm/" + sys.argv[2], os.O_CREAT | os.O_RDWR)  # a block made but never registered
+os.close(fd)
+os.unlink("/dev/shm/" + sys.argv[2])
+shm_pool.untrack(sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(not shm_pool.available(), reason="POSIX shared memory in /dev/shm (Linux) only")
+def test_untrack_drops_a_registered_block_and_accepts_one_never_registered(tmp_path):
+    """untrack: the resource tracker (its output shares the process's stderr, and it runs until the
+    process ends) neither reports the registered block as leaked nor prints a KeyError for the
+    block it never saw (a worker killed between creating a block and registering it)."""
+    import subprocess
+    import sys
+
+    names = [f"yjxtest_{os.getpid()}_{i}" for i in range(2)]
+    proc = subprocess.run([sys.executable, "-c", _UNTRACK_SCRIPT, *names], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "leaked" not in proc.stderr and "KeyError" not in proc.stderr, proc.stderr
+    assert not any(os.path.exists(f"/dev/shm/{n}") for n in names)

@@ -215,7 +215,7 @@ def _release(fd: int, flag: mmap.mmap, name: str) -> None:
         if flag[1] == ORPHANED:
             try:
                 os.unlink(os.path.join(SHM_DIR, name))
-                resource_tracker.unregister("/" + name, "shared_memory")
+                untrack(name)
             except FileNotFoundError:
                 pass
     finally:
@@ -325,10 +325,20 @@ def _unlink_unless_held(name: str) -> int:
             os.unlink(path)
         except FileNotFoundError:
             return 0
-        resource_tracker.unregister("/" + name, "shared_memory")
+        untrack(name)
         return 1
     finally:
         os.close(fd)  # drops the lock
+
+
+def untrack(name: str) -> None:
+    """Drop the resource tracker's entry for the block ``name`` (unlinked by this process), whether or
+    not the tracker has one: a worker killed between creating a block and registering it (both
+    in ``SharedMemory.__init__``) leaves a block the tracker never saw, and unregistering that
+    alone makes the tracker print a KeyError traceback. Registering first (a set: a second
+    entry is a no-op) makes the unregistering valid either way; both go down the one pipe in order."""
+    resource_tracker.register("/" + name, "shared_memory")
+    resource_tracker.unregister("/" + name, "shared_memory")
 
 
 def _owner(prefix: str) -> str:
