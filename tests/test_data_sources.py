@@ -1,4 +1,4 @@
-"""Data sources: data.yaml resolution, the label scan and its cache, COCO JSON, TFDS, coco8."""
+"""Data sources: data.yaml resolution, the label scan and its cache, COCO JSON, coco8 (TFDS: test_tfds.py)."""
 
 import json
 import logging
@@ -152,26 +152,6 @@ def test_coco_json_source_matches_yolo_labels_and_batch_format(tmp_path):
 def test_coco91_to_coco80():
     assert coco91_to_coco80(1) == 0 and coco91_to_coco80(13) == 11 and coco91_to_coco80(90) == 79
     assert coco91_to_coco80(12) is None
-
-
-def test_tfds_mock_source_gives_the_batch_format():
-    tfds = pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets not installed ([tfds] extra)")
-    from yolojax.data import TfdsSource
-
-    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-        source = TfdsSource("coco/2017", split="train")
-        assert len(source) == 6 and len(source.names) == 80
-        record = source[0]
-        assert record["image"].dtype == np.uint8 and record["image"].shape[-1] == 3
-        assert ((record["boxes"] >= 0) & (record["boxes"] <= 1)).all()
-        train = make_train_iterator(source, imgsz=IMGSZ, batch_size=4, epochs=1, max_boxes=64,
-                                    process_index=0, process_count=1)
-        check_batch_contract(next(train.iterator), 4, (IMGSZ, IMGSZ), 64)
-        val = make_val_iterator(source, imgsz=IMGSZ, batch_size=4, rect=True, max_boxes=64,
-                                process_index=0, process_count=1)
-        batches = list(val.iterator)
-        assert len(batches) == 2 and sum(int(b["valid"].sum()) for b in batches) == 6
-        check_batch_contract(batches[0], 4, (IMGSZ, IMGSZ), 64)
 
 
 def test_coco8_loads_through_its_yaml():

@@ -2,6 +2,7 @@
 
     yolojax train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=640 batch=16
     yolojax val model=runs/detect/train data=coco8.yaml
+    yolojax train model=yolov8n.pt data=tfds:coco/2017 data.tfds.data_dir=/data/tfds
     yolojax predict model=yolov8n.pt source=bus.jpg conf=0.25
     yolojax export model=runs/detect/train format=onnx
     yolojax convert model=yolov8n.pt out=runs/yolov8n
@@ -75,7 +76,8 @@ memory (and whether it fits the chip), FLOPs, bytes, collectives, a roofline ste
 # ultralytics argument -> keyword of the yolojax function each other mode calls.
 VAL_KEYS = {"model": "weights", "data": "data", "imgsz": "imgsz", "batch": "batch", "conf": "conf", "iou": "iou",
             "max_det": "max_det", "rect": "rect", "split": "split", "workers": "workers", "plots": "plots",
-            "project": "project", "name": "name", "compile_cache": "compile_cache", "cache": "cache"}
+            "project": "project", "name": "name", "compile_cache": "compile_cache", "cache": "cache",
+            "data.tfds.data_dir": "tfds_data_dir"}
 PREDICT_KEYS = {"model": "weights", "source": "source", "imgsz": "imgsz", "conf": "conf", "iou": "iou",
                 "max_det": "max_det", "agnostic_nms": "agnostic", "rect": "rect", "save": "save_images",
                 "vid_stride": "vid_stride",
@@ -202,7 +204,10 @@ def train_config(args: Sequence[str]) -> tuple[Any, Path]:
 
 def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: Sequence[str] = ()) -> Any:
     """The train config of ``pairs`` (``cfg=`` or the ``yolov8{scale}`` config, then each key
-    but ``skip`` set on its field), with ``scale`` and ``weights`` from ``model=``."""
+    but ``skip`` set on its field), with ``scale`` and ``weights`` from ``model=``;
+    ``data=tfds:NAME`` sets ``data.tfds.name``."""
+    from yolojax.data.sources.tfds import is_tfds
+
     config = load_config(pairs.get("cfg", f"yolov8{scale}"))
     if "model" in pairs or "cfg" not in pairs:
         config.model.scale, config.weights = scale, weights
@@ -216,6 +221,8 @@ def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: 
             config.dtype = amp_dtype(raw)
             continue
         field = TRAIN_KEYS.get(key, key)
+        if key == "data" and is_tfds(raw):  # data=tfds:NAME: a TFDS dataset, not a data.yaml
+            field, raw = "data.tfds.name", raw.split(":", 1)[1]
         parent = config
         for part in field.split(".")[:-1]:
             parent = parent[part]
@@ -295,9 +302,15 @@ def resume_command(args: Sequence[str], workdir: Path) -> str:
 
 
 def run_val(args: Sequence[str]) -> int:
+    from yolojax.data.sources.tfds import TfdsSpec, is_tfds
     from yolojax.evaluation import json_results, validate
 
     kwargs = _onnx_or_weights(_call_args(args, VAL_KEYS, ("model", "data")))
+    tfds_data_dir = str(kwargs.pop("tfds_data_dir", ""))
+    if is_tfds(kwargs["data"]):
+        kwargs["data"] = TfdsSpec.parse(kwargs["data"], data_dir=tfds_data_dir)
+    elif tfds_data_dir:
+        raise UsageError("data.tfds.data_dir= is for a TFDS dataset (data=tfds:NAME)")
     out = run_dir(kwargs, "val")
     kwargs.pop("project", None), kwargs.pop("name", None)
     if kwargs.pop("plots", True):
@@ -366,8 +379,8 @@ def run_plan(args: Sequence[str]) -> int:
     scale, weights = (match.group(1).lower(), model) if match else model_scale(model)
     renamed = {{"rules": "parallel.rules", "sync_bn": "parallel.sync_bn"}.get(k, k): v for k, v in pairs.items()}
     config = config_from_pairs(renamed, scale, "", skip=("model", "cfg", "topology", "json", "hlo"))
-    num_classes = plan_class_count(str(pairs.get("data", "")), weights)
-    config.data.yaml = ""
+    num_classes = plan_class_count(str(pairs.get("data", "")), weights, config.data.tfds.data_dir)
+    config.data.yaml = config.data.tfds.name = ""
     from yolojax.parallel.targets import target_devices
     from yolojax.train.plan import describe, make_plan
     from yolojax.train.settings import resolve
@@ -384,16 +397,17 @@ def run_plan(args: Sequence[str]) -> int:
     return 0
 
 
-def plan_class_count(data_yaml: str, weights: str) -> int:
-    """The class count a plan builds the head for: ``data=``'s names, else existing weights'
-    names, else COCO's 80."""
-    if data_yaml:
-        from yolojax.data.sources.data_yaml import load_data_yaml
+def plan_class_count(data: str, weights: str, tfds_data_dir: str = "") -> int:
+    """The class count a plan builds the head for: ``data=``'s names (a data.yaml, or a TFDS
+    dataset in ``tfds_data_dir``), else existing weights' names, else COCO's 80."""
+    if data:
+        from yolojax.data.sources.dataset import dataset_names
+        from yolojax.data.sources.tfds import TfdsSpec, is_tfds
 
         try:
-            return len(load_data_yaml(Path(data_yaml)).names)
-        except Exception as e:  # noqa: BLE001 - any failure is a data.yaml that cannot serve
-            raise ConfigError(f"data={data_yaml}: {error_line(e)}") from None
+            return len(dataset_names(TfdsSpec.parse(data, data_dir=tfds_data_dir) if is_tfds(data) else Path(data)))
+        except Exception as e:  # noqa: BLE001 - any failure is a dataset that cannot serve
+            raise ConfigError(f"data={data}: {error_line(e)}") from None
     if weights and Path(weights).exists():
         from yolojax.weights import load_weights
 
@@ -405,7 +419,7 @@ def plan_class_count(data_yaml: str, weights: str) -> int:
 
 MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "train": (run_train, "train a model (the fields of yolojax/configs/base.py)"),
-    "val": (run_val, "mAP50 / mAP50-95 on a data.yaml or COCO JSON (model=*.onnx runs onnxruntime)"),
+    "val": (run_val, "mAP50 / mAP50-95 on a data.yaml, tfds:NAME or COCO JSON (model=*.onnx runs onnxruntime)"),
     "predict": (run_predict, "annotated images and predictions.json (model=*.onnx runs onnxruntime)"),
     "export": (run_export, "format=onnx (default) or format=pt (an ultralytics checkpoint)"),
     "convert": (run_convert, "an ultralytics .pt -> a yolojax checkpoint directory (out=DIR)"),
@@ -425,6 +439,7 @@ def help_text() -> str:
     lines.append("  same name as the config field: " + ", ".join(k for k, v in TRAIN_KEYS.items() if k == v))
     lines.append("  and every other config field by name: " + ", ".join(fields))
     lines.append("  amp: True (dtype=auto), False or fp32 (float32), bf16 (bfloat16)")
+    lines.append("  data: a data.yaml, or tfds:NAME (a prepared TFDS dataset: sets data.tfds.name)")
     for mode, keys in (("val", VAL_KEYS), ("predict", PREDICT_KEYS), ("export", EXPORT_KEYS),
                        ("convert", CONVERT_KEYS)):
         lines.append(f"{mode} keys: {', '.join(keys)}")

@@ -1,7 +1,8 @@
-"""``python -m yolojax.val``: mAP50 and mAP50-95 of weights on a data.yaml split or a COCO JSON.
+"""``python -m yolojax.val``: mAP50 and mAP50-95 of weights on a data.yaml split, a TFDS dataset or a COCO JSON.
 
     python -m yolojax.val --weights yolov8n.pt --data coco8.yaml [--imgsz 640 --batch 16
         --conf 0.001 --iou 0.7 --max-det 300 --no-rect --json OUT.json --plots DIR]
+    python -m yolojax.val --weights yolov8n.pt --data tfds:coco/2017 [--tfds-data-dir DIR]
     python -m yolojax.val --weights yolov8n.pt --data instances_val2017.json --images val2017
         [--predictions OUT/predictions.json --categories-by-order ...]
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from yolojax.config import check_arguments
 from yolojax.console import OneLineErrorParser, configure_logging, ensure_writable_dir
+from yolojax.data.sources.tfds import TfdsSpec, is_tfds
 from yolojax.evaluation.validator import is_coco_json, json_results, validate
 from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 
@@ -27,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "or a COCO JSON (mAP50, mAP50-95 as ultralytics val; COCO JSON: also pycocotools' COCO metrics).")
     p.add_argument("--weights", required=True,
                    help="ultralytics .pt, converted checkpoint directory or train workdir")
-    p.add_argument("--data", required=True, help="ultralytics data.yaml, or a COCO instances JSON (with --images)")
+    p.add_argument("--data", required=True, help="ultralytics data.yaml, a prepared TFDS dataset (tfds:NAME, e.g. "
+                   "tfds:coco/2017), or a COCO instances JSON (with --images)")
+    p.add_argument("--tfds-data-dir", default="", metavar="DIR",
+                   help="TFDS data: the data dir it was prepared in (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
     p.add_argument("--images", default=None, help="COCO JSON data: the folder its file_name entries are in")
     p.add_argument("--imgsz", type=int, default=None,
                    help="image size, a multiple of 32 (default: the size the weights were trained at, else 640)")
@@ -38,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detections per image (default 300, raised to the most labels of an image, as ultralytics)")
     p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
                    help="rectangular batches, ultralytics' default (--no-rect: square imgsz x imgsz letterboxes)")
-    p.add_argument("--split", default="val", help="data.yaml split")
+    p.add_argument("--split", default="val",
+                   help="split: train, val or test (of a TFDS dataset: its train, validation and test splits)")
     p.add_argument("--workers", type=int, default=0, help="data worker processes")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plots", default=None, metavar="DIR",
@@ -63,7 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")
-        if not Path(args.data).is_file():
+        if is_tfds(args.data):
+            args.data = TfdsSpec.parse(args.data, data_dir=args.tfds_data_dir)
+        elif args.tfds_data_dir:
+            raise ValueError("--tfds-data-dir is for a TFDS --data (tfds:NAME)")
+        elif not Path(args.data).is_file():
             raise ValueError(f"data file {args.data} not found")
         if args.images is not None and not is_coco_json(args.data):
             raise ValueError("--images is for a COCO JSON --data (a data.yaml names its own image folders)")

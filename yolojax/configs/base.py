@@ -42,6 +42,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.classes = ""                 # keep only these class ids' labels, e.g. "0" or "[0, 2, 3]" ('' keeps all)
     c.rect = False                 # train on rect batches (sorted by aspect ratio, no shuffle, no mosaic/mixup/cutmix)
     c.multi_scale = 0.0            # each batch resized to a random multiple of 32 in imgsz * (1 +- multi_scale)
+    # A prepared TFDS dataset instead of a data.yaml (array_record; docs/data.md, "TFDS"):
+    # `yolojax train data=tfds:coco/2017` sets data.tfds.name.
+    c.data.tfds = ml_collections.ConfigDict()
+    c.data.tfds.name = ""          # NAME[/CONFIG][:VERSION], e.g. 'coco/2017'; '' reads data.yaml
+    c.data.tfds.data_dir = ""      # where it was prepared; '': $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    c.data.tfds.train = "train"    # the TFDS split (or split expression) trained on
+    c.data.tfds.val = "validation" # the TFDS split validated on
     # Built-in synthetic shapes dataset: when root is set and data.yaml is empty, the dataset
     # is written there in YOLO format (once) and used as data.yaml.
     c.data.synthetic = ml_collections.ConfigDict()

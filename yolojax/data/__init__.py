@@ -23,7 +23,7 @@ from yolojax.data.faults import DataWorkerError, UnreadableSplitError
 from yolojax.data.pipeline import Batches, make_train_iterator, make_val_iterator
 from yolojax.data.schedule import TrainSchedule, ValSchedule
 from yolojax.data.sources.yolo import DetectionSource, FileDetectionSource, yolo_source
-from yolojax.data.sources.tfds import TfdsSource
+from yolojax.data.sources.tfds import TfdsDataset, TfdsDetectionSource, TfdsSpec, tfds_source
 
 __all__ = [
     "AugmentConfig",
@@ -36,7 +36,9 @@ __all__ = [
     "Letterbox",
     "ScanReport",
     "ScanResult",
-    "TfdsSource",
+    "TfdsDataset",
+    "TfdsDetectionSource",
+    "TfdsSpec",
     "TrainSchedule",
     "UnreadableSplitError",
     "ValSchedule",
@@ -51,5 +53,6 @@ __all__ = [
     "make_val_iterator",
     "rect_batch_shapes",
     "scan_yolo_split",
+    "tfds_source",
     "yolo_source",
 ]

@@ -36,7 +36,9 @@ from yolojax.data.memory import shm_pool
 from yolojax.data.memory.image_cache import CachedSource, open_image_cache
 from yolojax.data.augment.letterbox import rect_batch_shapes
 from yolojax.data.schedule import TrainSchedule, ValSchedule
-from yolojax.data.sources.yolo import DetectionSource, yolo_source
+from yolojax.data.sources.dataset import open_split
+from yolojax.data.sources.tfds import TfdsSpec
+from yolojax.data.sources.yolo import DetectionSource
 from yolojax.data.train_batches import TrainBatchBuilder
 from yolojax.data.val_batches import ValBatchBuilder
 
@@ -112,9 +114,9 @@ def _process_index_and_count(process_index: int | None, process_count: int | Non
     return int(process_index), int(process_count)
 
 
-def _as_source(data: str | os.PathLike | DetectionSource, split: str) -> DetectionSource:
-    if isinstance(data, (str, os.PathLike)):
-        return yolo_source(data, split)
+def _as_source(data: str | os.PathLike | TfdsSpec | DetectionSource, split: str) -> DetectionSource:
+    if isinstance(data, (str, os.PathLike, TfdsSpec)):
+        return open_split(data, split)
     return data
 
 
@@ -260,7 +262,7 @@ def train_schedule(source: DetectionSource, batch_size: int, epochs: int, seed: 
 
 
 def make_train_iterator(
-    data: str | os.PathLike | DetectionSource,
+    data: str | os.PathLike | TfdsSpec | DetectionSource,
     *,
     imgsz: int = 640,
     batch_size: int = 16,
@@ -284,7 +286,8 @@ def make_train_iterator(
     """Augmented training batches for `epochs` epochs.
 
     Args:
-      data: a data.yaml path (its 'train' split) or a source.
+      data: a data.yaml path or a TFDS dataset ('tfds:NAME', :class:`TfdsSpec`): its 'train'
+        split (:func:`yolojax.data.sources.dataset.open_split`); or a source.
       imgsz: image side in pixels, a multiple of 32.
       batch_size: GLOBAL batch size; each process yields batch_size / process_count images.
       epochs: epochs in the run (close_mosaic counts back from the last one).
@@ -352,7 +355,7 @@ def make_train_iterator(
 
 
 def make_val_iterator(
-    data: str | os.PathLike | DetectionSource,
+    data: str | os.PathLike | TfdsSpec | DetectionSource,
     *,
     imgsz: int = 640,
     batch_size: int = 16,
@@ -370,7 +373,7 @@ def make_val_iterator(
     """Validation batches covering every image once (the last batch padded, see 'valid').
 
     Args:
-      data: a data.yaml path (its `split`) or a source.
+      data: a data.yaml path or a TFDS dataset ('tfds:NAME', :class:`TfdsSpec`): its `split`; or a source.
       imgsz: long side in pixels.
       batch_size: GLOBAL batch size (rect shapes are computed per global batch).
       rect: ultralytics' rectangular batches (images sorted by aspect ratio, one canvas

@@ -86,11 +86,12 @@ def is_coco_json(data: Any) -> bool:
 
 
 def _open_source(data: Any, split: str):
-    """The source to validate on: a data.yaml's split, or ``data`` itself."""
-    from yolojax.data import yolo_source
+    """The source to validate on: the split of a data.yaml or a TFDS dataset, or ``data`` itself."""
+    from yolojax.data.sources.dataset import open_split
+    from yolojax.data.sources.tfds import TfdsSpec
 
-    if isinstance(data, (str, os.PathLike)):
-        return yolo_source(data, split)
+    if isinstance(data, (str, os.PathLike, TfdsSpec)):
+        return open_split(data, split)
     return data
 
 
@@ -140,8 +141,9 @@ def validate(
     """Validate weights (a .pt, a converted dir) or given ``variables``/``info`` on a dataset.
 
     Args:
-      data: a data.yaml (its ``split``), a COCO instances JSON (with ``images``, its image
-        folder), or a source (:mod:`yolojax.data`).
+      data: a data.yaml (its ``split``), a prepared TFDS dataset ('tfds:NAME' or a
+        :class:`yolojax.data.sources.tfds.TfdsSpec`: the TFDS split mapped to ``split``), a COCO
+        instances JSON (with ``images``, its image folder), or a source (:mod:`yolojax.data`).
       max_det: detections per image; None: ultralytics' 300, raised (with a warning) to the
         most labels of one image of the split when that is more, as ultralytics does.
       rect: ultralytics' rectangular batches (the default of ``YOLO(...).val()``); False:
@@ -175,12 +177,16 @@ def validate(
         field and the id), checked before the weights load and the model runs.
     """
     from yolojax.data import make_val_iterator
+    from yolojax.data.sources.dataset import check_splits
+    from yolojax.data.sources.tfds import is_tfds
     from yolojax.evaluation.metrics import DetectionMetrics
 
     check_arguments({"imgsz": imgsz, "batch": batch, "conf": conf, "iou": iou, "max_det": max_det})
     if predictions_json is not None and not is_coco_json(data):
         raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
     coco_file = _check_coco_json(data, images) if is_coco_json(data) else None  # a bad file fails before the model
+    if is_tfds(data):
+        check_splits(data, (split,))  # a dataset not prepared, or without the split, fails before the model
     if model_fn is not None:
         if info is None:
             raise ValueError("model_fn needs info (names, num_classes)")

@@ -2,9 +2,8 @@
 
 Each refusal is a :class:`yolojax.console.ConfigError` whose message is one line naming the field, file or
 directory, raised before the model is built and compiled: a workdir of a run with other
-settings, a data.yaml split that names no
-path or a path that does not exist (checked in well under a second, before any image is
-read), a workdir that cannot be written, results.png that cannot be drawn, a split in which
+settings, a data.yaml split that names no path or a path that does not exist, a TFDS dataset
+not prepared or without the split (checked in well under a second, before any image is read), a workdir that cannot be written, results.png that cannot be drawn, a split in which
 no image passes the label scan, an image cache (``data.cache``) without the memory or disk
 space it needs (the needed and available figures). The splits are opened once per run (the
 label-scan summary and every skipped file are logged once each), and validation reuses the
@@ -24,27 +23,27 @@ from yolojax.console import ConfigError
 logger = logging.getLogger("yolojax.train")
 
 
-def check_split_paths(data_yaml: str | os.PathLike, splits: tuple[str, ...]) -> None:
-    """Every path of each of ``splits`` exists (:func:`yolojax.data.sources.data_yaml.split_paths`);
-    reads only the yaml and the file system's entries for those paths."""
-    from yolojax.data.sources.data_yaml import load_data_yaml, split_paths
+def check_split_paths(data: Any, splits: tuple[str, ...]) -> None:
+    """Every split of ``splits`` exists in ``data`` (a data.yaml's paths, a TFDS dataset's splits:
+    :func:`yolojax.data.sources.dataset.check_splits`); reads only the yaml and the file system's
+    entries for those paths, or the TFDS dataset's metadata."""
+    from yolojax.data.sources.dataset import check_splits
 
     try:
-        spec = load_data_yaml(data_yaml)
-        for split in splits:
-            split_paths(spec, split)
-    except (OSError, TypeError, ValueError) as e:
+        check_splits(data, splits)
+    except (ImportError, OSError, TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
 
 
-def open_split(data_yaml: str | os.PathLike, split: str, fraction: float = 1.0) -> Any:
-    """The ``split`` of ``data_yaml`` as a source (:func:`yolojax.data.yolo_source`, only the
-    first images with ``fraction``): the label scan runs (or its cache loads), its summary
-    and skipped files are logged, a split without labels is warned about."""
-    from yolojax.data import yolo_source
+def open_split(data: Any, split: str, fraction: float = 1.0) -> Any:
+    """The ``split`` of ``data`` (a data.yaml or a TFDS dataset) as a source
+    (:func:`yolojax.data.sources.dataset.open_split`, only the first images with ``fraction``):
+    the label scan runs (or its cache loads), its summary and skipped files are logged, a split
+    without labels is warned about."""
+    from yolojax.data.sources.dataset import open_split as open_data_split
 
     try:
-        return yolo_source(data_yaml, split, fraction=fraction)
+        return open_data_split(data, split, fraction=fraction)
     except (OSError, ValueError) as e:
         raise ConfigError(str(e).strip().splitlines()[0]) from None
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from yolojax.console import ConfigError, log_to_file
+from yolojax.data.sources.dataset import describe
 from yolojax.parallel import broadcast_json
 from yolojax.parallel.peers import PeerWatch, PreemptionSync
 from yolojax.runtime import enable_compilation_cache
@@ -125,9 +126,9 @@ def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosi
     # -- Checks: the files and the workdir, before the data are scanned.
     is_main = jax.process_index() == 0
     check_workdir(workdir, settings)
-    data_yaml = prepare_data(settings)
-    names = read_names(data_yaml, settings)
-    check_split_paths(data_yaml, ("train", "val") if settings.val.enabled else ("train",))
+    dataset = prepare_data(settings)
+    names = read_names(dataset, settings)
+    check_split_paths(dataset, ("train", "val") if settings.val.enabled else ("train",))
     pretrained, winfo = load_pretrained(settings)
     check_writable(workdir)
     if is_main:
@@ -139,10 +140,10 @@ def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosi
         stop = stack.enter_context(PreemptionSync())
 
         # -- Data: the splits (label scans, image cache) and the training iterator.
-        data = build_data(settings, data_yaml, names, jax.process_index(), jax.process_count())
+        data = build_data(settings, dataset, names, jax.process_index(), jax.process_count())
         stack.callback(close_image_cache, data.batches.source, data.val_source)
         stack.callback(data.batches.close)
-        logger.info("data: %s, %d training images, %d steps per epoch, %d steps%s", data_yaml,
+        logger.info("data: %s, %d training images, %d steps per epoch, %d steps%s", describe(dataset),
                     len(data.batches.source), data.steps_per_epoch, data.total_steps,
                     f", {len(data.val_source)} validation images" if data.val_source is not None else "")
 

@@ -36,6 +36,7 @@ from yolojax.console import ConfigError
 from yolojax.data.augment.config import AUGMENT_ON, AugmentConfig
 from yolojax.data.device.batches import check_device_options
 from yolojax.data.memory.image_cache import cache_mode
+from yolojax.data.sources.tfds import PREFIX, TfdsSpec
 from yolojax.data.sources.subset import parse_classes
 from yolojax.data.train_batches import MOSAIC_POOLS
 from yolojax.models.yolov8 import NUM_LAYERS, SCALES
@@ -102,8 +103,17 @@ class SyntheticSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TfdsSettings:
+    name: str = setting(rules.text(), run=True, step=True)
+    data_dir: str = setting(rules.text(), run=False, step=False)  # the same data, moved, resumes
+    train: str = setting(rules.text(), run=True, step=True)
+    val: str = setting(rules.text(), run=False, step=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSettings:
     yaml: str = setting(rules.text(), run=True, step=True)
+    tfds: TfdsSettings = group(TfdsSettings)
     # data.workers defines the run: the saved data position (Grain's iterator state) has
     # another form with worker processes, and per worker count.
     workers: int = setting(rules.integer(0), run=True, step=False)
@@ -364,13 +374,36 @@ def _check_combinations(values: Mapping[str, Any], need_data: bool = True) -> No
     if values["data.synthetic.min_size"] > values["data.synthetic.max_size"]:
         raise ConfigError(f"data.synthetic.min_size={values['data.synthetic.min_size']}: must be <= "
                           f"data.synthetic.max_size={values['data.synthetic.max_size']}")
-    if need_data and not values["data.yaml"] and not values["data.synthetic.root"]:
-        raise ConfigError("data.yaml='': no dataset: set data.yaml=PATH (or data.synthetic.root)")
+    if need_data and not values["data.yaml"] and not values["data.tfds.name"] and not values["data.synthetic.root"]:
+        raise ConfigError("data.yaml='': no dataset: set data.yaml=PATH, data.tfds.name=NAME (data=tfds:NAME) or "
+                          "data.synthetic.root")
+    _check_tfds(values)
     if values["data.yaml"] and not Path(values["data.yaml"]).is_file():
         raise ConfigError(f"data.yaml={values['data.yaml']!r}: must be an existing data.yaml file")
     if values["weights"] and not Path(values["weights"]).exists():
         raise ConfigError(f"weights={values['weights']!r}: must be an existing .pt, converted directory or "
                           "train workdir ('' trains from scratch)")
+
+
+def _check_tfds(values: Mapping[str, Any]) -> None:
+    """A TFDS dataset (data.tfds.name) alone, with a well-formed name, and an image cache it can have."""
+    name = values["data.tfds.name"]
+    if not name:
+        return
+    try:
+        TfdsSpec.parse(PREFIX + name)
+    except ValueError as e:
+        raise ConfigError(f"data.tfds.name={name!r}: {str(e).split(': ', 1)[-1]}") from None
+    if values["data.yaml"]:
+        raise ConfigError(f"data.tfds.name={name!r} and data.yaml={values['data.yaml']!r} both name the dataset: "
+                          "give one")
+    if values["data.cache"] == "disk":
+        raise ConfigError("data.cache='disk': ultralytics' .npy files go beside image files, which a TFDS dataset has "
+                          "none of: use data.cache='ram' (or '')")
+    for split in ("train", "val"):
+        if not values[f"data.tfds.{split}"]:
+            raise ConfigError(f"data.tfds.{split}='': name the TFDS split to use as '{split}', e.g. "
+                              f"{'train' if split == 'train' else 'validation'}")
 
 
 def _build(cls: type, prefix: str, values: Mapping[str, Any], raw: Mapping[str, Any]) -> Any:

@@ -43,8 +43,15 @@ def describe_devices(settings: Settings, platform: str, device_count: int) -> st
             f"BatchNorm statistics over {bn}")
 
 
-def prepare_data(settings: Settings) -> Path:
-    """The data.yaml to train on: ``data.yaml``, or the synthetic dataset, written once."""
+def prepare_data(settings: Settings) -> Any:
+    """The dataset to train on: the TFDS dataset of ``data.tfds`` (a
+    :class:`yolojax.data.sources.tfds.TfdsSpec`), the data.yaml of ``data.yaml``, or the
+    synthetic dataset's data.yaml, written once."""
+    if settings.data.tfds.name:
+        from yolojax.data.sources.tfds import PREFIX, TfdsSpec
+
+        tfds = settings.data.tfds
+        return TfdsSpec.parse(PREFIX + tfds.name, data_dir=tfds.data_dir, train=tfds.train, val=tfds.val)
     if settings.data.yaml:
         return Path(settings.data.yaml)
     syn = settings.data.synthetic
@@ -64,22 +71,22 @@ def prepare_data(settings: Settings) -> Path:
     return yaml_path
 
 
-def read_names(data_yaml: Path, settings: Settings) -> list[str]:
+def read_names(data: Any, settings: Settings) -> list[str]:
     """The dataset's class names, checked against ``model.num_classes`` and ``classes``
-    (reads only the yaml, before any image or label)."""
-    from yolojax.data.sources.data_yaml import load_data_yaml
+    (reads only the yaml or the TFDS dataset's metadata, before any image or label)."""
+    from yolojax.data.sources.dataset import dataset_names, describe
     from yolojax.data.sources.subset import parse_classes
 
+    where = describe(data)
     try:
-        spec = load_data_yaml(data_yaml)
+        names = list(dataset_names(data))
     except Exception as e:  # noqa: BLE001 - any failure is a dataset that cannot serve
-        raise ConfigError(f"data.yaml {data_yaml}: {e}") from None
-    names = getattr(spec, "names", None)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(message if message.startswith(where) else f"dataset {where}: {message}") from None
     if not names:
-        raise ConfigError(f"data.yaml {data_yaml} has no class names")
-    names = list(names.values()) if isinstance(names, dict) else list(names)
+        raise ConfigError(f"dataset {where} has no class names")
     if settings.model.num_classes not in (-1, 0, 1 if settings.single_cls else len(names)):
-        raise ConfigError(f"model.num_classes={settings.model.num_classes} but {data_yaml} has {len(names)} classes")
+        raise ConfigError(f"model.num_classes={settings.model.num_classes} but {where} has {len(names)} classes")
     try:
         parse_classes(list(settings.classes) if settings.classes is not None else None, len(names))
     except ValueError as e:
@@ -133,16 +140,17 @@ def train_iterator(settings: Settings, source: Any, *, start_step: int = 0, max_
         augment_groups=augment_groups(settings) if augment_on == "device" else 1)
 
 
-def build_data(settings: Settings, data_yaml: Path, names: list[str], process_index: int,
+def build_data(settings: Settings, data: Any, names: list[str], process_index: int,
                process_count: int) -> RunData:
     """Open the splits (``fraction``, ``classes``, ``single_cls`` applied as ultralytics'
     datasets apply them; ``data.cache`` built) and the training iterator."""
+    from yolojax.data.sources.dataset import describe
     from yolojax.data.sources.subset import SINGLE_CLASS_NAMES, select_labels
 
     classes = list(settings.classes) if settings.classes is not None else None
-    train_source = select_labels(open_split(data_yaml, "train", fraction=settings.fraction), classes,
+    train_source = select_labels(open_split(data, "train", fraction=settings.fraction), classes,
                                  settings.single_cls)
-    val_source = open_split(data_yaml, "val") if settings.val.enabled else None
+    val_source = open_split(data, "val") if settings.val.enabled else None
     if val_source is not None:
         val_source = select_labels(val_source, classes, settings.single_cls)
     train_source, val_source = open_image_cache(settings.data.cache, settings.imgsz, train_source, val_source)
@@ -150,7 +158,7 @@ def build_data(settings: Settings, data_yaml: Path, names: list[str], process_in
         batches = train_iterator(settings, train_source, process_index=process_index, process_count=process_count)
     except (ValueError, FileNotFoundError, OSError) as e:
         close_image_cache(train_source, val_source)
-        raise ConfigError(f"dataset {data_yaml}: {e}") from None
+        raise ConfigError(f"dataset {describe(data)}: {e}") from None
     total = batches.num_steps if not settings.max_steps else min(settings.max_steps, batches.num_steps)
     return RunData(batches, val_source, list(SINGLE_CLASS_NAMES) if settings.single_cls else names,
                    batches.steps_per_epoch, total)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from yolojax.data.image_io import read_image_rgb
+from yolojax.data.image_io import decode_image_rgb, read_image_rgb
 from yolojax.data.sources.label_table import LabelTable, xywh_to_xyxy
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ class ScanResult:
       has_polygons: True when the labels were polygons (ultralytics then uses segments in the
         affine transform and a 0.01 area threshold in the candidate filter).
       report: counts and offending files.
+      record_indices: int64 (N,) where each kept image is in the scanned collection, for records
+        named by their position (a TFDS split); None for files.
     """
 
     image_paths: tuple[str, ...]
@@ -88,6 +90,7 @@ class ScanResult:
     labels: LabelTable
     has_polygons: bool
     report: ScanReport
+    record_indices: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,10 +172,13 @@ def check_label_rows(
     return rows, 0
 
 
-def _verify_image(image_path: str) -> tuple[int, int]:
-    if not os.path.isfile(image_path):
+def _verify_image(image_path: str, encoded: bytes | None = None) -> tuple[int, int]:
+    if encoded is not None:
+        image = decode_image_rgb(encoded)
+    elif not os.path.isfile(image_path):
         raise LabelError("image file does not exist")
-    image = read_image_rgb(image_path)
+    else:
+        image = read_image_rgb(image_path)
     if image is None:
         raise LabelError("image cannot be read or decoded")
     h, w = image.shape[:2]
@@ -202,12 +208,19 @@ def verify_yolo_pair(image_path: str, label_path: str, num_classes: int) -> _Ima
                              f"{image_path}: ignoring corrupt image/label: {e}")
 
 
+def corrupt_verdict(name: str, error: Exception) -> _ImageVerdict:
+    """The verdict on an image or label that cannot be used: skipped, with ``error`` as the reason."""
+    return _ImageVerdict(name, "corrupt", None, None, None, False, f"{name}: ignoring corrupt image/label: {error}")
+
+
 def verify_array_labels(
-    image_path: str, classes: np.ndarray, boxes_xywh: np.ndarray, num_classes: int
+    image_path: str, classes: np.ndarray, boxes_xywh: np.ndarray, num_classes: int, encoded: bytes | None = None
 ) -> _ImageVerdict:
-    """Verify one image with labels given as arrays (normalised centre xywh), e.g. from COCO JSON."""
+    """Verify one image with labels given as arrays (normalised centre xywh), e.g. from COCO JSON.
+    With ``encoded`` (the image file's bytes, e.g. a TFDS record's), those are decoded instead of
+    reading ``image_path``, which then only names the image."""
     try:
-        shape = _verify_image(image_path)
+        shape = _verify_image(image_path, encoded)
         rows = np.concatenate([np.asarray(classes, np.float32).reshape(-1, 1),
                                np.asarray(boxes_xywh, np.float32).reshape(-1, 4)], 1)
         if len(rows) == 0:
@@ -218,8 +231,7 @@ def verify_array_labels(
         return _ImageVerdict(image_path, "found", shape, xywh_to_xyxy(rows[:, 1:]), rows[:, 0].astype(np.int32),
                              False, message)
     except (LabelError, OSError) as e:
-        return _ImageVerdict(image_path, "corrupt", None, None, None, False,
-                             f"{image_path}: ignoring corrupt image/label: {e}")
+        return corrupt_verdict(image_path, e)
 
 
 def files_hash(paths: Iterable[str], extra: str = "") -> str:
@@ -273,6 +285,7 @@ def save_scan_cache(path: Path, result: ScanResult, key: str) -> None:
             missing_files=_str_array(r.missing_files),
             empty_files=_str_array(r.empty_files),
             messages=_str_array(r.messages),
+            **({} if result.record_indices is None else {"record_indices": result.record_indices.astype(np.int64)}),
         )
         os.replace(tmp, path)
     except OSError as e:
@@ -297,13 +310,15 @@ def load_scan_cache(path: Path, key: str) -> ScanResult | None:
                                   z["offsets"].astype(np.int64)),
                 has_polygons=bool(z["has_polygons"]),
                 report=report,
+                record_indices=z["record_indices"].astype(np.int64) if "record_indices" in z.files else None,
             )
     except (OSError, KeyError, ValueError):
         return None
 
 
-def collect_verdicts(verdicts: Sequence[_ImageVerdict]) -> ScanResult:
-    """Fold per-image verdicts (in order) into a ScanResult."""
+def collect_verdicts(verdicts: Sequence[_ImageVerdict], record_indices: bool = False) -> ScanResult:
+    """Fold per-image verdicts (in order) into a ScanResult; with ``record_indices``, it also holds
+    the position of each kept image among the verdicts."""
     kept = [v for v in verdicts if v.status != "corrupt"]
     by_status = {s: tuple(v.image_path for v in verdicts if v.status == s) for s in ("missing", "empty", "corrupt")}
     found = sum(v.status in ("found", "empty") for v in verdicts)
@@ -324,6 +339,8 @@ def collect_verdicts(verdicts: Sequence[_ImageVerdict]) -> ScanResult:
         labels=LabelTable.from_lists([v.boxes_xyxy for v in kept], [v.classes for v in kept]),
         has_polygons=any(v.has_polygons for v in kept),
         report=report,
+        record_indices=np.array([i for i, v in enumerate(verdicts) if v.status != "corrupt"], np.int64)
+        if record_indices else None,
     )
 
 
