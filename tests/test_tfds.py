@@ -50,10 +50,14 @@ def spec(data_dir):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_the_tfds_copy_reads_as_the_yolo_folders(spec, coco8_yaml, split):
+def test_the_tfds_copy_reads_as_the_yolo_folders(spec, coco8_yaml, split, caplog):
     """Same class names (the label feature's), images (pixel for pixel: the stored JPEG bytes go
     through the same decoder), sizes and boxes; the crowd objects are dropped; no TensorFlow."""
-    ours, folders = TfdsDataset(spec).source(split), yolo_source(coco8_yaml, split)
+    with caplog.at_level("INFO"):
+        ours, folders = TfdsDataset(spec).source(split), yolo_source(coco8_yaml, split)
+    tfds_split = {"train": "train", "val": "validation"}[split]
+    assert f"label scan tfds:{NAME} {tfds_split}" in caplog.text
+    assert "4 records: 4 with objects, 0 without (kept as backgrounds), 0 corrupt (skipped)" in caplog.text
     assert ours.names == folders.names and len(ours.names) == 80
     assert len(ours) == len(folders) == 4
     np.testing.assert_array_equal(ours.image_shapes_hw, folders.image_shapes_hw)
@@ -140,17 +144,62 @@ def test_scan_skips_and_names_bad_records_and_drops_crowd_objects(coco8_yaml, ca
     assert "1 crowd objects left out" in caplog.text
 
 
-def test_a_missing_dataset_or_split_is_one_line(spec, data_dir):
-    with pytest.raises(ValueError, match=rf"^tfds:coco/2017: no prepared dataset in {data_dir}/coco/2017: prepare it "
-                                         r"with `tfds build coco/2017 --data_dir .* --file_format array_record`"):
+def test_a_missing_dataset_version_or_split_is_one_line_saying_what_is_there(spec, data_dir):
+    with pytest.raises(ValueError, match=rf"^tfds:coco/2017: no prepared dataset in {data_dir}/coco/2017 \(datasets in "
+                                         rf"{data_dir}: {NAME}\); prepare it with `tfds build coco/2017 --data_dir "
+                                         r".* --file_format array_record`"):
         TfdsDataset(TfdsSpec.parse("tfds:coco/2017", data_dir=str(data_dir)))
-    with pytest.raises(ValueError, match=r"^tfds:coco8_tfds:9.9.9: no prepared version 9.9.9 in"):
-        TfdsDataset(TfdsSpec.parse("tfds:coco8_tfds:9.9.9", data_dir=str(data_dir)))
-    with pytest.raises(ValueError, match=r"data.tfds.test='test' is not a split of .* \(train, validation\)"):
+    with pytest.raises(ValueError, match=rf"^tfds:{NAME}:9.9.9: no prepared version 9.9.9 in .* \(versions there: "
+                                         r"1.0.0\)"):
+        TfdsDataset(TfdsSpec.parse(f"tfds:{NAME}:9.9.9", data_dir=str(data_dir)))
+    with pytest.raises(ValueError, match=r"data dir .*/1.0.0 is itself a prepared dataset's version folder"):
+        TfdsDataset(TfdsSpec.parse(f"tfds:{NAME}", data_dir=str(data_dir / NAME / "1.0.0")))
+    with pytest.raises(ValueError, match=r"split='test': no such split in .* \(splits: train, validation\)$"):
         TfdsDataset(spec).check_split("test")
+    assert TfdsDataset(spec).check_split("validation[:2]") == "validation[:2]"
     for bad in ("coco8.yaml", "tfds:", "tfds:../x", "tfds::1.0.0"):
         with pytest.raises(ValueError, match="data="):
             TfdsSpec.parse(bad)
+
+
+def _build(data_dir: Path, name: str, label_feature) -> None:
+    """A one-split TFDS dataset whose objects' label is ``label_feature``."""
+    import tensorflow_datasets as tfds
+
+    image = str(COCO8 / "images" / "val" / "000000000036.jpg")
+    features = tfds.features.FeaturesDict({"image": tfds.features.Image(encoding_format="jpeg"), "objects": (
+        tfds.features.Sequence({"bbox": tfds.features.BBoxFeature(), "label": label_feature}))})
+    dataset_name = name
+    with tfds.core.registered.skip_registration():
+        class OneSplit(tfds.core.GeneratorBasedBuilder):
+            name = dataset_name
+            VERSION = tfds.core.Version("1.0.0")
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, features=features)
+
+            def _split_generators(self, dl_manager):
+                return {"validation": self._generate_examples()}
+
+            def _generate_examples(self):
+                yield 0, {"image": image, "objects": [{"bbox": tfds.features.BBox(0.1, 0.1, 0.5, 0.5), "label": 1}]}
+
+        OneSplit(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+
+
+def test_the_label_must_be_a_class_label_and_unnamed_classes_are_warned_about(tmp_path, caplog):
+    import tensorflow_datasets as tfds
+
+    require(COCO8)
+    _build(tmp_path, "plain_label", tfds.features.Tensor(shape=(), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"^tfds:plain_label: 'objects/label' is a Tensor, not a ClassLabel"):
+        TfdsDataset(TfdsSpec.parse("tfds:plain_label", data_dir=str(tmp_path)))
+    _build(tmp_path, "unnamed", tfds.features.ClassLabel(num_classes=3))
+    with caplog.at_level("WARNING"):
+        dataset = TfdsDataset(TfdsSpec.parse("tfds:unnamed", data_dir=str(tmp_path)))
+    assert dataset.names == ("0", "1", "2")
+    assert "'objects/label' is a ClassLabel without names (num_classes=3): the classes are named 0..2" in caplog.text
+    assert dataset.source("val")[0]["classes"].tolist() == [1]
 
 
 def test_one_entry_serves_a_data_yaml_and_a_tfds_dataset(spec, coco8_yaml):
@@ -160,7 +209,7 @@ def test_one_entry_serves_a_data_yaml_and_a_tfds_dataset(spec, coco8_yaml):
     assert dataset_names(spec) == dataset_names(coco8_yaml)
     check_splits(spec, ("train", "val"))
     check_splits(coco8_yaml, ("train", "val"))
-    with pytest.raises(ValueError, match="data.tfds.test='test' is not a split"):
+    with pytest.raises(ValueError, match="split='test': no such split"):
         check_splits(spec, ("test",))
     assert type(open_split(spec, "val", fraction=0.5)).__name__ == "TfdsDetectionSource"
     assert len(open_split(spec, "val", fraction=0.5)) == len(open_split(coco8_yaml, "val", fraction=0.5)) == 2
@@ -184,6 +233,28 @@ def test_the_data_dir_and_the_newest_version_are_found(data_dir, tmp_path, monke
     monkeypatch.setenv("HOME", str(tmp_path))
     assert TfdsSpec.parse(f"tfds:{NAME}").root() == str(tmp_path / "tensorflow_datasets")
     assert TfdsSpec.parse(f"tfds:{NAME}", data_dir=str(root), val="test").split_name("val") == "test"
+
+
+def test_a_resumed_run_keeps_the_version_it_started_on(spec, data_dir, tmp_path, monkeypatch, caplog):
+    """pinned() names the version read; prepare_data() of a resumed run takes it from config.json's
+    resolved.data when the name gives none, so a newer version prepared meanwhile is not read."""
+    from yolojax.config import default_config
+    from yolojax.data.sources.dataset import pinned
+    from yolojax.train.settings import resolve
+    from yolojax.train.setup import prepare_data
+
+    assert pinned(spec).name == f"{NAME}:1.0.0" and pinned("a/data.yaml") == "a/data.yaml"
+    root = tmp_path / "data"
+    for version in ("1.0.0", "1.1.0"):
+        shutil.copytree(data_dir / NAME / "1.0.0", root / NAME / version)
+    config = default_config()
+    config.data.tfds.name, config.data.tfds.data_dir = NAME, str(root)
+    settings = resolve(config)
+    assert pinned(prepare_data(settings)).name == f"{NAME}:1.1.0"
+    with caplog.at_level("INFO"):
+        resumed = prepare_data(settings, {"resolved": {"data": f"tfds:{NAME}:1.0.0"}})
+    assert resumed.name == f"{NAME}:1.0.0" and resumed.data_dir == str(root)
+    assert f"resuming on tfds:{NAME}:1.0.0, the version this run started on" in caplog.text
 
 
 def test_settings_refuse_what_a_tfds_dataset_cannot_do():
@@ -230,6 +301,32 @@ def test_val_on_the_tfds_copy_gives_the_mAP_of_the_data_yaml(spec, data_dir, coc
     assert ours["mAP50-95"] > 0.4
 
 
+@needs(WEIGHTS)
+def test_python_m_val_names_a_tfds_split_and_logs_each_line_once(data_dir, tmp_path):
+    """``python -m yolojax.val --data tfds:... --tfds-data-dir ... --split 'validation[:2]'``:
+    a TFDS split expression; every log line once (absl, imported with the data package, would
+    add a second handler if it came first)."""
+    proc = subprocess.run([sys.executable, "-m", "yolojax.val", "--weights", str(WEIGHTS), "--data", f"tfds:{NAME}",
+                           "--tfds-data-dir", str(data_dir), "--split", "validation[:2]", "--imgsz", "64",
+                           "--json", str(tmp_path / "r.json")], env=child_env(), capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(("INFO", "WARNING"))]
+    assert lines and len(lines) == len(set(lines)) and not any(line.startswith("INFO:") for line in lines), lines
+    assert f"label scan tfds:{NAME} validation[:2]: 2 records" in proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == 2
+
+
+def test_refusals_of_val_and_the_command_line(spec):
+    from yolojax import cli
+    from yolojax.evaluation import validate
+
+    with pytest.raises(ValueError, match=r"^cache=disk: ultralytics' .npy files go beside image files"):
+        validate("/nonexistent.pt", spec, cache="disk")  # refused before the weights are read
+    assert cli.main(["train", "data=tfds:"]) == 2
+    assert cli.main(["val", "model=yolov8n.pt", "data=x.yaml", "data.tfds.data_dir=/data"]) == 2
+
+
 def _train_command(workdir: Path, data_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "yolojax", "train", f"model={WEIGHTS}", f"data=tfds:{NAME}",
             f"data.tfds.data_dir={data_dir}", "epochs=2", "imgsz=64", "batch=4", "workers=0", "plots=False",
@@ -257,12 +354,13 @@ def one_process_run(data_dir, tmp_path_factory, train_compile_cache):
 @needs(WEIGHTS)
 def test_train_two_steps_then_val_through_the_command_line(one_process_run, data_dir, tmp_path):
     workdir, stderr, env = one_process_run
-    assert f"data: tfds:{NAME}, 4 training images, 1 steps per epoch, 2 steps, 4 validation images" in stderr
+    assert f"data: tfds:{NAME}:1.0.0, 4 training images, 1 steps per epoch, 2 steps, 4 validation images" in stderr
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert [r["epoch"] for r in rows if "mAP50-95" in r] == [0, 1]
     config = json.loads((workdir / "config.json").read_text())
     assert config["data"]["tfds"]["name"] == NAME and config["data"]["yaml"] == ""
+    assert config["resolved"]["data"] == f"tfds:{NAME}:1.0.0"
     val = subprocess.run([sys.executable, "-m", "yolojax", "val", f"model={workdir}", f"data=tfds:{NAME}",
                           f"data.tfds.data_dir={data_dir}", "imgsz=64", "plots=False", f"project={tmp_path}",
                           "name=val"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -276,7 +374,8 @@ def test_a_dataset_not_prepared_is_refused_before_any_work(tmp_path):
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"yolojax train: error: tfds:{NAME}: no prepared dataset in {tmp_path / 'empty' / NAME}: prepare it with")
+        f"yolojax train: error: tfds:{NAME}: no prepared dataset in {tmp_path / 'empty' / NAME} (datasets in "
+        f"{tmp_path / 'empty'}: none); prepare it with")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -301,7 +400,7 @@ def test_two_processes_train_on_their_own_shards_of_a_tfds_split(one_process_run
                 p.kill()
     for p, err in zip(procs, errs):
         assert p.returncode == 0, err[-3000:]
-    assert "data: tfds:coco8_tfds, 4 training images" in errs[0]
+    assert f"data: tfds:{NAME}:1.0.0, 4 training images" in errs[0]
     ours, reference = _step_losses(workdir), _step_losses(one_process_run[0])
     print("two processes", ours, "one process", reference)
     np.testing.assert_allclose(ours, reference, rtol=1e-4)

@@ -206,7 +206,7 @@ def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: 
     """The train config of ``pairs`` (``cfg=`` or the ``yolov8{scale}`` config, then each key
     but ``skip`` set on its field), with ``scale`` and ``weights`` from ``model=``;
     ``data=tfds:NAME`` sets ``data.tfds.name``."""
-    from yolojax.data.sources.tfds import is_tfds
+    from yolojax.data.sources.tfds import TfdsSpec, is_tfds
 
     config = load_config(pairs.get("cfg", f"yolov8{scale}"))
     if "model" in pairs or "cfg" not in pairs:
@@ -222,7 +222,10 @@ def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: 
             continue
         field = TRAIN_KEYS.get(key, key)
         if key == "data" and is_tfds(raw):  # data=tfds:NAME: a TFDS dataset, not a data.yaml
-            field, raw = "data.tfds.name", raw.split(":", 1)[1]
+            try:
+                field, raw = "data.tfds.name", TfdsSpec.parse(raw).name
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         parent = config
         for part in field.split(".")[:-1]:
             parent = parent[part]
@@ -380,7 +383,7 @@ def run_plan(args: Sequence[str]) -> int:
     renamed = {{"rules": "parallel.rules", "sync_bn": "parallel.sync_bn"}.get(k, k): v for k, v in pairs.items()}
     config = config_from_pairs(renamed, scale, "", skip=("model", "cfg", "topology", "json", "hlo"))
     num_classes = plan_class_count(str(pairs.get("data", "")), weights, config.data.tfds.data_dir)
-    config.data.yaml = config.data.tfds.name = ""
+    config.data.yaml = config.data.tfds.name = config.data.tfds.data_dir = ""
     from yolojax.parallel.targets import target_devices
     from yolojax.train.plan import describe, make_plan
     from yolojax.train.settings import resolve

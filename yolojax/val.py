@@ -19,7 +19,6 @@ from pathlib import Path
 
 from yolojax.config import check_arguments
 from yolojax.console import OneLineErrorParser, configure_logging, ensure_writable_dir
-from yolojax.data.sources.tfds import TfdsSpec, is_tfds
 from yolojax.evaluation.validator import is_coco_json, json_results, validate
 from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 
@@ -65,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reexec_with_malloc_tunables()
     args = build_parser().parse_args(argv)
     enable_compilation_cache(args.compile_cache)
-    configure_logging()
+    configure_logging()  # before yolojax.data: absl (via Orbax) would install a second handler on first use
+    from yolojax.data.sources.tfds import TfdsSpec, is_tfds
+
     try:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")

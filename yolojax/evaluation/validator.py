@@ -177,6 +177,7 @@ def validate(
         field and the id), checked before the weights load and the model runs.
     """
     from yolojax.data import make_val_iterator
+    from yolojax.data.memory.image_cache import cache_mode
     from yolojax.data.sources.dataset import check_splits
     from yolojax.data.sources.tfds import is_tfds
     from yolojax.evaluation.metrics import DetectionMetrics
@@ -186,6 +187,9 @@ def validate(
         raise ValueError("predictions in COCO results format need a COCO JSON dataset (--data *.json)")
     coco_file = _check_coco_json(data, images) if is_coco_json(data) else None  # a bad file fails before the model
     if is_tfds(data):
+        if cache_mode(cache) == "disk":
+            raise ValueError(f"cache=disk: ultralytics' .npy files go beside image files, which {data} has none of: "
+                             "use cache=ram (or none)")
         check_splits(data, (split,))  # a dataset not prepared, or without the split, fails before the model
     if model_fn is not None:
         if info is None:

@@ -48,21 +48,22 @@ def open_split(data: Any, split: str, fraction: float = 1.0) -> Any:
         raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
-def check_workdir(workdir: Path, settings: Any) -> None:
+def check_workdir(workdir: Path, settings: Any) -> dict | None:
     """Refuse (before any work) a workdir whose checkpoints were written with other run-defining
     settings (:func:`yolojax.train.settings.check_resumable`); a missing or unreadable
-    config.json only warns."""
+    config.json only warns. Returns the resumed run's config.json (None for a new run)."""
     from yolojax.train.settings import check_resumable
     from yolojax.weights.workdir import CHECKPOINTS_DIR, latest_complete_step
 
     if latest_complete_step(workdir / CHECKPOINTS_DIR) is None:
-        return
+        return None
     try:
         saved = json.loads((workdir / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         logger.warning("%s/config.json is missing or unreadable: cannot check the resumed run's settings", workdir)
-        return
+        return None
     check_resumable(saved, settings.raw, workdir)
+    return saved
 
 
 def check_writable(workdir: Path) -> None:

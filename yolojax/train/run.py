@@ -23,7 +23,7 @@ ultralytics' plots). In DIR:
   weights like DIR itself, which gives the latest; ``checkpoints_period/`` with ``save_period``
   (:mod:`yolojax.train.checkpoints`);
 * ``config.json``: the config, and under ``"resolved"`` the values derived from it (also
-  logged once); ``results.png``; with ``plots``: ``labels.jpg``, ``train_batch*.jpg`` and the
+  logged once; ``data``: the dataset, a TFDS one with the version read, which a resume keeps); ``results.png``; with ``plots``: ``labels.jpg``, ``train_batch*.jpg`` and the
   final validation's plots (:mod:`yolojax.train.plots`).
 
 Only process 0 writes metrics.jsonl, tensorboard/, config.json and the plots.
@@ -54,8 +54,8 @@ from yolojax.train.preflight import (check_plot_output, check_split_paths, check
                                      close_image_cache)
 from yolojax.train.progress import NonFiniteLossError, StepProgress, compile_first_step, finite_or_none
 from yolojax.train.settings import Settings, resolve
-from yolojax.train.setup import (build_data, build_model, build_step, describe_devices, load_pretrained, prepare_data,
-                                 read_names, start_distributed, validate_ema)
+from yolojax.train.setup import (build_data, build_model, build_step, describe_devices, load_pretrained, pinned_dataset,
+                                 prepare_data, read_names, start_distributed, validate_ema)
 
 __all__ = ["NonFiniteLossError", "TrainError", "train"]
 
@@ -125,9 +125,10 @@ def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosi
 
     # -- Checks: the files and the workdir, before the data are scanned.
     is_main = jax.process_index() == 0
-    check_workdir(workdir, settings)
-    dataset = prepare_data(settings)
+    resumed = check_workdir(workdir, settings)
+    dataset = prepare_data(settings, resumed)
     names = read_names(dataset, settings)
+    dataset = pinned_dataset(dataset)
     check_split_paths(dataset, ("train", "val") if settings.val.enabled else ("train",))
     pretrained, winfo = load_pretrained(settings)
     check_writable(workdir)
@@ -149,7 +150,7 @@ def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosi
 
         # -- Model: the recipe, the model, its initial or pretrained variables, the loss.
         model = build_model(settings, data, pretrained, winfo)
-        config_dict = {**settings.raw, "resolved": model.resolved}
+        config_dict = {**settings.raw, "resolved": {**model.resolved, "data": describe(dataset)}}
         if is_main:
             (workdir / "config.json").write_text(json.dumps(config_dict, indent=1) + "\n")
 

@@ -36,7 +36,7 @@ from yolojax.console import ConfigError
 from yolojax.data.augment.config import AUGMENT_ON, AugmentConfig
 from yolojax.data.device.batches import check_device_options
 from yolojax.data.memory.image_cache import cache_mode
-from yolojax.data.sources.tfds import PREFIX, TfdsSpec
+from yolojax.data.sources.tfds import PREFIX, TfdsSpec, is_tfds
 from yolojax.data.sources.subset import parse_classes
 from yolojax.data.train_batches import MOSAIC_POOLS
 from yolojax.models.yolov8 import NUM_LAYERS, SCALES
@@ -388,7 +388,13 @@ def _check_combinations(values: Mapping[str, Any], need_data: bool = True) -> No
 def _check_tfds(values: Mapping[str, Any]) -> None:
     """A TFDS dataset (data.tfds.name) alone, with a well-formed name, and an image cache it can have."""
     name = values["data.tfds.name"]
+    if is_tfds(values["data.yaml"]):
+        raise ConfigError(f"data.yaml={values['data.yaml']!r}: a TFDS dataset goes in data.tfds.name (data=tfds:NAME "
+                          "on the yolojax command line)")
     if not name:
+        if values["data.tfds.data_dir"]:
+            raise ConfigError(f"data.tfds.data_dir={values['data.tfds.data_dir']!r} is for a TFDS dataset, and none "
+                              "is named: set data.tfds.name (data=tfds:NAME) or leave data.tfds.data_dir empty")
         return
     try:
         TfdsSpec.parse(PREFIX + name)

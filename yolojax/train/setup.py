@@ -43,15 +43,21 @@ def describe_devices(settings: Settings, platform: str, device_count: int) -> st
             f"BatchNorm statistics over {bn}")
 
 
-def prepare_data(settings: Settings) -> Any:
+def prepare_data(settings: Settings, resumed: dict | None = None) -> Any:
     """The dataset to train on: the TFDS dataset of ``data.tfds`` (a
-    :class:`yolojax.data.sources.tfds.TfdsSpec`), the data.yaml of ``data.yaml``, or the
-    synthetic dataset's data.yaml, written once."""
+    :class:`yolojax.data.sources.tfds.TfdsSpec`; a resumed run keeps the version it started on,
+    ``resumed["resolved"]["data"]``, when the name gives none), the data.yaml of ``data.yaml``,
+    or the synthetic dataset's data.yaml, written once."""
     if settings.data.tfds.name:
-        from yolojax.data.sources.tfds import PREFIX, TfdsSpec
+        from yolojax.data.sources.tfds import PREFIX, TfdsSpec, is_tfds
 
         tfds = settings.data.tfds
-        return TfdsSpec.parse(PREFIX + tfds.name, data_dir=tfds.data_dir, train=tfds.train, val=tfds.val)
+        spec = TfdsSpec.parse(PREFIX + tfds.name, data_dir=tfds.data_dir, train=tfds.train, val=tfds.val)
+        started_on = ((resumed or {}).get("resolved") or {}).get("data")
+        if ":" not in tfds.name and is_tfds(started_on):
+            spec = dataclasses.replace(spec, name=TfdsSpec.parse(started_on).name)
+            logger.info("resuming on %s, the version this run started on", spec)
+        return spec
     if settings.data.yaml:
         return Path(settings.data.yaml)
     syn = settings.data.synthetic
@@ -69,6 +75,17 @@ def prepare_data(settings: Settings) -> Any:
             shutil.rmtree(root)
         os.rename(tmp, root)
     return yaml_path
+
+
+def pinned_dataset(data: Any) -> Any:
+    """``data`` with the TFDS version it reads named (:func:`yolojax.data.sources.dataset.pinned`):
+    what the run logs and config.json keeps (``resolved.data``) for a resume."""
+    from yolojax.data.sources.dataset import pinned
+
+    try:
+        return pinned(data)
+    except (ImportError, OSError, ValueError) as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
 def read_names(data: Any, settings: Settings) -> list[str]:

@@ -8,6 +8,7 @@ split as a source (after its cached label scan).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Union
@@ -25,6 +26,21 @@ def _tfds_dataset(spec: TfdsSpec) -> TfdsDataset:
 def describe(data: Data) -> str:
     """How messages name ``data``: the data.yaml's path, or 'tfds:NAME'."""
     return str(as_tfds_spec(data)) if is_tfds(data) else str(data)
+
+
+def pinned(data: Data) -> Data:
+    """``data`` as it resolves now: a TFDS dataset named with the version it reads (the newest
+    prepared one when its name gives none: 'tfds:coco/2017' -> 'tfds:coco/2017:1.1.0'), so a
+    resumed run keeps reading it when a newer version is prepared; a data.yaml as it is.
+
+    Raises:
+      ValueError: a TFDS dataset that cannot serve (:class:`yolojax.data.sources.tfds.TfdsDataset`).
+    """
+    if not is_tfds(data):
+        return data
+    spec = as_tfds_spec(data)
+    version = os.path.basename(_tfds_dataset(spec).directory.rstrip("/"))
+    return dataclasses.replace(spec, name=f"{spec.name.partition(':')[0]}:{version}")
 
 
 def dataset_names(data: Data) -> tuple[str, ...]:

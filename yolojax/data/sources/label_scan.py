@@ -63,7 +63,12 @@ class ScanReport:
     empty_files: tuple[str, ...]
     messages: tuple[str, ...]
 
-    def summary(self) -> str:
+    def summary(self, records: bool = False) -> str:
+        """The counts in one line; ``records``: of records that carry their labels (TFDS), which
+        have objects or none instead of label files."""
+        if records:
+            return (f"{self.total} records: {self.found - self.empty} with objects, {self.empty} without (kept as "
+                    f"backgrounds), {self.corrupt} corrupt (skipped)")
         return (
             f"{self.total} images: {self.found} label files found ({self.empty} empty), "
             f"{self.missing} missing, {self.corrupt} corrupt (skipped)"
@@ -344,15 +349,19 @@ def collect_verdicts(verdicts: Sequence[_ImageVerdict], record_indices: bool = F
     )
 
 
-def log_report(report: ScanReport, where: str) -> None:
-    """Log the summary, every skipped file with its reason, and the background files."""
-    logger.info("label scan %s: %s", where, report.summary())
+def log_report(report: ScanReport, where: str, records: bool = False) -> None:
+    """Log the summary, every skipped file with its reason, and the background files
+    (``records``: of records that carry their labels, :meth:`ScanReport.summary`)."""
+    logger.info("label scan %s: %s", where, report.summary(records))
     for message in report.messages:
         logger.warning("%s", message)
-    for kind, files in (("missing label", report.missing_files), ("empty label", report.empty_files)):
+    kinds = ((("without objects", report.empty_files),) if records else
+             (("with missing label", report.missing_files), ("with empty label", report.empty_files)))
+    for kind, files in kinds:
         if files:
             shown = ", ".join(files[:_MAX_NAMED]) + (" ..." if len(files) > _MAX_NAMED else "")
-            logger.info("%d images with %s (kept as backgrounds): %s", len(files), kind, shown)
+            logger.info("%d %s %s (kept as backgrounds): %s", len(files), "records" if records else "images", kind,
+                        shown)
 
 
 def run_scan(tasks: Sequence, verify, desc: str, threads: int | None = None) -> list[_ImageVerdict]:

@@ -54,6 +54,7 @@ from yolojax.data.sources.yolo import warn_if_unlabelled
 logger = logging.getLogger(__name__)
 
 PREFIX = "tfds:"
+ARRAY_RECORD = "array_record"  # the file format read (random access)
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # TFDS's own default, overridden by $TFDS_DATA_DIR
 _SCAN_CHUNK = 256  # records read at once during the scan
 
@@ -75,7 +76,8 @@ class TfdsSpec:
         without a version the newest prepared one.
       data_dir: the TFDS data dir holding it; '' -> ``$TFDS_DATA_DIR``, else ~/tensorflow_datasets.
       train, val, test: the TFDS split (or split expression, e.g. 'train[:90%]') that serves as
-        ultralytics' split of that name (data.yaml's ``train:``, ``val:``, ``test:``).
+        ultralytics' split of that name (data.yaml's ``train:``, ``val:``, ``test:``); val's
+        ``split=`` may also name a TFDS split directly.
     """
 
     name: str
@@ -104,14 +106,9 @@ class TfdsSpec:
         return f"{PREFIX}{self.name}"
 
     def split_name(self, split: str) -> str:
-        """The TFDS split serving as ultralytics' ``split`` ('train', 'val' or 'test').
-
-        Raises:
-          ValueError: ``split`` is none of those.
-        """
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r}: must be 'train', 'val' or 'test'")
-        return getattr(self, split)
+        """The TFDS split serving as ultralytics' ``split``: the spec's for 'train', 'val' and
+        'test'; any other value is a TFDS split (expression) itself, e.g. 'validation[:50%]'."""
+        return getattr(self, split) if split in ("train", "val", "test") else split
 
     def root(self) -> str:
         """The data dir searched: ``data_dir``, ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets."""
@@ -134,28 +131,44 @@ def _version_key(name: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else None
 
 
+def _listing(folder: Any, limit: int = 8) -> str:
+    """The names of the folders in ``folder``, for a message: 'a, b, c' ('none' when empty or absent)."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    names = [n for n in names if not n.startswith((".", "incomplete.", "downloads"))]
+    return (", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")) or "none"
+
+
 def dataset_dir(spec: TfdsSpec) -> Any:
     """The prepared dataset's folder (an ``etils.epath.Path``): ``ROOT/NAME[/CONFIG]/VERSION``.
 
     Raises:
-      ValueError: one line naming the folder searched and how to prepare the dataset.
+      ValueError: one line naming the folder searched, what it holds, and how to prepare the
+        dataset.
     """
     from etils import epath  # pylint: disable=import-outside-toplevel - installed with tensorflow-datasets
 
     name, _, version = spec.name.partition(":")
     root = epath.Path(spec.root())
     base = root / name
-    prepare = (f"prepare it with `tfds build {name} --data_dir {root} --file_format array_record` "
-               "(docs/data.md), or set data.tfds.data_dir (or $TFDS_DATA_DIR) to where it is")
+    prepare = (f"prepare it with `tfds build {name} --data_dir {root} --file_format array_record` (your own "
+               "builder: `tfds build path/to/builder.py ...`; docs/data.md), or set data.tfds.data_dir (or "
+               "$TFDS_DATA_DIR) to the data dir it is in")
+    if (root / "dataset_info.json").exists():
+        raise ValueError(f"{spec}: data dir {root} is itself a prepared dataset's version folder: set "
+                         "data.tfds.data_dir to the folder that holds NAME/[CONFIG/]VERSION")
     if version:
-        if not (base / version / "dataset_info.json").exists():
-            raise ValueError(f"{spec}: no prepared version {version} in {base}: {prepare}")
-        return base / version
+        if (base / version / "dataset_info.json").exists():
+            return base / version
+        raise ValueError(f"{spec}: no prepared version {version} in {base} (versions there: {_listing(base)}); "
+                         "a version folder without dataset_info.json is an unfinished build")
     versions = sorted((key, p) for p in (base.iterdir() if base.is_dir() else ())
                       if (key := _version_key(p.name)) and (p / "dataset_info.json").exists())
-    if not versions:
-        raise ValueError(f"{spec}: no prepared dataset in {base}: {prepare}")
-    return versions[-1][1]
+    if versions:
+        return versions[-1][1]
+    if base.is_dir():
+        raise ValueError(f"{spec}: no prepared version in {base} (it holds: {_listing(base)}; a dataset with "
+                         f"configs is named NAME/CONFIG); {prepare}")
+    raise ValueError(f"{spec}: no prepared dataset in {base} (datasets in {root}: {_listing(root)}); {prepare}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +181,28 @@ class TfdsFeatures:
     label: str = "label"
     crowd: str = "is_crowd"
     filename: str = "image/filename"
+
+
+def _class_names(spec: TfdsSpec, top: Any, features: TfdsFeatures, directory: str) -> tuple[str, ...]:
+    """The class names of the ``objects/label`` ClassLabel, after checking the detection layout.
+
+    Raises:
+      ValueError: a feature is missing, or the label is not a ClassLabel.
+    """
+    objects = getattr(top[features.objects], "feature", None) if features.objects in top else None
+    if features.image not in top or objects is None or any(k not in objects for k in (features.bbox, features.label)):
+        raise ValueError(f"{spec}: {directory} has features {sorted(top.keys())}; yolojax reads TFDS's "
+                         f"object-detection layout: '{features.image}' and a '{features.objects}' sequence with "
+                         f"'{features.bbox}' and '{features.label}' (as coco/2017 and voc)")
+    label = objects[features.label]
+    names = getattr(label, "names", None)
+    if names is None:
+        raise ValueError(f"{spec}: '{features.objects}/{features.label}' is a {type(label).__name__}, not a "
+                         "ClassLabel: yolojax takes the class count and names from a ClassLabel")
+    if list(names) == [str(i) for i in range(len(names))]:
+        logger.warning("%s: '%s/%s' is a ClassLabel without names (num_classes=%d): the classes are named 0..%d",
+                       spec, features.objects, features.label, len(names), len(names) - 1)
+    return tuple(str(n) for n in names)
 
 
 class TfdsDataset:
@@ -192,19 +227,12 @@ class TfdsDataset:
         folder = dataset_dir(spec)
         self.directory = str(folder)
         builder = tfds.builder_from_directory(folder)
-        file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
-        if file_format != "array_record":
-            raise ValueError(f"{spec}: {self.directory} is stored as {file_format}; Grain reads array_record (random "
-                             f"access): rebuild it with `tfds build {spec.name.partition(':')[0]} --file_format "
-                             "array_record` or convert it with `tfds convert_format` (docs/data.md)")
-        top = builder.info.features
-        objects = top[features.objects] if features.objects in top else None
-        if features.image not in top or objects is None or any(k not in objects.feature for k in (features.bbox,
-                                                                                                  features.label)):
-            raise ValueError(f"{spec}: {self.directory} has features {sorted(top.keys())}; yolojax reads TFDS's "
-                             f"object-detection layout: '{features.image}' and '{features.objects}' with "
-                             f"'{features.bbox}' and '{features.label}' (as coco/2017 and voc)")
-        self.names = tuple(str(n) for n in objects.feature[features.label].names)
+        formats = sorted(str(getattr(f, "value", f)) for f in builder.info.available_file_formats())
+        if ARRAY_RECORD not in formats:
+            raise ValueError(f"{spec}: {self.directory} is stored as {' and '.join(formats) or 'no file format'}; "
+                             "Grain reads array_record (random access): rebuild it with `tfds build ... "
+                             "--file_format array_record` or convert it with `tfds convert_format` (docs/data.md)")
+        self.names = _class_names(spec, builder.info.features, features, self.directory)
         self.split_sizes = {str(k): int(v.num_examples) for k, v in builder.info.splits.items()}
         self._builder = builder
 
@@ -225,17 +253,21 @@ class TfdsDataset:
           ValueError: one line naming the field and the splits the dataset has.
         """
         name = self.spec.split_name(split)
+        field = f"data.tfds.{split}={name!r}" if split in ("train", "val") else f"split={split!r}"
+        if name.split("[", 1)[0].split("+", 1)[0] not in self.split_sizes:
+            raise ValueError(f"{self.spec}: {field}: no such split in {self.directory} (splits: "
+                             f"{', '.join(sorted(self.split_sizes))})")
         try:
             self._builder.info.splits[name]
         except (KeyError, ValueError, AssertionError) as e:
-            raise ValueError(f"{self.spec}: data.tfds.{split}={name!r} is not a split of {self.directory} "
-                             f"({', '.join(sorted(self.split_sizes))}): {str(e).splitlines()[0]}") from None
+            raise ValueError(f"{self.spec}: {field}: {str(e).splitlines()[0]}") from None
         return name
 
     def reader(self, split_name: str) -> Any:
         """Random access to the records of a TFDS split, the image left encoded (bytes)."""
         tfds = _import_tfds()
-        return self._builder.as_data_source(split_name, decoders={self.features.image: tfds.decode.SkipDecoding()})
+        return self._builder.as_data_source(split_name, decoders={self.features.image: tfds.decode.SkipDecoding()},
+                                            file_format=ARRAY_RECORD)
 
     def source(self, split: str, fraction: float = 1.0, use_cache: bool = True) -> TfdsDetectionSource:
         """ultralytics' ``split`` ('train', 'val', 'test') as a source, after the (cached) scan.
@@ -265,7 +297,7 @@ class TfdsDataset:
             if use_cache and result.image_paths:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 save_scan_cache(cache, result, key)
-        log_report(result.report, where + (f" (cached in {cache})" if cached else ""))
+        log_report(result.report, where + (f" (cached in {cache})" if cached else ""), records=True)
         warn_if_unlabelled(result.labels, result.image_paths, where, None)
         if not result.image_paths:
             raise ValueError(f"{where}: no record passed the scan: " + "; ".join(result.report.messages[:5]))
