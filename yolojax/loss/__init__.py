@@ -1,6 +1,8 @@
-"""ultralytics' v8 detection loss and its task-aligned assigner."""
+"""ultralytics' v8 detection loss, its task-aligned assigner, and feature distillation."""
 
 from yolojax.loss.assigner import Assignment, assign, assign_bucketed, box_buckets, select_candidates_in_gts
 from yolojax.loss.detection import DetectionLoss
+from yolojax.loss.distill import DistillationLoss, Projector, teacher_weights, weighted_l2
 
-__all__ = ["Assignment", "DetectionLoss", "assign", "assign_bucketed", "box_buckets", "select_candidates_in_gts"]
+__all__ = ["Assignment", "DetectionLoss", "DistillationLoss", "Projector", "assign", "assign_bucketed", "box_buckets",
+           "select_candidates_in_gts", "teacher_weights", "weighted_l2"]

@@ -88,7 +88,8 @@ class YOLOv8(nn.Module):
     x, y, width, height in input pixels, then sigmoid class scores; N = sum over strides 8,
     16, 32 of (H/s)*(W/s), stride 8 first, row-major within a level. ``train=True`` returns
     the 3 raw head outputs (B, H/s, W/s, 4 * reg_max + num_classes) (pass
-    ``mutable=["batch_stats"]``).
+    ``mutable=["batch_stats"]``). With "intermediates" also mutable, the Detect head's inputs
+    (P3, P4, P5: (B, H/s, W/s, C_s)) come back as ``intermediates["detect_inputs"][0]``.
     """
 
     scale: str = "n"
@@ -142,6 +143,9 @@ class YOLOv8(nn.Module):
         out3 = c2f(15, 256, 3, False, jnp.concatenate([upsample_nearest_2x(h4), p3], -1))
         out4 = c2f(18, 512, 3, False, jnp.concatenate([conv(16, 256, out3), h4], -1))
         out5 = c2f(21, 1024, 3, False, jnp.concatenate([conv(19, 512, out4), p5], -1))
+        # The Detect head's inputs (layers 15, 18, 21), for feature distillation
+        # (yolojax.loss.distill); stored only when "intermediates" is mutable.
+        self.sow("intermediates", "detect_inputs", (out3, out4, out5))
         return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", cls_width=self.cls_width, **kw)(
             [out3, out4, out5], train
         )
