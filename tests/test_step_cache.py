@@ -188,7 +188,7 @@ def test_step_view_leaves_out_only_what_cannot_reach_the_step():
     kept, every = resolve(config).step_view(), flatten(config.to_dict())
     steering = ("max_steps", "patience", "time", "save_period", "plots", "progress", "log_every_steps",
                 "max_nonfinite", "compile_cache", "weights", "seed", "data.workers", "data.threads", "data.prefetch",
-                "data.cache")
+                "data.cache", "data.tfds.data_dir", "data.tfds.val")
     groups = ("checkpoint.", "val.", "distributed.")
     assert set(kept) == {k for k in every if k not in steering and not k.startswith(groups)}
     for shaping in ("model.scale", "batch_size", "imgsz", "dtype", "lr0", "optimizer", "epochs", "mesh.data",
