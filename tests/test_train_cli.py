@@ -235,7 +235,7 @@ def test_end_to_end_three_epochs(reference_run):
     assert info["num_classes"] == 6 and info["scale"] == "n"
 
 
-def test_run_output_says_each_thing_once_and_no_noise(reference_run):
+def test_run_output_says_each_thing_once_and_no_noise(reference_run, data_yaml):
     """A normal run shows the label-scan summary once per split (not at every validation), what
     optimizer=auto resolved once, no warning, no library noise (JAX's TPU probe, Grain's shared
     memory at exit); config.json records the resolved values."""
@@ -253,6 +253,7 @@ def test_run_output_says_each_thing_once_and_no_noise(reference_run):
     assert len(summary) == 1 and summary[0].endswith("YOLOv8n summary: 129 layers, 3,012,018 parameters, "
                                                      "3,012,002 gradients, 8.2 GFLOPs"), err
     resolved = json.loads((reference_run / "config.json").read_text())["resolved"]
+    assert resolved.pop("data") == str(data_yaml)  # the dataset as read (a TFDS one with its version)
     # 24 images, batch 8, 6 classes, 3 epochs: AdamW at round(0.002 * 5 / (4 + 6), 6), accumulate
     # round(64 / 8) = 8 batches, decay 5e-4 * 8 * 8 / 64, warmup round(min(3, 3 - 1) * 3) iterations.
     assert resolved == {"optimizer": "AdamW", "lr0": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
