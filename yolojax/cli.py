@@ -83,7 +83,10 @@ PREDICT_KEYS = {"model": "weights", "source": "source", "imgsz": "imgsz", "conf"
                 "vid_stride": "vid_stride",
                 "project": "project", "name": "name", "compile_cache": "compile_cache"}
 EXPORT_KEYS = {"model": "weights", "format": "fmt", "imgsz": "imgsz", "batch": "batch", "dynamic": "dynamic",
-               "opset": "opset", "compile_cache": "compile_cache"}
+               "opset": "opset", "int8": "int8", "quantize": "quantize", "data": "data", "fraction": "fraction",
+               "compile_cache": "compile_cache"}
+# ultralytics 8.4.190's quantize= values that mean int8=True (its int8= is the deprecated spelling).
+INT8_QUANTIZE = (8, "8", "int8", "w8a8")
 CONVERT_KEYS = {"model": "weights", "out": "out"}
 
 DEFAULT_PROJECT = "runs/detect"
@@ -340,7 +343,17 @@ def run_export(args: Sequence[str]) -> int:
     from yolojax.inference import export
 
     kwargs = _call_args(args, EXPORT_KEYS, ("model",))
-    out = export(str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx")), **kwargs)
+    if "quantize" in kwargs:  # ultralytics' newer spelling of int8=True; fp32/None: no quantization
+        quantize = kwargs.pop("quantize")
+        if quantize not in (*INT8_QUANTIZE, None, 32, "32", "fp32"):
+            raise UsageError(f"quantize={quantize!r}: yolojax exports quantize=8 (int8, w8a8) or 32 (fp32, None)")
+        kwargs.setdefault("int8", quantize in INT8_QUANTIZE)
+    weights, fmt = str(kwargs.pop("weights")), str(kwargs.pop("fmt", "onnx"))
+    out = export(weights, fmt, **kwargs)
+    if kwargs.get("int8"):
+        from yolojax.inference.exporters import default_out
+
+        print(f"wrote {default_out(weights, fmt)}")
     print(f"wrote {out}")
     return 0
 

@@ -2,7 +2,11 @@
 
     python -m yolojax.export --weights runs/s --format onnx [--out model.onnx --imgsz 640
         --batch 1 --dynamic --opset 18]
+    python -m yolojax.export --weights runs/s --format onnx --int8 --data coco8.yaml [--fraction 1.0]
     python -m yolojax.export --weights runs/s --format pt [--out model.pt]
+
+``--int8`` also writes ``<stem>_int8.onnx`` beside the float32 file, calibrated on ``--data``'s
+val images (:mod:`yolojax.inference.int8`).
 
 Argument parsing and one call of :func:`yolojax.inference.export` (:mod:`yolojax.inference.exporters`).
 """
@@ -15,7 +19,7 @@ from pathlib import Path
 
 from yolojax.config import check_arguments
 from yolojax.console import OneLineErrorParser, configure_logging, error_line
-from yolojax.inference.exporters import DEFAULT_OPSET, FORMATS, export
+from yolojax.inference.exporters import DEFAULT_OPSET, FORMATS, default_out, export
 from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
 
 
@@ -30,6 +34,11 @@ def build_parser() -> OneLineErrorParser:
     p.add_argument("--batch", type=int, default=1, help="ONNX batch size")
     p.add_argument("--dynamic", action="store_true", help="ONNX with a dynamic batch dimension")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <stem>_int8.onnx: static INT8 quantization (onnxruntime) calibrated on --data")
+    p.add_argument("--data", default=None, help="data.yaml whose val images calibrate --int8")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="calibration images: a ratio of the val split in (0, 1] or a count > 1 (default 1.0: all)")
     p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
                    help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
     return p
@@ -47,11 +56,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(args.weights).exists():
             raise ValueError(f"weights {args.weights} not found")
         out = export(args.weights, args.format, args.out, imgsz=args.imgsz, batch=args.batch,
-                     dynamic=args.dynamic, opset=args.opset)
+                     dynamic=args.dynamic, opset=args.opset, int8=args.int8, data=args.data, fraction=args.fraction)
     except (ValueError, ImportError, OSError) as e:
         print(f"python -m yolojax.export: error: {error_line(e)}", file=sys.stderr)
         return 1
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.format})")
+    if args.int8:
+        fp32 = Path(args.out) if args.out else default_out(args.weights, args.format)
+        print(f"wrote {fp32} ({fp32.stat().st_size / 1e6:.1f} MB, {args.format})")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.format}{' int8' if args.int8 else ''})")
     return 0
 
 

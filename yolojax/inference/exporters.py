@@ -21,6 +21,10 @@ OpenVINO ...) take it unchanged:
 B is fixed (``--batch``) unless ``--dynamic``; H, W are fixed (``--imgsz``) in both cases
 (ultralytics' ``dynamic=True`` also frees H and W, which the converter cannot express for
 YOLOv8's anchor grid). ``.pt``: see :mod:`yolojax.weights.ultralytics_pt` (written without torch).
+
+``int8=True`` (with ``data``, optionally ``fraction``) also writes ``<stem>_int8.onnx``
+beside the float32 file: onnxruntime static quantization calibrated on data's val images
+(:mod:`yolojax.inference.int8`).
 """
 
 from __future__ import annotations
@@ -168,12 +172,30 @@ def default_out(weights: str | os.PathLike, fmt: str) -> Path:
 
 
 def check_export_args(weights: str | os.PathLike, fmt: str, out: str | os.PathLike | None,
-                      imgsz: int | Sequence[int]) -> Path:
-    """Refuse a bad format, output suffix or (ONNX) image size before any work; returns the
-    output path (``out`` or :func:`default_out`). Raises ``ValueError``."""
+                      imgsz: int | Sequence[int], *, int8: bool = False, data: str | os.PathLike | None = None,
+                      fraction: Any = 1.0) -> Path:
+    """Refuse a bad format, output suffix, (ONNX) image size or INT8 request (int8 without
+    ``data``, for ``pt``, a bad ``fraction``, a data.yaml without val images) before any work;
+    returns the output path (``out`` or :func:`default_out`). Raises ``ValueError`` (and
+    ``ImportError`` for int8 without onnxruntime)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r} (other targets: export to "
                          f"pt, then `yolo export model=model.pt format={fmt}`)")
+    if not isinstance(int8, bool):
+        raise ValueError(f"int8={int8!r}: must be true or false")
+    if int8:
+        from yolojax.inference.int8 import calibration_images, check_fraction
+
+        if fmt != "onnx":
+            raise ValueError(f"int8=True is for format=onnx (INT8 ONNX via onnxruntime), not format={fmt}")
+        if not data:
+            raise ValueError("int8=True needs data=<data.yaml>: its val images calibrate the INT8 ranges")
+        check_fraction(fraction)
+        calibration_images(data, fraction, warn=False)  # the yaml and its val images exist
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ImportError(f"INT8 export needs onnxruntime: {INSTALL_HINT}")
     out_path = Path(out) if out is not None else default_out(weights, fmt)
     if out_path.suffix.lower() != f".{fmt}":
         raise ValueError(f"--out {out_path} must end in .{fmt}")
@@ -184,16 +206,25 @@ def check_export_args(weights: str | os.PathLike, fmt: str, out: str | os.PathLi
 
 def export(weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None, *,
            imgsz: int | Sequence[int] | None = None, batch: int = 1, dynamic: bool = False,
-           opset: int = DEFAULT_OPSET) -> Path:
+           opset: int = DEFAULT_OPSET, int8: bool = False, data: str | os.PathLike | None = None,
+           fraction: Any = 1.0) -> Path:
     """Load ``weights`` (:func:`yolojax.load_weights`) and write them as ``fmt`` ("onnx" or
     "pt") to ``out`` (default: :func:`default_out`). imgsz, batch, dynamic and opset apply to
-    ONNX only. Returns the written path; raises ``ValueError`` for bad input."""
+    ONNX only; ``int8`` (ONNX only, with ``data`` and ``fraction``) also writes the INT8 model
+    beside ``out`` (:func:`yolojax.inference.int8.quantize_onnx`) and returns that path.
+    Returns the written path; raises ``ValueError`` for bad input."""
     from yolojax.weights import load_weights
 
-    out_path = check_export_args(weights, fmt, out, imgsz)
+    out_path = check_export_args(weights, fmt, out, imgsz, int8=int8, data=data, fraction=fraction)
     variables, info = load_weights(weights)
     if fmt == "onnx":
-        return export_onnx(variables, info, out_path, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset)
+        path = export_onnx(variables, info, out_path, imgsz=imgsz, batch=batch, dynamic=dynamic, opset=opset)
+        if not int8:
+            return path
+        from yolojax.inference.int8 import quantize_onnx
+
+        logger.info("wrote %s (float32); quantizing to INT8 ...", path)
+        return quantize_onnx(path, data=data, fraction=fraction)
     from yolojax.weights.ultralytics_pt import save_ultralytics_checkpoint
 
     return save_ultralytics_checkpoint(variables, info, out_path)
