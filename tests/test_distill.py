@@ -9,6 +9,8 @@ from the same files), ultralytics' projector weights, and the same batch.
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import jax
 import jax.numpy as jnp
@@ -156,3 +158,113 @@ def test_weighted_l2_is_a_score_weighted_mean_over_channels():
     assert float(weighted_l2(projected, teacher, weights)) == pytest.approx(1.0)  # only the first pixel counts
     weights = jnp.array([[[[1.0], [1.0]]]])
     assert float(weighted_l2(projected, teacher, weights)) == pytest.approx((4 * 1 + 4 * 9) / (4 * 2))
+
+
+def test_weighted_l2_shards_sum_to_the_whole_batch():
+    """Under a mapped batch axis each shard returns its share: the shares and their gradients
+    sum to the whole batch's numbers (as DetectionLoss's do under parallel.mode='pmap')."""
+    rng = np.random.default_rng(0)
+    projected, teacher = (jnp.asarray(rng.normal(size=(4, 4, 4, 6)), jnp.float32) for _ in range(2))
+    weights = jnp.asarray(rng.uniform(size=(4, 4, 4, 1)), jnp.float32)
+    whole, grad = jax.value_and_grad(weighted_l2)(projected, teacher, weights)
+    split = lambda x: x.reshape(2, 2, *x.shape[1:])  # noqa: E731
+    shares, grads = jax.vmap(jax.value_and_grad(lambda p, t, w: weighted_l2(p, t, w, "data")), axis_name="data")(
+        split(projected), split(teacher), split(weights))
+    np.testing.assert_allclose(float(shares.sum()), float(whole), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grads).reshape(grad.shape), np.asarray(grad), rtol=1e-5, atol=1e-9)
+
+
+def test_train_step_distills_from_a_frozen_teacher_and_bn_l1_adds_its_subgradient():
+    """One jit train step: ``dis`` is the Distillation of the step's own features, the loss
+    sums the four items, the projector gets a gradient, the teacher's variables come back
+    unchanged; bn_l1 adds bn_l1 * sign(gamma) to the BatchNorm scales' gradients and to no other."""
+    from flax import traverse_util
+
+    from yolojax.data.sources.synthetic import rectangles_batch
+    from yolojax.loss.distill import Distillation, detect_inputs, feature_widths
+    from yolojax.models import YOLOv8
+    from yolojax.models.naming import DISTILL_PROJECTOR
+    from yolojax.train import TrainState, make_recipe
+    from yolojax.train.step import train_step
+    from yolojax.train.transfer import init_variables
+
+    imgsz, nc = 64, 3
+    student, teacher = YOLOv8(scale="n", num_classes=nc), YOLOv8(scale="n", num_classes=5, cls_width=32)
+    variables, teacher_vars = init_variables(student, 0), init_variables(teacher, 1)
+    distill = Distillation(teacher, feature_widths(teacher), DistillationLoss(6.0))
+    assert distill.teacher_widths == (64, 128, 256)
+    variables["params"][DISTILL_PROJECTOR] = distill.init_projector(jax.random.key(2), feature_widths(student))
+    recipe = make_recipe(epochs=10, batch_size=2, dataset_size=8, num_classes=nc, optimizer="SGD", lr0=0.01,
+                         momentum=0.9, warmup_epochs=0)
+    assert recipe.accumulate > 1  # the first step only accumulates: grad_accum holds its gradient
+    state = TrainState.create(student.apply, variables, recipe, teacher=teacher_vars)
+    batch = {k: jnp.asarray(v) for k, v in rectangles_batch(2, imgsz, nc, 4, seed=3).items()}
+    loss_fn = DetectionLoss(nc)
+
+    bn_l1 = 1e6  # far above any loss gradient: the BatchNorm scales' gradients are then bn_l1 * sign(gamma)
+    new, metrics = jax.jit(lambda s, b: train_step(s, b, loss_fn, distill=distill, bn_l1=bn_l1))(state, batch)
+
+    @jax.jit
+    def expected_dis(images):
+        _, updates = student.apply(variables, images, train=True, mutable=["batch_stats", "intermediates"])
+        return distill(variables["params"], detect_inputs(updates), *distill.teacher_forward(teacher_vars, images))
+
+    expected = expected_dis(batch["image"].astype(jnp.float32) / 255.0)
+    assert float(metrics["dis"]) == pytest.approx(float(expected), rel=1e-4) and float(metrics["dis"]) > 0
+    assert float(metrics["loss"]) == pytest.approx(float(metrics["box"] + metrics["cls"] + metrics["dfl"]
+                                                         + metrics["dis"]), rel=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, new.teacher, teacher_vars)
+    projector_grad = traverse_util.flatten_dict(new.grad_accum[DISTILL_PROJECTOR])
+    assert all(float(jnp.abs(g).max()) > 0 for g in projector_grad.values())
+    params = traverse_util.flatten_dict(variables["params"])
+    for path, grad in traverse_util.flatten_dict(new.grad_accum).items():
+        if path[-2:] == ("bn", "scale"):
+            np.testing.assert_allclose(np.asarray(grad) / bn_l1, np.sign(params[path]), atol=1e-3)
+        else:
+            assert float(jnp.abs(grad).max()) < 1e-3 * bn_l1, path
+
+
+def test_train_distills_resumes_with_the_teacher_reloaded_and_hands_on_only_the_student(tmp_path):
+    """`train` with distill_model: the dis item is logged; checkpoints hold the projector (in
+    params and EMA) but never the teacher; a resume loads the teacher again and continues;
+    validation, and the workdir as weights, see only the student."""
+    from flax import traverse_util
+
+    from yolojax.config import default_config
+    from yolojax.console import ConfigError
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
+    from yolojax.models import YOLOv8
+    from yolojax.models.naming import DISTILL_PROJECTOR
+    from yolojax.train.run import train
+    from yolojax.train.transfer import init_variables
+    from yolojax.weights import load_weights, save_converted
+    from yolojax.weights.workdir import _read_arrays
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=8, num_val=2, size_range=(64, 96),
+                                        max_shapes=2, seed=0)
+    teacher = save_converted(init_variables(YOLOv8(scale="n", num_classes=2), 1),
+                             {"scale": "n", "num_classes": 2, "names": ["a", "b"], "reg_max": 16}, tmp_path / "teacher")
+    c = default_config()
+    c.model.scale, c.data.yaml, c.distill_model = "n", str(data_yaml), str(data_yaml)
+    c.imgsz, c.batch_size, c.epochs, c.close_mosaic, c.max_steps = 64, 4, 2, 0, 2
+    c.data.workers, c.progress, c.plots, c.compile_cache = 0, False, False, str(tmp_path / "cache")
+    c.checkpoint.async_save, c.val.enabled, c.log_every_steps = False, False, 1
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"^distill_model='.*data.yaml': "):
+        train(c, workdir)
+    c.distill_model = str(teacher)
+    assert train(c, workdir)["step"] == 2
+    state = _read_arrays(workdir / "checkpoints" / "2" / "state")
+    assert "teacher" not in state and DISTILL_PROJECTOR in state["params"] and DISTILL_PROJECTOR in state["ema"]["params"]
+    c.max_steps, c.val.enabled = 0, True
+    summary = train(c, workdir)  # resumed: the teacher read again from distill_model
+    assert summary["step"] == 4 and summary["last"]["mAP50-95"] is not None
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and all(r["dis"] > 0 for r in steps)
+    for r in steps:
+        assert r["loss"] == pytest.approx(r["box"] + r["cls"] + r["dfl"] + r["dis"], rel=1e-5)
+    variables, _ = load_weights(workdir)
+    assert DISTILL_PROJECTOR not in variables["params"]
+    assert set(traverse_util.flatten_dict(variables["params"])) == set(
+        traverse_util.flatten_dict(init_variables(YOLOv8(scale="n", num_classes=2), 0)["params"]))

@@ -168,3 +168,30 @@ def test_import_yolojax_adds_the_eigen_flag_before_jax_starts(opt_out):
     added = opt_out == "1" and _jaxlib_release() in EIGEN_CONVOLUTIONS_JAXLIB
     assert flags.split() == ["--xla_force_host_platform_device_count=2"] + ([EIGEN_CONVOLUTIONS_FLAG] if added else [])
     assert eigen == str(added)
+
+
+def test_start_command_parses_enables_the_cache_and_logs_one_line_per_record(tmp_path):
+    import argparse
+    import logging
+
+    import jax
+
+    from yolojax.runtime import add_compile_cache_argument, start_command
+
+    from jax.experimental.compilation_cache import compilation_cache
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--weights")
+    add_compile_cache_argument(parser)
+    assert parser.parse_args([]).compile_cache == "auto"
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    try:
+        args = start_command(parser, ["--weights", "w.pt", "--compile-cache", str(tmp_path / "cache")])
+        assert (args.weights, args.compile_cache) == ("w.pt", str(tmp_path / "cache"))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+    finally:
+        for k, v in saved.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()
+    shown = [h for h in logging.getLogger().handlers if type(h).__name__ == "_TqdmHandler"]
+    assert len(shown) == 1 and logging.getLogger().level == logging.INFO

@@ -6,6 +6,7 @@
     yolojax predict model=yolov8n.pt source=bus.jpg conf=0.25
     yolojax export model=runs/detect/train format=onnx
     yolojax convert model=yolov8n.pt out=runs/yolov8n
+    yolojax prune model=yolov8n.pt ratio=0.3 method=bn_scale out=runs/yolov8n_pruned30 data=coco8.yaml
     yolojax help
 
 ``KEY=VALUE`` arguments use ultralytics 8.4.190's names (cfg/default.yaml). For train they
@@ -20,7 +21,7 @@ As in ultralytics, runs go to ``project/name`` (runs/detect/train, train2, ... u
 Each mode parses its keys and makes one call into the packages: train
 (:func:`yolojax.train.run.train`), val (:func:`yolojax.evaluation.validate`), predict
 (:func:`yolojax.inference.predict`), export (:func:`yolojax.inference.export`), convert
-(:mod:`yolojax.weights`).
+(:mod:`yolojax.weights`), prune (:func:`yolojax.prune.prune_and_validate`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ EXPORT_KEYS = {"model": "weights", "format": "fmt", "imgsz": "imgsz", "batch": "
 # ultralytics 8.4.190's quantize= values that mean int8=True (its int8= is the deprecated spelling).
 INT8_QUANTIZE = (8, "8", "int8", "w8a8")
 CONVERT_KEYS = {"model": "weights", "out": "out"}
+PRUNE_KEYS = {"model": "weights", "ratio": "ratio", "method": "method", "out": "out", "data": "data", "imgsz": "imgsz",
+              "compile_cache": "compile_cache"}
 
 DEFAULT_PROJECT = "runs/detect"
 
@@ -370,6 +373,18 @@ def run_convert(args: Sequence[str]) -> int:
     return 0
 
 
+def run_prune(args: Sequence[str]) -> int:
+    """``yolojax prune``: ``ratio`` of the channels of ``model`` removed (:mod:`yolojax.models.prune`),
+    written as a converted directory ``out``; with ``data``, the pruned model validated there."""
+    from yolojax.prune import prune_and_validate
+
+    kwargs = _call_args(args, PRUNE_KEYS, ("model", "ratio"))
+    prune_and_validate(str(kwargs["weights"]), kwargs["ratio"], kwargs.get("method", "bn_scale"),
+                       str(kwargs["out"]) if "out" in kwargs else None,
+                       str(kwargs["data"]) if "data" in kwargs else None, kwargs.get("imgsz"))
+    return 0
+
+
 def run_plan(args: Sequence[str]) -> int:
     """``yolojax plan``: the train step of these train keys compiled for ``topology=`` (this
     machine's devices, ``cpu:N``, or a TPU topology such as ``v5e:2x2``) and its per-device
@@ -439,6 +454,7 @@ MODES: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "predict": (run_predict, "annotated images and predictions.json (model=*.onnx runs onnxruntime)"),
     "export": (run_export, "format=onnx (default) or format=pt (an ultralytics checkpoint)"),
     "convert": (run_convert, "an ultralytics .pt -> a yolojax checkpoint directory (out=DIR)"),
+    "prune": (run_prune, "structured channel pruning: ratio=0.3 [method=bn_scale|l1 out=DIR data=Y] -> a checkpoint dir"),
     "plan": (run_plan, "the train step compiled for topology= (cpu:N, v5e:2x2, ...): memory, FLOPs, collectives"),
 }
 
@@ -457,7 +473,7 @@ def help_text() -> str:
     lines.append("  amp: True (dtype=auto), False or fp32 (float32), bf16 (bfloat16)")
     lines.append("  data: a data.yaml, or tfds:NAME (a prepared TFDS dataset: sets data.tfds.name)")
     for mode, keys in (("val", VAL_KEYS), ("predict", PREDICT_KEYS), ("export", EXPORT_KEYS),
-                       ("convert", CONVERT_KEYS)):
+                       ("convert", CONVERT_KEYS), ("prune", PRUNE_KEYS)):
         lines.append(f"{mode} keys: {', '.join(keys)}")
     lines.append(f"plan keys: the train keys and {', '.join(PLAN_KEYS)}")
     lines.append("example: yolojax train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=640 batch=16")

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from yolojax.config import check_arguments
-from yolojax.console import OneLineErrorParser, configure_logging, error_line
+from yolojax.console import OneLineErrorParser, error_line
 from yolojax.inference.exporters import DEFAULT_OPSET, FORMATS, default_out, export
-from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
+from yolojax.runtime import add_compile_cache_argument, start_command
 
 
 def build_parser() -> OneLineErrorParser:
@@ -39,18 +39,13 @@ def build_parser() -> OneLineErrorParser:
     p.add_argument("--data", default=None, help="data.yaml whose val images calibrate --int8")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="calibration images: a ratio of the val split in (0, 1] or a count > 1 (default 1.0: all)")
-    p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
-                   help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
+    add_compile_cache_argument(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m yolojax.export``; returns the exit status (1 with a one-line error)."""
-    if argv is None:
-        reexec_with_malloc_tunables()
-    args = build_parser().parse_args(argv)
-    enable_compilation_cache(args.compile_cache)
-    configure_logging()
+    args = start_command(build_parser(), argv)
     try:
         check_arguments({"imgsz": args.imgsz, "batch": args.batch, "opset": args.opset})
         if not Path(args.weights).exists():

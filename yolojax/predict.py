@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from yolojax.config import check_arguments
-from yolojax.console import OneLineErrorParser, configure_logging, ensure_writable_dir
+from yolojax.console import OneLineErrorParser, ensure_writable_dir
 from yolojax.inference.predictor import predict
-from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
+from yolojax.runtime import add_compile_cache_argument, start_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     p.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
                    help="minimum padding to a stride multiple, ultralytics' default (--no-rect: square imgsz canvas)")
-    p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
-                   help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
+    add_compile_cache_argument(p)
     p.add_argument("--vid-stride", type=int, default=1, help="videos: predict every n-th frame")
     return p
 
@@ -51,11 +50,7 @@ def _summary(results: Sequence[Mapping[str, Any]], out: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        reexec_with_malloc_tunables()
-    args = build_parser().parse_args(argv)
-    enable_compilation_cache(args.compile_cache)
-    configure_logging()
+    args = start_command(build_parser(), argv)
     try:
         check_arguments({"imgsz": args.imgsz, "conf": args.conf, "iou": args.iou, "max_det": args.max_det,
                          "vid_stride": args.vid_stride})

@@ -21,10 +21,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 logger = logging.getLogger("yolojax")
@@ -179,3 +181,25 @@ def enable_compilation_cache(setting: str = "auto") -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     compilation_cache.reset_cache()  # JAX decides once whether to use the cache: decide again
     return directory
+
+
+def add_compile_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """A command's ``--compile-cache DIR|auto|off`` (:func:`enable_compilation_cache`'s setting)."""
+    parser.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
+                        help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
+
+
+def start_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """A ``python -m yolojax.MODE`` command's start: re-executed with
+    :func:`reexec_with_malloc_tunables` when ``argv`` is None (the process's entry point),
+    ``argv`` parsed (a parser with :func:`add_compile_cache_argument`), the compilation cache
+    enabled and logging configured (before yolojax.data: absl, via Orbax, would install a
+    second handler on first use). Returns the parsed arguments."""
+    from yolojax.console import configure_logging
+
+    if argv is None:
+        reexec_with_malloc_tunables()
+    args = parser.parse_args(argv)
+    enable_compilation_cache(args.compile_cache)
+    configure_logging()
+    return args

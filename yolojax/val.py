@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from yolojax.config import check_arguments
-from yolojax.console import OneLineErrorParser, configure_logging, ensure_writable_dir
+from yolojax.console import OneLineErrorParser, ensure_writable_dir
 from yolojax.evaluation.validator import is_coco_json, json_results, validate
-from yolojax.runtime import enable_compilation_cache, reexec_with_malloc_tunables
+from yolojax.runtime import add_compile_cache_argument, start_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,17 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories-by-order", action="store_true",
                    help="COCO JSON data: map categories in increasing id order to the model's classes even when "
                         "their names differ (default: match by name, refuse different names)")
-    p.add_argument("--compile-cache", default="auto", metavar="DIR|auto|off",
-                   help="persistent XLA compilation cache (auto: ~/.cache/yolojax/jax)")
+    add_compile_cache_argument(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:
-        reexec_with_malloc_tunables()
-    args = build_parser().parse_args(argv)
-    enable_compilation_cache(args.compile_cache)
-    configure_logging()  # before yolojax.data: absl (via Orbax) would install a second handler on first use
+    args = start_command(build_parser(), argv)
     from yolojax.data.sources.tfds import TfdsSpec, is_tfds
 
     try:

@@ -91,6 +91,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.dfl = 1.5
     c.cls_pw = 0.0                 # class weights (1 / label count) ** cls_pw in the cls BCE, mean 1 (0: off; <= 1)
 
+    # Knowledge distillation (ultralytics' distill_model, dis; docs/compression.md): a frozen
+    # teacher runs on each batch and the student's P3-P5 features, projected to the teacher's
+    # widths, are pulled toward its features, weighted by its class confidence.
+    c.distill_model = ""           # the teacher: a .pt, converted dir or train workdir ('' off)
+    c.dis = 6.0                    # the distillation loss gain
+    # Sparsity training before `yolojax prune` (network slimming): bn_l1 * sign(gamma) added to
+    # every BatchNorm scale's gradient (0: off; 1e-4 .. 1e-3 typical).
+    c.bn_l1 = 0.0
+
     # Augmentation.
     c.hsv_h = 0.015
     c.hsv_s = 0.7

@@ -71,9 +71,9 @@ def onnx_graph_fn(variables: Mapping[str, Any], info: Mapping[str, Any]) -> Call
     import jax
     import jax.numpy as jnp
 
-    from yolojax.models import YOLOv8
+    from yolojax.models import yolov8_from_info
 
-    model = YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)))
+    model = yolov8_from_info(info)
     constants = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(variables))
 
     def graph(images_nchw):

@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from yolojax.models.layers import Conv2d
+from yolojax.models.naming import DISTILL_PROJECTOR
 
 DEFAULT_DIS = 6.0  # ultralytics 8.4.190 cfg/default.yaml `dis`
 _EPS = 1e-9  # ultralytics' loss_sl2 denominator guard
@@ -99,13 +101,15 @@ def weighted_l2(projected: jax.Array, teacher: jax.Array, weights: jax.Array, ax
       projected: (B, H, W, C) the projected student feature.
       teacher: (B, H, W, C) the teacher's feature (treated as a constant).
       weights: (B, H, W, 1) :func:`teacher_weights`.
-      axis_name: a mapped batch axis (shard_map): both sums run over the global batch.
+      axis_name: a mapped batch axis (shard_map): the weights are summed over the global
+        batch, so each shard returns its share of the global loss (their ``psum``, and the
+        ``psum`` of their gradients, are one device's numbers), as :class:`DetectionLoss` does.
     """
     diff = projected.astype(jnp.float32) - jax.lax.stop_gradient(teacher.astype(jnp.float32))
     numerator = jnp.sum(weights * diff * diff)
     weight_sum = jnp.sum(weights)
     if axis_name is not None:
-        numerator, weight_sum = jax.lax.psum((numerator, weight_sum), axis_name)
+        weight_sum = jax.lax.psum(weight_sum, axis_name)
     return numerator / (projected.shape[-1] * weight_sum + _EPS)
 
 
@@ -115,7 +119,7 @@ class DistillationLoss:
 
     Attributes:
       dis: the weight (ultralytics' ``dis``, 6.0).
-      axis_name: see :func:`weighted_l2`.
+      axis_name: see :func:`weighted_l2` (this shard's share of the loss).
 
     Call with the projected student features, the teacher's features (both [(B, H_l, W_l, C_l)])
     and the teacher's eval output (B, N, 4 + nc); returns the float32 scalar ``dis_loss``,
@@ -131,3 +135,64 @@ class DistillationLoss:
         weights = teacher_weights(teacher_out[..., 4:], shapes)
         levels = [weighted_l2(p, t, w, self.axis_name) for p, t, w in zip(projected, teacher_feats, weights)]
         return self.dis * jnp.sum(jnp.stack(levels))
+
+
+def detect_inputs(updates: dict) -> tuple[jax.Array, ...]:
+    """The Detect head's inputs a YOLOv8 forward with "intermediates" mutable sowed (P3, P4, P5)."""
+    return tuple(updates["intermediates"]["detect_inputs"][0])
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation in the train step (ultralytics 8.4.190's ``DistillationModel``
+    wrapped around the student): a frozen teacher, the projector and the loss.
+
+    Attributes:
+      teacher: the teacher's module (:class:`yolojax.models.YOLOv8`, any scale and class count),
+        run in eval mode (BatchNorm running statistics, no update) on the student's batch; its
+        variables travel in the train state (``TrainState.teacher``), never checkpointed.
+      teacher_widths: the teacher's channels at P3, P4, P5 (:func:`feature_widths`).
+      loss: the :class:`DistillationLoss` (``dis``; ``axis_name`` under shard_map).
+
+    The projector's parameters live in the student's ``params`` under
+    :data:`yolojax.models.naming.DISTILL_PROJECTOR`, so they are trained, clipped and averaged
+    into the EMA with the student, as ultralytics' projector is (its optimiser groups take conv
+    weights with decay and biases without).
+    """
+
+    teacher: Any
+    teacher_widths: tuple[int, ...]
+    loss: DistillationLoss = DistillationLoss()
+
+    def teacher_forward(self, teacher_variables: dict, images: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """The teacher's eval output (B, N, 4 + nc) and its features [(B, H_l, W_l, C_l)] for
+        ``images`` float (B, H, W, 3) in [0, 1]; no gradient."""
+        out, updates = self.teacher.apply(teacher_variables, images, train=False, mutable=["intermediates"])
+        return jax.lax.stop_gradient((out, detect_inputs(updates)))
+
+    def init_projector(self, key: jax.Array, student_widths: Sequence[int]) -> dict:
+        """Fresh projector parameters (torch.nn.Conv2d's default init) from student widths."""
+        feats = [jnp.zeros((1, 1, 1, c), jnp.float32) for c in student_widths]
+        return Projector(self.teacher_widths).init(key, feats)["params"]
+
+    def __call__(self, params: dict, student_feats: Sequence[jax.Array], teacher_out: jax.Array,
+                 teacher_feats: Sequence[jax.Array]) -> jax.Array:
+        """``dis_loss`` (float32 scalar, without the batch-size factor) of the student's
+        features under ``params[DISTILL_PROJECTOR]`` against the teacher's."""
+        projected = Projector(self.teacher_widths).apply({"params": params[DISTILL_PROJECTOR]}, student_feats)
+        return self.loss(projected, teacher_feats, teacher_out)
+
+    def with_axis_name(self, axis_name: str | None) -> "Distillation":
+        """This distillation with its loss reduced over ``axis_name`` (shard_map)."""
+        return Distillation(self.teacher, self.teacher_widths, DistillationLoss(self.loss.dis, axis_name))
+
+
+def feature_widths(module: Any, imgsz: int = 64) -> tuple[int, ...]:
+    """The channels of a YOLOv8 module's Detect inputs (P3, P4, P5), from its shapes alone."""
+    images = jax.ShapeDtypeStruct((1, imgsz, imgsz, 3), jnp.float32)
+
+    def forward(x):
+        variables = module.init(jax.random.key(0), x)
+        return detect_inputs(module.apply(variables, x, train=False, mutable=["intermediates"])[1])
+
+    return tuple(int(f.shape[-1]) for f in jax.eval_shape(forward, images))

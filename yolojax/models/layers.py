@@ -139,11 +139,15 @@ class Conv(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Two 3x3 Convs with an optional residual (when ``shortcut`` and c_in == c_out)."""
+    """Two 3x3 Convs with an optional residual (when ``shortcut`` and c_in == c_out).
+
+    ``hidden``: the first Conv's width (a pruned model's); None: ``features * expansion``.
+    """
 
     features: int
     shortcut: bool = True
     expansion: float = 1.0
+    hidden: int | None = None
     bn_axis_name: str | None = None
     bn_groups: int = 1
     dtype: Any = jnp.float32
@@ -152,7 +156,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
-        hidden = int(self.features * self.expansion)
+        hidden = self.hidden or int(self.features * self.expansion)
         y = Conv(hidden, 3, name="cv1", **kw)(x, train)
         y = Conv(self.features, 3, name="cv2", **kw)(y, train)
         if self.shortcut and x.shape[-1] == self.features:
@@ -161,7 +165,13 @@ class Bottleneck(nn.Module):
 
 
 class C2f(nn.Module):
-    """CSP bottleneck with 2 convolutions: split, ``n`` chained Bottlenecks, concat, fuse."""
+    """CSP bottleneck with 2 convolutions: split, ``n`` chained Bottlenecks, concat, fuse.
+
+    ``widths`` ((name, channels) pairs, a pruned model's; absent names keep the defaults):
+    "cv1" (its output width, default ``2 * c`` with ``c = features * expansion``), "split"
+    (how many of cv1's outputs form the first part, default ``c``; the rest feed the
+    Bottlenecks), "m_<i>/cv1" and "m_<i>/cv2" (Bottleneck i's widths, default ``c``).
+    """
 
     features: int
     n: int = 1
@@ -171,20 +181,27 @@ class C2f(nn.Module):
     bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    widths: tuple[tuple[str, int], ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         c = int(self.features * self.expansion)
-        y = Conv(2 * c, 1, name="cv1", **kw)(x, train)
-        ys = [y[..., :c], y[..., c:]]
+        w = dict(self.widths)
+        split = w.get("split", c)
+        y = Conv(w.get("cv1", 2 * c), 1, name="cv1", **kw)(x, train)
+        ys = [y[..., :split], y[..., split:]]
         for i in range(self.n):
-            ys.append(Bottleneck(c, self.shortcut, 1.0, name=f"m_{i}", **kw)(ys[-1], train))
+            ys.append(Bottleneck(w.get(f"m_{i}/cv2", c), self.shortcut, 1.0, hidden=w.get(f"m_{i}/cv1"),
+                                 name=f"m_{i}", **kw)(ys[-1], train))
         return Conv(self.features, 1, name="cv2", **kw)(jnp.concatenate(ys, axis=-1), train)
 
 
 class SPPF(nn.Module):
-    """Spatial pyramid pooling (fast): three chained 5x5 stride-1 max pools, concat, fuse."""
+    """Spatial pyramid pooling (fast): three chained 5x5 stride-1 max pools, concat, fuse.
+
+    ``hidden``: cv1's width (a pruned model's); None: half the input width.
+    """
 
     features: int
     pool_size: int = 5
@@ -192,12 +209,13 @@ class SPPF(nn.Module):
     bn_groups: int = 1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    hidden: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
         k, p = self.pool_size, self.pool_size // 2
-        ys = [Conv(x.shape[-1] // 2, 1, name="cv1", **kw)(x, train)]
+        ys = [Conv(self.hidden or x.shape[-1] // 2, 1, name="cv1", **kw)(x, train)]
         for _ in range(3):
             # An explicit -inf border and a VALID pool: the same numbers as padding=((p, p), (p, p))
             # (max_pool pads with -inf), in the form jax2onnx converts to ONNX Pad + MaxPool.
@@ -253,6 +271,8 @@ class Detect(nn.Module):
     (1, 1, reg_max, 1), as in ultralytics, where it counts as a parameter that never trains.
     ``cls_width``: hidden width of the class branch; None: ultralytics' ``max(ch0, min(nc, 100))``
     (a model fine-tuned by ultralytics to another class count keeps its source's width).
+    ``widths``: (name, channels) pairs of a pruned head, e.g. ("cv2_0_1", 40): the hidden convs'
+    widths (``cv2_<i>_<0|1>``, ``cv3_<i>_<0|1>``); absent names keep the widths above.
     """
 
     num_classes: int
@@ -263,6 +283,7 @@ class Detect(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     cls_width: int | None = None
+    widths: tuple[tuple[str, int], ...] = ()
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool):
@@ -270,16 +291,17 @@ class Detect(nn.Module):
         ch0 = feats[0].shape[-1]
         c2 = max(16, ch0 // 4, self.reg_max * 4)
         c3 = self.cls_width or max(ch0, min(self.num_classes, 100))
+        w = dict(self.widths)
         outs = []
         for i, (x, s) in enumerate(zip(feats, self.strides)):
-            box = Conv(c2, 3, name=f"cv2_{i}_0", **kw)(x, train)
-            box = Conv(c2, 3, name=f"cv2_{i}_1", **kw)(box, train)
+            box = Conv(w.get(f"cv2_{i}_0", c2), 3, name=f"cv2_{i}_0", **kw)(x, train)
+            box = Conv(w.get(f"cv2_{i}_1", c2), 3, name=f"cv2_{i}_1", **kw)(box, train)
             box = Conv2d(
                 4 * self.reg_max, use_bias=True, bias_init=nn.initializers.constant(2.0),
                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"cv2_{i}_2",
             )(box)
-            cls = Conv(c3, 3, name=f"cv3_{i}_0", **kw)(x, train)
-            cls = Conv(c3, 3, name=f"cv3_{i}_1", **kw)(cls, train)
+            cls = Conv(w.get(f"cv3_{i}_0", c3), 3, name=f"cv3_{i}_0", **kw)(x, train)
+            cls = Conv(w.get(f"cv3_{i}_1", c3), 3, name=f"cv3_{i}_1", **kw)(cls, train)
             # ultralytics' bias_init: box bias 2.0; class prior of 5 objects per 640x640 image.
             cls_prior = jnp.log(5.0 / self.num_classes / (640.0 / s) ** 2)
             cls = Conv2d(

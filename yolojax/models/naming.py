@@ -23,3 +23,18 @@ def ultralytics_name(path: Sequence[str], leaf: bool = True) -> str:
 def in_frozen_layer(name: str, frozen: Sequence[str]) -> bool:
     """ultralytics' test ``any(x in name for x in freeze_layer_names)``."""
     return any(f in name for f in frozen)
+
+
+# Training-only parameters kept beside the model's in ``params`` (knowledge distillation's
+# projector, yolojax.loss.distill): trained, clipped and averaged into the EMA with the model,
+# never part of the weights a run hands on (validation, checkpoints_best as weights, exports).
+DISTILL_PROJECTOR = "distill_projector"
+
+
+def model_variables(variables: dict) -> dict:
+    """``variables`` ({"params", "batch_stats"}) without the training-only parameters
+    (:data:`DISTILL_PROJECTOR`): the detector's own."""
+    params = variables["params"]
+    if DISTILL_PROJECTOR not in params:
+        return variables
+    return {**variables, "params": {k: v for k, v in params.items() if k != DISTILL_PROJECTOR}}

@@ -70,7 +70,7 @@ class ModelSummary:
 
 
 @functools.lru_cache(maxsize=16)
-def _trace_shapes(scale: str, num_classes: int, reg_max: int, cls_width: int | None,
+def _trace_shapes(scale: str, num_classes: int, reg_max: int, cls_width: int | None, widths: Any,
                   imgsz: int) -> tuple[Any, list[tuple[str, tuple, tuple, tuple]]]:
     """Param shapes and, per Conv2d / BatchNorm call, (kind, module path, in shape, out shape), of
     the float32 YOLOv8 so described (the counts do not depend on the compute dtype)."""
@@ -81,7 +81,7 @@ def _trace_shapes(scale: str, num_classes: int, reg_max: int, cls_width: int | N
     from yolojax.models.layers import BatchNorm, Conv2d
     from yolojax.models.yolov8 import YOLOv8
 
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width, widths=widths)
     calls: list[tuple[str, tuple, tuple, tuple]] = []
 
     def record(next_fun, args, kwargs, context):
@@ -105,7 +105,7 @@ def model_summary(model: Any, *, fused: bool = False, trainable: bool = True,
     """Ultralytics' summary counts of a :class:`yolojax.models.YOLOv8`.
 
     Args:
-      model: the Flax YOLOv8 module (scale, num_classes, reg_max, cls_width as trained).
+      model: the Flax YOLOv8 module (scale, num_classes, reg_max, cls_width, widths as trained).
       fused: count as ultralytics' ``fuse()``d model (val / predict) rather than as built (train).
       trainable: the model as built (a trainer's, or one fused after building); False: a loaded
         checkpoint, whose parameters ultralytics freezes (0 gradients).
@@ -120,7 +120,8 @@ def model_summary(model: Any, *, fused: bool = False, trainable: bool = True,
     """
     import jax
 
-    variables, calls = _trace_shapes(model.scale, model.num_classes, model.reg_max, model.cls_width, imgsz)
+    variables, calls = _trace_shapes(model.scale, model.num_classes, model.reg_max, model.cls_width, model.widths,
+                                     imgsz)
     params = variables["params"]
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     n_dfl = math.prod(params["model_22"]["dfl"]["conv"]["kernel"].shape)

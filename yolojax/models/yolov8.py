@@ -33,6 +33,11 @@ SCALES: dict[str, Scale] = {
 
 STRIDES = (8, 16, 32)
 NUM_LAYERS = 23  # ultralytics' yolov8.yaml: model.0-9 backbone, 10-21 head, 22 Detect
+# ultralytics' yolov8.yaml: layer -> declared channels of its 3x3 stride-2 Convs, and
+# layer -> (channels, repeats, shortcut) of its C2f blocks; SPPF is layer 9 (1024), Detect 22.
+CONV_LAYERS = {0: 64, 1: 128, 3: 256, 5: 512, 7: 1024, 16: 256, 19: 512}
+C2F_LAYERS = {2: (128, 3, True), 4: (256, 6, True), 6: (512, 6, True), 8: (1024, 3, True),
+              12: (512, 3, False), 15: (256, 3, False), 18: (512, 3, False), 21: (1024, 3, False)}
 
 
 def _make_divisible(x: float, divisor: int = 8) -> int:
@@ -53,10 +58,77 @@ def default_cls_width(scale: str, num_classes: int) -> int:
 
 def yolov8_from_info(info: Any, **kwargs: Any) -> "YOLOv8":
     """The :class:`YOLOv8` that weights described by ``info`` (``load_weights``' info: scale,
-    num_classes, reg_max, cls_width) fit; ``kwargs`` add e.g. dtype."""
+    num_classes, reg_max, cls_width, and ``widths`` {module path: channels} for a pruned model)
+    fit; ``kwargs`` add e.g. dtype."""
     width = info.get("cls_width")
     return YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)),
-                  cls_width=int(width) if width else None, **kwargs)
+                  cls_width=int(width) if width else None, widths=widths_key(info.get("widths")), **kwargs)
+
+
+def widths_key(widths: Any) -> tuple[tuple[str, int], ...] | None:
+    """``info["widths"]`` ({path: channels} or (path, channels) pairs, or None) as
+    :attr:`YOLOv8.widths` takes it: pairs sorted by path, or None when empty."""
+    if not widths:
+        return None
+    return tuple(sorted((str(k), int(v)) for k, v in dict(widths).items()))
+
+
+def default_widths(scale: str, num_classes: int, reg_max: int = 16, cls_width: int | None = None) -> dict[str, int]:
+    """Every output width of an unpruned :class:`YOLOv8`, keyed as :attr:`YOLOv8.widths` keys them.
+
+    Keys: the path of each Conv module under the model ("model_0", "model_2/cv1",
+    "model_2/m_0/cv2", "model_9/cv2", "model_22/cv3_0_1", ...) -> its output channels, plus
+    "model_<i>/split" per C2f: how many of cv1's outputs form the part that skips the
+    Bottlenecks (the rest feed them). The head's last convs (``cv2_<i>_2``, ``cv3_<i>_2``) have
+    fixed widths (4 * reg_max, num_classes) and no key.
+    """
+    ch = lambda c: scaled_channels(scale, c)  # noqa: E731
+    widths = {f"model_{i}": ch(c) for i, c in CONV_LAYERS.items()}
+    for i, (c, repeats, _) in C2F_LAYERS.items():
+        half = int(ch(c) * 0.5)
+        widths.update({f"model_{i}/cv1": 2 * half, f"model_{i}/split": half, f"model_{i}/cv2": ch(c)})
+        for j in range(scaled_depth(scale, repeats)):
+            widths.update({f"model_{i}/m_{j}/cv1": half, f"model_{i}/m_{j}/cv2": half})
+    widths.update({"model_9/cv1": ch(1024) // 2, "model_9/cv2": ch(1024)})
+    box = max(16, ch(256) // 4, reg_max * 4)
+    cls = cls_width or max(ch(256), min(num_classes, 100))
+    for i in range(len(STRIDES)):
+        for j in (0, 1):
+            widths.update({f"model_22/cv2_{i}_{j}": box, f"model_22/cv3_{i}_{j}": cls})
+    return widths
+
+
+def resolve_widths(scale: str, num_classes: int, reg_max: int = 16, cls_width: int | None = None,
+                   widths: Any = None) -> dict[str, int]:
+    """:func:`default_widths` with ``widths`` (a pruned model's {path: channels} or pairs) in
+    place of the defaults they name.
+
+    Raises ``ValueError`` (one line naming the key) for an unknown key, a width below 1, a
+    C2f split that leaves either part empty, or a residual C2f (layers 2, 4, 6, 8) whose
+    Bottleneck outputs differ in width from the part they are added to.
+    """
+    resolved = default_widths(scale, num_classes, reg_max, cls_width)
+    for key, value in dict(widths or {}).items():
+        if key not in resolved:
+            raise ValueError(f"widths: unknown key {key!r} for YOLOv8{scale} (e.g. 'model_2/cv1', 'model_2/split')")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"widths[{key!r}]={value!r}: expected a positive int")
+        resolved[key] = value
+    for i, (_, _, shortcut) in C2F_LAYERS.items():
+        cv1, split = resolved[f"model_{i}/cv1"], resolved[f"model_{i}/split"]
+        if split >= cv1:
+            raise ValueError(f"widths['model_{i}/split']={split} must be below model_{i}/cv1's {cv1} channels")
+        bottlenecks = [k for k in resolved if k.startswith(f"model_{i}/m_") and k.endswith("/cv2")]
+        if shortcut and any(resolved[k] != cv1 - split for k in bottlenecks):
+            raise ValueError(f"widths: model_{i}'s Bottleneck outputs must all be {cv1 - split} channels wide "
+                             f"(model_{i}/cv1 minus model_{i}/split): they are added to that part")
+    return resolved
+
+
+def block_widths(widths: dict[str, int], module: str) -> tuple[tuple[str, int], ...]:
+    """The entries of ``widths`` under ``module`` ("model_2"), relative to it ("cv1", "m_0/cv2")."""
+    prefix = f"{module}/"
+    return tuple(sorted((k[len(prefix):], v) for k, v in widths.items() if k.startswith(prefix)))
 
 
 def scaled_depth(scale: str, repeats: int) -> int:
@@ -78,6 +150,11 @@ class YOLOv8(nn.Module):
       cls_width: hidden width of the head's class branch; None: :func:`default_cls_width`. An
         ultralytics model fine-tuned to another class count keeps its source's width (e.g. 80
         for yolov8n tuned to 2 classes), so it comes from the weights (``info["cls_width"]``).
+      widths: per-layer output widths of a pruned model (:mod:`yolojax.models.prune`):
+        (module path, channels) pairs sorted by path, keyed as :func:`default_widths` (e.g.
+        ("model_2/cv1", 24), ("model_2/split", 10)); absent paths keep the scale's widths.
+        None (the default): every width from ``scale``. Bad keys or values raise ``ValueError``
+        (:func:`resolve_widths`).
       frozen: ultralytics ``freeze`` name substrings (:mod:`yolojax.train.freeze`): the
         BatchNorm layers whose ultralytics module name contains one run in eval mode even with
         ``train=True`` (running statistics, never updated), as ultralytics' ``_model_train``
@@ -101,6 +178,7 @@ class YOLOv8(nn.Module):
     bn_groups: int = 1
     cls_width: int | None = None
     frozen: tuple[str, ...] = ()
+    widths: tuple[tuple[str, int], ...] | None = None
 
     def __call__(self, images: jax.Array, train: bool = False):
         if not (train and self.frozen):
@@ -117,38 +195,38 @@ class YOLOv8(nn.Module):
         if images.shape[1] % 32 or images.shape[2] % 32:
             raise ValueError(f"image height and width must be multiples of 32, got {images.shape[1:3]}")
         kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
-        ch = lambda c: scaled_channels(self.scale, c)
-        n = lambda r: scaled_depth(self.scale, r)
+        w = resolve_widths(self.scale, self.num_classes, self.reg_max, self.cls_width, self.widths)
 
-        def conv(i, c, x):
-            return Conv(ch(c), 3, 2, name=f"model_{i}", **kw)(x, train)
+        def conv(i, x):
+            return Conv(w[f"model_{i}"], 3, 2, name=f"model_{i}", **kw)(x, train)
 
-        def c2f(i, c, r, shortcut, x):
-            return C2f(ch(c), n(r), shortcut, name=f"model_{i}", **kw)(x, train)
+        def c2f(i, x):
+            _, repeats, shortcut = C2F_LAYERS[i]
+            return C2f(w[f"model_{i}/cv2"], scaled_depth(self.scale, repeats), shortcut, name=f"model_{i}",
+                       widths=block_widths(w, f"model_{i}"), **kw)(x, train)
 
         x = images.astype(self.dtype)
         # Backbone.
-        x = conv(0, 64, x)  # P1/2
-        x = conv(1, 128, x)  # P2/4
-        x = c2f(2, 128, 3, True, x)
-        x = conv(3, 256, x)  # P3/8
-        p3 = c2f(4, 256, 6, True, x)
-        x = conv(5, 512, p3)  # P4/16
-        p4 = c2f(6, 512, 6, True, x)
-        x = conv(7, 1024, p4)  # P5/32
-        x = c2f(8, 1024, 3, True, x)
-        p5 = SPPF(ch(1024), 5, name="model_9", **kw)(x, train)
+        x = conv(0, x)  # P1/2
+        x = conv(1, x)  # P2/4
+        x = c2f(2, x)
+        x = conv(3, x)  # P3/8
+        p3 = c2f(4, x)
+        x = conv(5, p3)  # P4/16
+        p4 = c2f(6, x)
+        x = conv(7, p4)  # P5/32
+        x = c2f(8, x)
+        p5 = SPPF(w["model_9/cv2"], 5, hidden=w["model_9/cv1"], name="model_9", **kw)(x, train)
         # Head: top-down then bottom-up path aggregation.
-        h4 = c2f(12, 512, 3, False, jnp.concatenate([upsample_nearest_2x(p5), p4], -1))
-        out3 = c2f(15, 256, 3, False, jnp.concatenate([upsample_nearest_2x(h4), p3], -1))
-        out4 = c2f(18, 512, 3, False, jnp.concatenate([conv(16, 256, out3), h4], -1))
-        out5 = c2f(21, 1024, 3, False, jnp.concatenate([conv(19, 512, out4), p5], -1))
+        h4 = c2f(12, jnp.concatenate([upsample_nearest_2x(p5), p4], -1))
+        out3 = c2f(15, jnp.concatenate([upsample_nearest_2x(h4), p3], -1))
+        out4 = c2f(18, jnp.concatenate([conv(16, out3), h4], -1))
+        out5 = c2f(21, jnp.concatenate([conv(19, out4), p5], -1))
         # The Detect head's inputs (layers 15, 18, 21), for feature distillation
         # (yolojax.loss.distill); stored only when "intermediates" is mutable.
         self.sow("intermediates", "detect_inputs", (out3, out4, out5))
-        return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", cls_width=self.cls_width, **kw)(
-            [out3, out4, out5], train
-        )
+        return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", cls_width=self.cls_width,
+                      widths=block_widths(w, "model_22"), **kw)([out3, out4, out5], train)
 
 
 def _frozen_batchnorm(frozen: tuple[str, ...]):

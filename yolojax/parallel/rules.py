@@ -159,7 +159,8 @@ def follow(tree: Any, reference: Any, reference_shardings: Any, mesh: Mesh) -> A
 def state_shardings(state: Any, mesh: Mesh, rules: str | Rules) -> Any:
     """NamedShardings for a whole :class:`yolojax.train.TrainState` (arrays or the
     ShapeDtypeStructs of ``jax.eval_shape``): params and batch_stats by ``rules``;
-    grad_accum and EMA like them; opt_state by :func:`follow`; scalars replicated."""
+    grad_accum and EMA like them; opt_state by :func:`follow`; scalars replicated; a
+    distillation teacher's variables (``state.teacher``) by ``rules`` too."""
     params = tree_shardings(state.params, mesh, rules)
     batch_stats = tree_shardings(state.batch_stats, mesh, rules)
     rep = NamedSharding(mesh, P())
@@ -172,6 +173,7 @@ def state_shardings(state: Any, mesh: Mesh, rules: str | Rules) -> Any:
         last_opt_step=rep,
         ema={"params": params, "batch_stats": batch_stats},
         ema_updates=rep,
+        teacher=None if state.teacher is None else {k: tree_shardings(v, mesh, rules) for k, v in state.teacher.items()},
     )
 
 

@@ -112,7 +112,9 @@ class Plan:
 def abstract_step(settings: Settings, target: Target, num_classes: int, max_boxes: int,
                   dataset_size: int = DEFAULT_DATASET_SIZE) -> tuple[Any, tuple, str]:
     """The run's jitted train step for ``settings`` (resolved :meth:`Settings.on_devices` for
-    ``target``) on a mesh over ``target.devices``, with abstract arguments.
+    ``target``) on a mesh over ``target.devices``, with abstract arguments; with
+    ``distill_model``, the teacher's forward and the distillation loss in it (the teacher's
+    file is read for its architecture).
 
     Returns:
       (jitted step, (state, batch) ShapeDtypeStructs with their shardings, the optimiser).
@@ -120,21 +122,32 @@ def abstract_step(settings: Settings, target: Target, num_classes: int, max_boxe
     import jax
     import jax.numpy as jnp
 
-    from yolojax.loss import DetectionLoss
+    from yolojax.loss import DetectionLoss, feature_widths
     from yolojax.models import default_cls_width
+    from yolojax.models.naming import DISTILL_PROJECTOR
     from yolojax.parallel import batch_sharding, make_mesh, make_parallel_train_step
-    from yolojax.train.setup import run_module, run_recipe
+    from yolojax.train.setup import distillation_for, load_teacher, run_module, run_recipe
     from yolojax.train.state import TrainState
     from yolojax.train.step import loss_step
 
     s = settings
     recipe = run_recipe(s, dataset_size, num_classes)
     model = run_module(s, num_classes, default_cls_width(s.model.scale, num_classes))
+    distill = distillation_for(s, load_teacher(s)[1]) if s.distill_model else None
     images = jnp.zeros((1, s.imgsz, s.imgsz, 3), jnp.float32)
-    state = jax.eval_shape(lambda: TrainState.create(model.apply, model.init(jax.random.key(0), images), recipe))
+
+    def create():
+        key, variables, teacher = jax.random.key(0), model.init(jax.random.key(0), images), None
+        if distill is not None:  # the projector among the params, the teacher's variables beside them
+            projector = distill.init_projector(key, feature_widths(model))
+            variables = {**variables, "params": {**variables["params"], DISTILL_PROJECTOR: projector}}
+            teacher = distill.teacher.init(key, images)
+        return TrainState.create(model.apply, variables, recipe, teacher=teacher)
+
+    state = jax.eval_shape(create)
     loss_fn = DetectionLoss(num_classes=num_classes, reg_max=s.model.reg_max, box=s.box, cls=s.cls, dfl=s.dfl)
     mesh = make_mesh(*s.mesh_shape, devices=list(target.devices))
-    step, shardings = make_parallel_train_step(s.parallel.mode, loss_step(loss_fn), mesh, state,
+    step, shardings = make_parallel_train_step(s.parallel.mode, loss_step(loss_fn, distill, s.bn_l1), mesh, state,
                                                rules=s.parallel.rules, model=model, sync_bn=s.parallel.sync_bn)
     rows = batch_sharding(mesh)
     b, m = s.batch_size, max_boxes

@@ -13,6 +13,7 @@ from typing import Any
 logger = logging.getLogger("yolojax.train")
 
 STEP_KEYS = ("loss", "box", "cls", "dfl", "lr", "grad_norm")
+DISTILL_KEYS = ("dis",)  # with distill_model: ultralytics' dis_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,9 +86,8 @@ class StepProgress:
         if self.bar is not None:
             self.bar.set_description(f"epoch {(done_step - 1) // self.steps_per_epoch + 1}/{self.settings.epochs}",
                                      refresh=False)
-            self.bar.set_postfix(loss=f"{m['loss']:.3f}", box=f"{m['box']:.3f}", cls=f"{m['cls']:.3f}",
-                                 dfl=f"{m['dfl']:.3f}", lr=f"{m['lr']:.2e}", img_s=f"{self.images_per_s:.1f}",
-                                 refresh=False)
+            parts = {k: f"{m[k]:.3f}" for k in ("loss", "box", "cls", "dfl", *DISTILL_KEYS) if k in m}
+            self.bar.set_postfix(**parts, lr=f"{m['lr']:.2e}", img_s=f"{self.images_per_s:.1f}", refresh=False)
             self.bar.update(1)
 
     def _write_row(self, done_step: int, m: dict[str, float]) -> None:
@@ -95,7 +95,7 @@ class StepProgress:
         self.images_per_s = self._n_window * self.settings.batch_size / max(now - self._t_window, 1e-9)
         self._t_window, self._n_window = now, 0
         self.last_row = {"step": done_step, "epoch": (done_step - 1) // self.steps_per_epoch,
-                         **{k: finite_or_none(m[k]) for k in STEP_KEYS},
+                         **{k: finite_or_none(m[k]) for k in STEP_KEYS + DISTILL_KEYS if k in m},
                          "images_per_s": round(self.images_per_s, 2), "nonfinite_total": self.nonfinite_total}
         self.log.write(self.last_row)
         self.tensorboard.write(self.last_row, "train")

@@ -42,6 +42,7 @@ from typing import Any
 
 from yolojax.console import ConfigError, log_to_file
 from yolojax.data.sources.dataset import describe
+from yolojax.models.naming import model_variables
 from yolojax.parallel import broadcast_json
 from yolojax.parallel.peers import PeerWatch, PreemptionSync
 from yolojax.runtime import enable_compilation_cache
@@ -54,8 +55,8 @@ from yolojax.train.preflight import (check_plot_output, check_split_paths, check
                                      close_image_cache)
 from yolojax.train.progress import NonFiniteLossError, StepProgress, compile_first_step, finite_or_none
 from yolojax.train.settings import Settings, resolve
-from yolojax.train.setup import (build_data, build_model, build_step, describe_devices, load_pretrained, pinned_dataset,
-                                 prepare_data, read_names, start_distributed, validate_ema)
+from yolojax.train.setup import (build_data, build_model, build_step, describe_devices, load_pretrained, load_teacher,
+                                 pinned_dataset, prepare_data, read_names, start_distributed, validate_ema)
 
 __all__ = ["NonFiniteLossError", "TrainError", "train"]
 
@@ -131,6 +132,7 @@ def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosi
     dataset = pinned_dataset(dataset)
     check_split_paths(dataset, ("train", "val") if settings.val.enabled else ("train",))
     pretrained, winfo = load_pretrained(settings)
+    teacher = load_teacher(settings)
     check_writable(workdir)
     if is_main:
         check_plot_output(workdir)
@@ -149,7 +151,7 @@ def run(settings: Settings, workdir: Path, compile_cache: Any, position: RunPosi
                     f", {len(data.val_source)} validation images" if data.val_source is not None else "")
 
         # -- Model: the recipe, the model, its initial or pretrained variables, the loss.
-        model = build_model(settings, data, pretrained, winfo)
+        model = build_model(settings, data, pretrained, winfo, teacher)
         config_dict = {**settings.raw, "resolved": {**model.resolved, "data": describe(dataset)}}
         if is_main:
             (workdir / "config.json").write_text(json.dumps(config_dict, indent=1) + "\n")
@@ -293,7 +295,7 @@ def finish(settings: Settings, workdir: Path, data: Any, info: dict, state: Any,
         from yolojax.train import plots
 
         plots.write_run_plots(settings, workdir, data.batches.source, data.batches.max_boxes, data.val_source,
-                              jax.device_get(state.ema), info, step)
+                              model_variables(jax.device_get(state.ema)), info, step)
     return {"step": step, "total_steps": data.total_steps,
             "stopped_by_signal": stopped if isinstance(stopped, int) else None,
             "stopped_early": stopped if isinstance(stopped, str) else None, "boxes_dropped": boxes_dropped,

@@ -215,6 +215,9 @@ class Settings:
     cls: float = setting(rules.number(0.0), run=True, step=True)
     dfl: float = setting(rules.number(0.0), run=True, step=True)
     cls_pw: float = setting(rules.fraction(), run=True, step=True)
+    distill_model: str = setting(rules.text(), run=True, step=True)
+    dis: float = setting(rules.number(0.0), run=True, step=True)
+    bn_l1: float = setting(rules.number(0.0), run=True, step=True)
     hsv_h: float = setting(rules.fraction(), run=True, step=True)
     hsv_s: float = setting(rules.fraction(), run=True, step=True)
     hsv_v: float = setting(rules.fraction(), run=True, step=True)
@@ -383,6 +386,9 @@ def _check_combinations(values: Mapping[str, Any], need_data: bool = True) -> No
     if values["weights"] and not Path(values["weights"]).exists():
         raise ConfigError(f"weights={values['weights']!r}: must be an existing .pt, converted directory or "
                           "train workdir ('' trains from scratch)")
+    if values["distill_model"] and not Path(values["distill_model"]).exists():
+        raise ConfigError(f"distill_model={values['distill_model']!r}: must be the teacher's existing .pt, converted "
+                          "directory or train workdir ('' trains without distillation)")
 
 
 def _check_tfds(values: Mapping[str, Any]) -> None:

@@ -197,11 +197,24 @@ def load_pretrained(settings: Settings) -> tuple[Any, dict]:
     return pretrained, winfo
 
 
+def load_teacher(settings: Settings) -> tuple[Any, dict] | None:
+    """(variables, info) of the distillation teacher ``distill_model``, or None without one."""
+    if not settings.distill_model:
+        return None
+    from yolojax.weights import load_weights
+
+    try:
+        return load_weights(settings.distill_model)
+    except ValueError as e:
+        raise ConfigError(f"distill_model={settings.distill_model!r}: {str(e).splitlines()[0]}") from None
+
+
 @dataclasses.dataclass
 class RunModel:
     """The model side of a run (:func:`build_model`): the initial :class:`TrainState` (on the
     host), the module, the loss, the recipe, what the run resolved from them (``resolved``, into
-    config.json) and the model info saved with checkpoints."""
+    config.json), the model info saved with checkpoints and the
+    :class:`yolojax.loss.distill.Distillation` (None without ``distill_model``)."""
 
     state: Any
     module: Any
@@ -209,6 +222,7 @@ class RunModel:
     recipe: Any
     resolved: dict
     info: dict
+    distill: Any = None
 
 
 def run_recipe(settings: Settings, dataset_size: int, num_classes: int, iters_per_epoch: int | None = None) -> Any:
@@ -224,22 +238,26 @@ def run_recipe(settings: Settings, dataset_size: int, num_classes: int, iters_pe
         warmup_bias_lr=s.warmup_bias_lr, cos_lr=s.cos_lr, nbs=s.nbs, frozen=s.frozen)
 
 
-def run_module(settings: Settings, num_classes: int, cls_width: int) -> Any:
+def run_module(settings: Settings, num_classes: int, cls_width: int, widths: dict | None = None) -> Any:
     """The run's YOLOv8 module: its scale, classes, reg_max, the resolved compute dtype
-    (:meth:`Settings.on_devices`) and the frozen layers."""
+    (:meth:`Settings.on_devices`), the frozen layers and a pruned model's ``widths``."""
     import jax.numpy as jnp
 
     from yolojax.models import YOLOv8
+    from yolojax.models.yolov8 import widths_key
 
     if settings.compute_dtype is None:
         raise ValueError("dtype='auto' is resolved by Settings.on_devices, which has not run")
     return YOLOv8(scale=settings.model.scale, num_classes=num_classes, reg_max=settings.model.reg_max,
-                  cls_width=cls_width, dtype=jnp.dtype(settings.compute_dtype), frozen=settings.frozen)
+                  cls_width=cls_width, dtype=jnp.dtype(settings.compute_dtype), frozen=settings.frozen,
+                  widths=widths_key(widths))
 
 
-def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict) -> RunModel:
-    """The recipe (logged), the model (``freeze`` applied), its initial or pretrained variables
-    and the loss (``cls_pw`` class weights)."""
+def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict,
+                teacher: tuple[Any, dict] | None = None) -> RunModel:
+    """The recipe (logged), the model (``freeze`` applied), its initial or pretrained variables,
+    the loss (``cls_pw`` class weights) and, with a ``teacher`` (:func:`load_teacher`), the
+    distillation (:func:`build_distillation`)."""
     from yolojax.loss import DetectionLoss
     from yolojax.models import default_cls_width
     from yolojax.models.summary import model_summary
@@ -257,9 +275,11 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
                 "dtype": s.compute_dtype, "mesh": {"data": s.mesh_shape[0], "model": s.mesh_shape[1]}}
     cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
     cls_width = cls_width or default_cls_width(scale, num_classes)
-    model = run_module(s, num_classes, cls_width)
+    # A pruned model's per-layer widths (yolojax.models.prune) when the weights are of this scale.
+    widths = winfo.get("widths") if pretrained is not None and winfo.get("scale") == scale else None
+    model = run_module(s, num_classes, cls_width, widths)
     info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": s.model.reg_max,
-            "cls_width": cls_width, "imgsz": s.imgsz}
+            "cls_width": cls_width, "imgsz": s.imgsz, **({"widths": widths} if widths else {})}
     logger.info("%s", model_summary(model).line())
     variables = init_variables(model, s.seed)
     if pretrained is not None:
@@ -278,7 +298,43 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict)
         logger.info("freeze=%s: %d parameter arrays frozen (%s)", s.raw["freeze"], count, ", ".join(s.frozen))
     loss_fn = DetectionLoss(num_classes=num_classes, reg_max=s.model.reg_max, box=s.box, cls=s.cls, dfl=s.dfl,
                             class_weights=loss_class_weights(s.cls_pw, data.batches.source, num_classes))
-    return RunModel(TrainState.create(model.apply, variables, recipe), model, loss_fn, recipe, resolved, info)
+    distill = None
+    if teacher is not None:
+        distill, variables = build_distillation(settings, model, variables, teacher)
+    state = TrainState.create(model.apply, variables, recipe, teacher=teacher[0] if teacher is not None else None)
+    return RunModel(state, model, loss_fn, recipe, resolved, info, distill)
+
+
+def build_distillation(settings: Settings, student: Any, variables: dict, teacher: tuple[Any, dict]) -> tuple[Any, dict]:
+    """ultralytics' DistillationModel around ``student``: :func:`distillation_for` the teacher
+    and a fresh projector, whose parameters join ``variables["params"]``
+    (:data:`yolojax.models.naming.DISTILL_PROJECTOR`). Returns (the
+    :class:`yolojax.loss.distill.Distillation`, the variables with the projector)."""
+    import jax
+
+    from yolojax.loss.distill import feature_widths
+    from yolojax.models.naming import DISTILL_PROJECTOR
+
+    teacher_info = teacher[1]
+    distill = distillation_for(settings, teacher_info)
+    projector = distill.init_projector(jax.random.fold_in(jax.random.key(settings.seed), 1), feature_widths(student))
+    logger.info("distilling from %s (YOLOv8%s, %d classes; P3-P5 widths %s), dis=%g", settings.distill_model,
+                teacher_info.get("scale"), int(teacher_info["num_classes"]),
+                "/".join(map(str, distill.teacher_widths)), settings.dis)
+    params = {**variables["params"], DISTILL_PROJECTOR: jax.device_get(projector)}
+    return distill, {**variables, "params": params}
+
+
+def distillation_for(settings: Settings, teacher_info: dict) -> Any:
+    """The :class:`yolojax.loss.distill.Distillation` of the teacher ``teacher_info`` describes
+    (``load_weights``' info), computing in the run's dtype, with the run's ``dis``."""
+    import jax.numpy as jnp
+
+    from yolojax.loss.distill import Distillation, DistillationLoss, feature_widths
+    from yolojax.models import yolov8_from_info
+
+    module = yolov8_from_info(teacher_info, dtype=jnp.dtype(settings.compute_dtype))
+    return Distillation(module, feature_widths(module), DistillationLoss(settings.dis))
 
 
 def loss_class_weights(cls_pw: float, source: Any, num_classes: int) -> tuple[float, ...] | None:
@@ -320,24 +376,28 @@ def build_step(settings: Settings, model: RunModel, compile_cache: Path | None) 
     from yolojax.train.step_cache import CachedStep, StepCache, step_cache_applies
 
     mesh = make_mesh(settings.mesh.data, settings.mesh.model)
-    step_fn, shardings = make_parallel_train_step(settings.parallel.mode, loss_step(model.loss_fn), mesh,
+    step = loss_step(model.loss_fn, model.distill, settings.bn_l1)
+    step_fn, shardings = make_parallel_train_step(settings.parallel.mode, step, mesh,
                                                   model.state, rules=settings.parallel.rules,
                                                   sync_bn=settings.parallel.sync_bn, model=model.module)
     state = shard_state(jax.device_get(model.state), shardings)
     if compile_cache is not None and step_cache_applies():
         step_fn = CachedStep(step_fn, StepCache(compile_cache), {
-            "config": settings.step_view(), "model": model.module, "recipe": model.recipe, "loss": model.loss_fn})
+            "config": settings.step_view(), "model": model.module, "recipe": model.recipe, "loss": model.loss_fn,
+            "distill": model.distill})
     return RunStep(step_fn, state, shardings, lambda b: place_batch(b, mesh))
 
 
 def validate_ema(settings: Settings, val_source: Any, variables: Any, info: dict,
                  plots_dir: Path | None = None) -> dict:
-    """The run's validation of ``variables`` (its EMA weights): :func:`yolojax.evaluation.validate`
+    """The run's validation of ``variables`` (its EMA weights, without the training-only
+    projector): :func:`yolojax.evaluation.validate`
     with the run's val settings, in this process, without workers; with ``plots_dir``, also the
     validation plots there."""
     from yolojax.evaluation import validate
+    from yolojax.models.naming import model_variables
 
-    return validate(data=val_source, variables=variables, info=info, imgsz=settings.imgsz,
+    return validate(data=val_source, variables=model_variables(variables), info=info, imgsz=settings.imgsz,
                     batch=settings.val_batch_size, conf=settings.val.conf, iou=settings.val.iou,
                     max_det=settings.val_max_det, rect=settings.val.rect, workers=0, verbose=False,
                     plots_dir=plots_dir)

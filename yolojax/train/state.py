@@ -24,6 +24,9 @@ class TrainState(struct.PyTreeNode):
       ema: {"params", "batch_stats"}, the exponential moving average used for validation.
       ema_updates: int32 scalar, optimiser updates folded into ``ema``.
       apply_fn, tx, recipe: static (not traced, not checkpointed).
+      teacher: knowledge distillation's frozen teacher variables {"params", "batch_stats"}
+        (:class:`yolojax.loss.distill.Distillation`), or None; traced and sharded like the
+        params, never updated or checkpointed (a resume loads them again from distill_model).
     """
 
     step: jax.Array
@@ -37,10 +40,12 @@ class TrainState(struct.PyTreeNode):
     apply_fn: Callable = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     recipe: Recipe = struct.field(pytree_node=False)
+    teacher: Any = None
 
     @classmethod
-    def create(cls, apply_fn: Callable, variables: dict, recipe: Recipe) -> "TrainState":
-        """A fresh state from model ``variables`` ({"params", "batch_stats"}) and a recipe."""
+    def create(cls, apply_fn: Callable, variables: dict, recipe: Recipe, teacher: dict | None = None) -> "TrainState":
+        """A fresh state from model ``variables`` ({"params", "batch_stats"}; with distillation
+        the projector's parameters among the params), a recipe and the ``teacher``'s variables."""
         params = jax.tree.map(jnp.asarray, variables["params"])
         batch_stats = jax.tree.map(jnp.asarray, variables["batch_stats"])
         tx = make_optimizer(recipe, params)
@@ -63,6 +68,7 @@ class TrainState(struct.PyTreeNode):
             apply_fn=apply_fn,
             tx=tx,
             recipe=recipe,
+            teacher=None if teacher is None else jax.tree.map(jnp.asarray, teacher),
         )
 
     @property

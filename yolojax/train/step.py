@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from yolojax.data.device.augment import batch_images
+from yolojax.loss.distill import detect_inputs
 from yolojax.train.ema import ema_update
 from yolojax.train.freeze import frozen_mask
 from yolojax.train.optim import hyperparams, set_hyperparams
@@ -21,9 +22,24 @@ def clip_coefficient(grad_norm: jax.Array, max_norm: float) -> jax.Array:
     return jnp.minimum(max_norm / (grad_norm + 1e-6), 1.0)
 
 
+def bn_l1_gradient(params: Any, bn_l1: float) -> Any:
+    """Network slimming's sparsity term (Liu et al. 2017, "Learning Efficient Convolutional
+    Networks through Network Slimming", its ``updateBN``): ``bn_l1 * sign(gamma)`` for every
+    BatchNorm scale (``.../bn/scale``), zeros elsewhere; added to the gradient, it is the
+    subgradient of ``bn_l1 * sum(|gamma|)`` and drives unneeded channels' gammas to zero for
+    :mod:`yolojax.models.prune` (``method=bn_scale``)."""
+
+    def term(path, leaf):
+        names = [getattr(k, "key", None) for k in path]
+        is_bn_scale = len(names) >= 2 and names[-2:] == ["bn", "scale"]
+        return bn_l1 * jnp.sign(leaf) if is_bn_scale else jnp.zeros_like(leaf)
+
+    return jax.tree_util.tree_map_with_path(term, params)
+
+
 def train_step(
     state: TrainState, batch: dict[str, jax.Array], loss_fn: Callable,
-    axis_name: str | None = None,
+    axis_name: str | None = None, distill: Any = None, bn_l1: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One batch of ultralytics-style training.
 
@@ -42,6 +58,11 @@ def train_step(
         global objective; the gradient with respect to the replicated (axis-invariant)
         params comes out already summed over the axis (shard_map's transpose of the implicit
         broadcast is a psum), and the reported loss and parts are psum'ed.
+      distill: a :class:`yolojax.loss.distill.Distillation` (with ``state.teacher`` its
+        teacher's variables) or None: the teacher runs in eval mode on the same images and
+        ultralytics' ``dis_loss`` joins the loss (metric ``dis``), as its DistillationModel adds it.
+      bn_l1: the gradient of every BatchNorm scale gets ``bn_l1 * sign(scale)`` (network
+        slimming's sparsity training, :func:`bn_l1_gradient`; 0: off). Not part of ``loss``.
 
     The gradient is that of ``total * B`` (ultralytics backpropagates its loss items summed
     and multiplied by the batch size); it is summed into ``grad_accum``, and once
@@ -51,7 +72,7 @@ def train_step(
     whose loss or gradient is not finite is skipped (only ``step`` advances); its ``loss``
     or ``grad_norm`` metric is then non-finite.
 
-    Returns the new state and float32 metrics: loss, box, cls, dfl, lr (of the weight
+    Returns the new state and float32 metrics: loss, box, cls, dfl (and dis), lr (of the weight
     group), grad_norm (of the gradient sum at this batch, before clipping) and updated (1.0
     where this batch ended in an optimiser update).
     """
@@ -62,15 +83,22 @@ def train_step(
     if axis_name is not None:
         batch_size = batch_size * jax.lax.psum(1, axis_name)
 
+    teacher = distill.teacher_forward(state.teacher, images) if distill is not None else None
+
     def objective(params):
         feats, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            images, train=True, mutable=["batch_stats"],
+            images, train=True, mutable=["batch_stats", "intermediates"] if distill else ["batch_stats"],
         )
         total, parts = loss_fn(feats, batch)
+        if distill is not None:
+            dis = distill(params, detect_inputs(updates), *teacher)
+            total, parts = total + dis, {**parts, "dis": dis}
         return total * batch_size, (total, parts, updates["batch_stats"])
 
     grads, (total, parts, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    if bn_l1:
+        grads = jax.tree.map(jnp.add, grads, bn_l1_gradient(state.params, bn_l1))
     # Frozen layers (ultralytics' requires_grad=False) have no gradient: none is accumulated,
     # clipped or counted in grad_norm.
     frozen = frozen_mask(state.params, recipe.frozen)
@@ -124,13 +152,15 @@ def train_step(
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
 
-def loss_step(loss_fn: Callable) -> Callable:
-    """``step_fn(state, batch, axis_name=None)``: :func:`train_step` with ``loss_fn``, whose
-    ``axis_name`` becomes the step's (the shape :mod:`yolojax.parallel`'s wrappers take)."""
+def loss_step(loss_fn: Callable, distill: Any = None, bn_l1: float = 0.0) -> Callable:
+    """``step_fn(state, batch, axis_name=None)``: :func:`train_step` with ``loss_fn`` (and
+    ``distill``, ``bn_l1``), whose ``axis_name`` becomes the step's (the shape
+    :mod:`yolojax.parallel`'s wrappers take)."""
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array], axis_name: str | None = None):
         loss = loss_fn if axis_name is None else dataclasses.replace(loss_fn, axis_name=axis_name)
-        return train_step(state, batch, loss, axis_name=axis_name)
+        dist = distill if distill is None or axis_name is None else distill.with_axis_name(axis_name)
+        return train_step(state, batch, loss, axis_name=axis_name, distill=dist, bn_l1=bn_l1)
 
     return step_fn
 

@@ -2,7 +2,8 @@
 
 ``OUT_DIR/variables`` is an Orbax checkpoint of ``{"params", "batch_stats"}`` and
 ``OUT_DIR/info.json`` the model info (``format``, ``format_version``, scale, num_classes,
-names, reg_max, cls_width). The directory is written whole or not at all.
+names, reg_max, cls_width, and ``widths`` {module path: channels} for a pruned model,
+:func:`yolojax.models.yolov8.default_widths`' keys). The directory is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def load_converted(path: str | os.PathLike) -> tuple[Variables, Info]:
         info["cls_width"] = record["cls_width"]
     if training_imgsz(record.get("imgsz")) is not None:
         info["imgsz"] = record["imgsz"]
+    if record.get("widths") is not None:  # a pruned model's (yolojax.models.prune)
+        if not isinstance(record["widths"], dict):
+            raise ValueError(f"{root / INFO_FILE}: widths must be an object of module path -> channels")
+        info["widths"] = record["widths"]
     if not (
         isinstance(info["num_classes"], int)
         and isinstance(info["reg_max"], int)

@@ -16,7 +16,9 @@ def load_weights(path: str | os.PathLike) -> tuple[Variables, Info]:
     directory written by :func:`save_converted` (:func:`load_converted`) or a train workdir
     (or its ``checkpoints/``): the EMA weights of its latest complete checkpoint
     (:func:`yolojax.weights.workdir.load_workdir_weights`). Returns the same
-    ``(variables, info)`` as :func:`load_ultralytics`. Raises ``ValueError`` otherwise.
+    ``(variables, info)`` as :func:`load_ultralytics`; a pruned model's info also has
+    ``widths`` (:mod:`yolojax.models.prune`; a workdir records those of the model it trained).
+    Raises ``ValueError`` otherwise.
     """
     p = Path(path)
     if p.is_file() and p.suffix.lower() in (".pt", ".pth"):

@@ -328,16 +328,18 @@ def torch_key_to_flax(key: str, ndim: int) -> tuple[str, ...] | None:
 
 @functools.lru_cache(maxsize=16)
 def expected_shapes(
-    scale: str, num_classes: int, reg_max: int, cls_width: int | None = None
+    scale: str, num_classes: int, reg_max: int, cls_width: int | None = None,
+    widths: tuple[tuple[str, int], ...] | None = None,
 ) -> dict[tuple[str, ...], tuple[int, ...]]:
     """(collection, *path) -> shape of every variable of ``YOLOv8(scale, num_classes,
-    reg_max, cls_width=cls_width)``, from ``jax.eval_shape`` of its init (no computation)."""
+    reg_max, cls_width=cls_width, widths=widths)``, from ``jax.eval_shape`` of its init (no
+    computation)."""
     import jax
     import jax.numpy as jnp
 
     from yolojax.models import YOLOv8
 
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width)
+    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width, widths=widths)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
     )
@@ -378,7 +380,10 @@ def check_variables(
 
     ``origin`` maps paths to the names the user knows (torch keys) for the message.
     """
-    expected = expected_shapes(info["scale"], info["num_classes"], info["reg_max"], info.get("cls_width"))
+    from yolojax.models.yolov8 import widths_key
+
+    expected = expected_shapes(info["scale"], info["num_classes"], info["reg_max"], info.get("cls_width"),
+                               widths_key(info.get("widths")))
     origin = origin or {}
     name = lambda p: origin.get(p, "/".join(p))  # noqa: E731
     missing = sorted(
@@ -401,6 +406,7 @@ def check_variables(
         model = (
             f"YOLOv8{info['scale']} with {info['num_classes']} classes, reg_max {info['reg_max']}"
             + (f", class branch width {info['cls_width']}" if info.get("cls_width") else "")
+            + (" pruned to its info's widths" if info.get("widths") else "")
         )
         raise ValueError(f"{source} does not match {model}: {'; '.join(problems)}")
 

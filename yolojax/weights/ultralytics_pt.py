@@ -238,10 +238,14 @@ def save_ultralytics_checkpoint(variables: Mapping[str, Any], info: Mapping[str,
     (:func:`detection_model`), ema/updates/optimizer (None) and ``train_args`` (task, model,
     and ``imgsz`` when ``info`` has it: ultralytics validates and predicts at it), as
     ultralytics' released checkpoints do. Returns ``out``. Raises ``ValueError`` for
-    variables that are not a YOLOv8 detector's.
+    variables that are not a YOLOv8 detector's, or a pruned model's (``info["widths"]``:
+    ultralytics' model yaml has no per-layer widths).
     """
     from flax import traverse_util
 
+    if info.get("widths"):
+        raise ValueError("a pruned model (per-layer widths) cannot be written as an ultralytics .pt: its model "
+                         "yaml has one width per layer and scale; export format=onnx instead")
     __version__ = metadata.version("yolojax")
     from yolojax.weights.ultralytics import check_variables
 

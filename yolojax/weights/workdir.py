@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
+from yolojax.models.naming import model_variables
 from yolojax.weights.ultralytics import training_imgsz
 
 logger = logging.getLogger(__name__)
@@ -265,13 +266,16 @@ def read_step(step_dir: str | os.PathLike) -> None:
 
 
 def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
-    """The EMA weights (float32 numpy) and model info of one checkpoint step directory."""
+    """The EMA weights (float32 numpy; a distillation projector left out) and model info of one
+    checkpoint step directory."""
     meta = _read_json_item(step_dir / "meta")
     if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
         raise ValueError(f"{step_dir}/meta: missing model info")
     info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
     if isinstance(meta["info"].get("cls_width"), int):
         info["cls_width"] = meta["info"]["cls_width"]
+    if isinstance(meta["info"].get("widths"), dict):  # a pruned model's (yolojax.models.prune)
+        info["widths"] = meta["info"]["widths"]
     # The run's imgsz: in the info since it was recorded there, else in the step's config.
     imgsz = training_imgsz(meta["info"].get("imgsz"))
     if imgsz is None and (step_dir / "config").is_dir():
@@ -280,14 +284,14 @@ def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
     if imgsz is not None:
         info["imgsz"] = imgsz
     ema = jax.tree.map(lambda x: np.asarray(x, np.float32), _read_arrays(step_dir / "state", ("ema",))["ema"])
-    return {"params": ema["params"], "batch_stats": ema["batch_stats"]}, info
+    return model_variables({"params": ema["params"], "batch_stats": ema["batch_stats"]}), info
 
 
 def load_workdir_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     """The EMA weights of the newest intact checkpoint of a train workdir (``path`` is the
     workdir, its ``checkpoints/``, or its ``checkpoints_best/`` for the best validation's
     weights), as float32 numpy ``{"params", "batch_stats"}`` on the host, and the model info
-    (scale, num_classes, names, reg_max, cls_width) recorded with it.
+    (scale, num_classes, names, reg_max, cls_width, a pruned model's widths) recorded with it.
 
     A newer step that fails to read (damaged after it was written) is named in one warning
     and skipped; nothing is moved. Raises ``ValueError`` (:class:`CheckpointError` when every
