@@ -219,3 +219,17 @@ def test_cli_prune_refusals_are_one_line(capsys, tmp_path):
         assert cli.main(["prune", f"model={WEIGHTS}", *args]) in (1, 2)
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_pruning_dense_weights_warns_and_zeroed_ones_do_not(nano, zeroed, caplog):
+    from yolojax.models.prune import SPARSE_GAMMA, largest_removed_gamma
+
+    variables, info = nano
+    zero_vars, widths, keep = zeroed
+    assert largest_removed_gamma(zero_vars["params"], channel_graph(widths), keep) == 0.0
+    assert largest_removed_gamma(variables["params"], channel_graph(widths), keep) > SPARSE_GAMMA
+    with caplog.at_level("WARNING", logger="yolojax.models.prune"):
+        prune(zero_vars, info, RATIO)
+        assert not caplog.records
+        prune(variables, info, 0.05)
+    assert "BatchNorm |gamma| up to 0.5" in caplog.text and "bn_l1" in caplog.text

@@ -21,7 +21,8 @@ yolojax commands themselves (each printed before it runs):
    after a warm-up) and with onnxruntime on ``python -m yolojax.export``'s ONNX file.
 
 The steps run one after another (never two measurements at once); results are kept in
-``WORK/results.json`` so a rerun skips what is done. Prints ``uptime`` before and after, the
+``WORK/results.json`` so a rerun skips what is done; ``--retime`` measures only the latencies
+again (e.g. on a quieter machine). Prints ``uptime`` before and after, the
 markdown table, and writes the plot (mAP50-95 against GFLOPs, one line per model and stage).
 """
 
@@ -126,6 +127,18 @@ def _row(model: str, stage: str, ratio: float, weights: Path, work: Path, data: 
     return row
 
 
+def retime(results: dict, weights_dir: Path, work: Path, runs: int) -> None:
+    """The JAX and onnxruntime latencies of every timed row, measured again, one row after another."""
+    for r in results.values():
+        if "jax_ms" not in r:
+            continue
+        pruned = work / f"yolov8{r['model']}_pruned{round(r['ratio'] * 100)}"
+        weights = weights_dir / f"yolov8{r['model']}.pt" if r["stage"] == "original" else pruned
+        name = f"{r['model']}_{r['stage']}_{round(r['ratio'] * 100)}"
+        r.update(jax_ms=_jax_ms(weights, runs), ort_ms=_ort_ms(weights, work, name, runs))
+        print(name, f"{r['jax_ms']:.1f} ms JAX, {r['ort_ms']:.1f} ms onnxruntime", flush=True)
+
+
 def table(results: dict) -> str:
     """The markdown table of the results, by model, then ratio and stage."""
     lines = ["| model | ratio | stage | params | GFLOPs (640) | JAX CPU ms (b1, 640) | onnxruntime CPU ms | "
@@ -176,12 +189,20 @@ def main() -> None:
     p.add_argument("--weights-dir", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_prune")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "prune_map_gflops.png")
+    p.add_argument("--retime", action="store_true",
+                   help="only measure the latencies of the rows WORK/results.json holds again (on a quiet machine)")
     args = p.parse_args()
     data = args.weights_dir / "coco8" / "coco8.yaml"
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.work / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     print(f"before: {_uptime()}", flush=True)
+    if args.retime:
+        retime(results, args.weights_dir, args.work, args.runs)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"after: {_uptime()}")
+        print(table(results))
+        return
     for model in args.models:
         weights = args.weights_dir / f"yolov8{model}.pt"
         _measure(f"{model}/original", results, path,

@@ -55,7 +55,7 @@ TRAIN_KEYS: dict[str, str] = {
     "iou": "val.iou", "max_det": "val.max_det", "cache": "data.cache", "augment_on": "data.augment_on",
     "patience": "patience", "time": "time", "save_period": "save_period", "fraction": "fraction", "freeze": "freeze",
     "single_cls": "single_cls", "classes": "classes", "multi_scale": "multi_scale", "rect": "rect",
-    "cutmix": "cutmix", "bgr": "bgr", "cls_pw": "cls_pw",
+    "cutmix": "cutmix", "bgr": "bgr", "cls_pw": "cls_pw", "distill_model": "distill_model", "dis": "dis",
 }
 RUN_KEYS = ("model", "cfg", "project", "name", "exist_ok", "resume")
 # ultralytics 8.4.190's amp values (engine/trainer.py) -> dtype: True is mixed precision on an
