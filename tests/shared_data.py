@@ -9,6 +9,7 @@ so a missing fixture can never pass as green. Mark a test ``@needs(path, ...)`` 
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -35,3 +36,11 @@ def require(*paths: Path) -> None:
 def needs(*paths: Path) -> pytest.MarkDecorator:
     """A mark: the test runs only where ``paths`` exist (:func:`require`, applied by conftest.py)."""
     return pytest.mark.shared_data(*paths)
+
+
+def bus_jpg() -> Path:
+    """ultralytics' bundled bus.jpg (the test oracle's package); skips the test without it."""
+    try:
+        return Path(str(importlib.resources.files("ultralytics") / "assets" / "bus.jpg"))
+    except ModuleNotFoundError:
+        pytest.skip("ultralytics (test oracle, for its bus.jpg) not installed")

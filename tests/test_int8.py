@@ -5,7 +5,6 @@ before any work."""
 
 from __future__ import annotations
 
-import importlib.resources
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from yolojax import cli
 from yolojax import export as yj_export
 from yolojax.inference import int8 as yj_int8
-from shared_data import COCO8, WEIGHTS, needs, require
+from shared_data import COCO8, WEIGHTS, bus_jpg, needs, require
 
 DATA = COCO8 / "coco8.yaml"
 
@@ -30,12 +29,6 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     assert yj_export.main(["--weights", str(WEIGHTS), "--out", str(out), "--int8", "--data", str(DATA)]) == 0
     return out, out.with_name("yolov8n_int8.onnx")
 
-
-def _bus() -> Path:
-    try:
-        return Path(str(importlib.resources.files("ultralytics") / "assets" / "bus.jpg"))
-    except ModuleNotFoundError:
-        pytest.skip("ultralytics (for its bus.jpg) not installed")
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,7 +45,7 @@ def test_int8_model_finds_fp32_boxes_on_bus(exported):
 
     fp32, int8 = exported
     assert int8.is_file() and int8.stat().st_size < fp32.stat().st_size / 2
-    bus = [_bus()]
+    bus = [bus_jpg()]
     (ref,) = Predictor(model_fn=(d := OnnxDetector(fp32)), info=d.info)(bus)
     (got,) = Predictor(model_fn=(q := OnnxDetector(int8)), info=q.info)(bus)
     assert q.info == d.info and q.info["scale"] == "n"

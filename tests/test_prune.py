@@ -8,7 +8,6 @@ statistics). Everything runs yolov8n at small sizes to stay fast.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 
 import jax
@@ -23,7 +22,7 @@ from yolojax.models.prune import channel_graph, min_keep, model_widths, prune, p
 from yolojax.models.summary import model_summary
 from yolojax.models.yolov8 import resolve_widths
 from yolojax.weights import count_params, load_weights
-from shared_data import COCO8, WEIGHTS, require
+from shared_data import COCO8, WEIGHTS, bus_jpg, require
 
 RATIO = 0.3
 
@@ -64,11 +63,7 @@ def _bus_image(size: int) -> np.ndarray:
     from yolojax.data.image_io import read_image_rgb
     from yolojax.inference.predictor import letterbox_for_predict
 
-    try:
-        path = importlib.resources.files("ultralytics") / "assets" / "bus.jpg"
-    except ModuleNotFoundError:
-        pytest.skip("ultralytics (test oracle, for bus.jpg) not installed")
-    image = read_image_rgb(str(path))
+    image = read_image_rgb(str(bus_jpg()))
     boxed = apply_letterbox(image, letterbox_for_predict(image.shape[:2], size))
     canvas = np.zeros((size, size, 3), np.uint8)  # letterbox_for_predict pads to a multiple of 32 only
     canvas[: boxed.shape[0], : boxed.shape[1]] = boxed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import os
 import shutil
@@ -24,16 +23,10 @@ from yolojax.inference import predictor as yj_predictor
 from yolojax.inference import detector as yj_detector
 from yolojax.evaluation import validator as yj_validator
 from yolojax.data.sources.coco_json import COCO80_CATEGORY_IDS
-from shared_data import COCO8, WEIGHTS, needs
+from shared_data import COCO8, WEIGHTS, bus_jpg, needs
 
 needs_shared = needs(WEIGHTS, COCO8 / "coco8.yaml")
 
-
-def _bus_jpg() -> Path:
-    try:
-        return Path(str(importlib.resources.files("ultralytics") / "assets" / "bus.jpg"))
-    except ModuleNotFoundError:
-        pytest.skip("ultralytics (test oracle) not installed")
 
 
 def _xyxy_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,7 +108,7 @@ def test_val_counts_every_ground_truth_box_like_ultralytics(tmp_path):
 @pytest.mark.parametrize("mode", list(DEFAULTS))
 def test_predict_matches_ultralytics(tmp_path, mode):
     ultralytics = pytest.importorskip("ultralytics")
-    bus = _bus_jpg()
+    bus = bus_jpg()
     flags, kwargs = DEFAULTS[mode]
     argv = ["--weights", str(WEIGHTS), "--source", str(bus), "--out", str(tmp_path / "out")]
     assert yj_predict.main(argv + flags) == 0
@@ -139,7 +132,7 @@ def test_predict_matches_ultralytics(tmp_path, mode):
 
 @needs_shared
 def test_predict_api_folder_and_glob(tmp_path):
-    bus = _bus_jpg()
+    bus = bus_jpg()
     (tmp_path / "imgs").mkdir()
     shutil.copy(bus, tmp_path / "imgs" / "a.jpg")
     shutil.copy(bus, tmp_path / "imgs" / "b.jpg")
