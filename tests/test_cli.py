@@ -15,6 +15,7 @@ import pytest
 
 from shared_data import SHARED, WEIGHTS, needs
 from yolojax import cli
+from yolojax.config import load_config
 from yolojax.console import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,15 @@ def test_model_key_picks_scale_and_weights(tmp_path):
     assert config.imgsz == 192  # the rest of the cfg= file stays
     with pytest.raises(ConfigError, match="missing.pt: does not exist"):
         cli.train_config([f"model={tmp_path / 'missing.pt'}"])
-    with pytest.raises(ConfigError, match=r"model=yolo11n.yaml: must be yolov8\{n,s,m,l,x\}.yaml"):
-        cli.train_config(["model=yolo11n.yaml"])
+    config, _ = cli.train_config(["model=yolo11s.yaml"])
+    assert (config.model.family, config.model.scale, config.weights) == ("yolo11", "s", "")
+    (tmp_path / "yolo11n.pt").write_bytes(b"")
+    config, _ = cli.train_config([f"model={tmp_path / 'yolo11n.pt'}"])
+    assert (config.model.family, config.model.scale) == ("yolo11", "n")
+    assert config.to_dict() == {**load_config("yolo11n").to_dict(), "weights": str(tmp_path / "yolo11n.pt")}
+    with pytest.raises(ConfigError, match=r"model=yolo26n.yaml: must be yolov8\{n,s,m,l,x\}.yaml or "
+                                          r"yolo11\{n,s,m,l,x\}.yaml"):
+        cli.train_config(["model=yolo26n.yaml"])
 
 
 @needs_weights
@@ -87,7 +95,7 @@ def test_model_key_reads_the_scale_of_unnamed_weights(tmp_path):
     shutil.copy(WEIGHTS, tmp_path / "best.pt")
     config, _ = cli.train_config([f"model={tmp_path / 'best.pt'}", "model.scale=s"])
     assert config.weights == str(tmp_path / "best.pt") and config.model.scale == "s"  # an explicit field wins
-    assert cli.model_scale(str(tmp_path / "best.pt")) == ("n", str(tmp_path / "best.pt"))
+    assert cli.model_scale(str(tmp_path / "best.pt")) == ("yolov8", "n", str(tmp_path / "best.pt"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,11 +11,12 @@ from yolojax.console import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("family", ["yolov8", "yolo11"])
 @pytest.mark.parametrize("scale", list("nsmlx"))
-def test_scale_configs_change_only_the_scale(scale):
-    config, base = load_config(f"yolov8{scale}"), default_config()
-    assert config.model.scale == scale
-    base.model.scale = scale
+def test_model_configs_change_only_the_family_and_scale(family, scale):
+    config, base = load_config(f"{family}{scale}"), default_config()
+    assert config.model.family == family and config.model.scale == scale
+    base.model.family, base.model.scale = family, scale
     assert config.to_dict() == base.to_dict()
 
 
@@ -27,7 +28,8 @@ def test_quickstart_is_small_and_self_contained():
 
 
 def test_names_paths_and_the_source_checkout_reach_the_same_files(tmp_path, monkeypatch):
-    assert config_names() == ["base", "quickstart", "yolov8l", "yolov8m", "yolov8n", "yolov8s", "yolov8x"]
+    assert config_names() == ["base", "quickstart", *(f"yolo11{s}" for s in "lmnsx"),
+                              *(f"yolov8{s}" for s in "lmnsx")]
     assert CONFIGS_DIR.parent.name == "yolojax"  # the configs are part of the package
     monkeypatch.chdir(tmp_path)  # a name works from any folder
     assert config_path("yolov8s") == config_path("yolov8s.py") == CONFIGS_DIR / "yolov8s.py"

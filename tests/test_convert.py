@@ -496,10 +496,11 @@ def test_legacy_and_non_torch_files_are_refused(tmp_path):
 @pytest.mark.parametrize(
     "build,pattern",
     [
-        (lambda: DetectionModel("yolo11n.yaml", verbose=False), "C3k2"),
+        (lambda: DetectionModel("yolo26n.yaml", verbose=False), "end-to-end \\(NMS-free\\) head"),
+        (lambda: DetectionModel("yolov10n.yaml", verbose=False), "v10Detect"),
         (lambda: SegmentationModel("yolov8n-seg.yaml", verbose=False), "SegmentationModel"),
     ],
-    ids=["yolo11n", "yolov8n-seg"],
+    ids=["yolo26n", "yolov10n", "yolov8n-seg"],
 )
 def test_other_architectures_are_refused(tmp_path, build, pattern):
     path = save_like_trainer(build(), tmp_path / "other.pt")

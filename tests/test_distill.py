@@ -69,12 +69,12 @@ def _ultralytics(images, rows):
 
 
 def _yolojax(images, rows, projector_params):
-    from yolojax.models import yolov8_from_info
+    from yolojax.models import model_from_info
     from yolojax.weights import load_weights
 
     student_vars, student_info = load_weights(WEIGHTS)
     teacher_vars, teacher_info = load_weights(TEACHER)
-    student, teacher = yolov8_from_info(student_info), yolov8_from_info(teacher_info)
+    student, teacher = model_from_info(student_info), model_from_info(teacher_info)
     m = max(int((rows[:, 0] == i).sum()) for i in range(len(images)))
     boxes, classes, mask = np.zeros((len(images), m, 4), np.float32), np.zeros((len(images), m), np.int32), \
         np.zeros((len(images), m), bool)
@@ -183,7 +183,7 @@ def test_train_step_distills_from_a_frozen_teacher_and_bn_l1_adds_its_subgradien
 
     from yolojax.data.sources.synthetic import rectangles_batch
     from yolojax.loss.distill import Distillation, detect_inputs, feature_widths
-    from yolojax.models import yolov8_from_info
+    from yolojax.models import model_from_info
     from yolojax.models.naming import DISTILL_PROJECTOR
     from yolojax.train import TrainState, make_recipe
     from yolojax.train.step import train_step
@@ -191,7 +191,7 @@ def test_train_step_distills_from_a_frozen_teacher_and_bn_l1_adds_its_subgradien
 
     imgsz, nc = 64, 3
     variables, info = load_weights(WEIGHTS)  # yolov8n.pt as both: the projector (random) tells them apart
-    student = teacher = yolov8_from_info(info)
+    student = teacher = model_from_info(info)
     teacher_vars = jax.tree.map(np.array, variables)
     distill = Distillation(teacher, feature_widths(teacher), DistillationLoss(6.0))
     assert distill.teacher_widths == (64, 128, 256)

@@ -24,7 +24,7 @@ from yolojax.inference import exporters as yj_exporter
 from yolojax.weights import torch_pickle
 from yolojax.weights import load_ultralytics
 from yolojax.weights.torch_file import read_torch_file
-from yolojax.models import YOLOv8, default_cls_width
+from yolojax.models import YOLOv8, get_family
 from yolojax.inference.predictor import letterbox_for_predict, Predictor
 from shared_data import COCO8, WEIGHTS, needs, require
 
@@ -124,7 +124,8 @@ def test_ultralytics_pt_of_a_fresh_model_runs_in_ultralytics(tmp_path):
     np.testing.assert_allclose(theirs[:, 4:], ours[:, 4:], atol=1e-4)
     np.testing.assert_allclose(theirs[:, :4], ours[:, :4], atol=1e-2)
     reread, reread_info = load_ultralytics(path)
-    assert reread_info == {**info, "cls_width": default_cls_width("n", 3)}  # the head's width, read back
+    # the head's width, read back
+    assert reread_info == {**info, "family": "yolov8", "cls_width": get_family("yolov8").default_cls_width("n", 3)}
     for a, b in zip(jax.tree.leaves(reread), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -292,7 +293,7 @@ def test_model_yaml_builds_the_same_architecture_in_ultralytics():
 
     theirs = {k: tuple(v.shape) for k, v in DetectionModel(model_yaml("m", 3), verbose=False).state_dict().items()
               if not k.endswith("num_batches_tracked")}
-    shapes = expected_shapes("m", 3, 16)
+    shapes = expected_shapes("yolov8", "m", 3, 16)
     flat = {}
     for path, shape in shapes.items():
         node = flat.setdefault(path[0], {})

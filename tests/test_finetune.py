@@ -32,7 +32,7 @@ from shared_data import WEIGHTS, needs, require  # noqa: E402
 from yolojax.convert import main as convert_main  # noqa: E402
 from yolojax.weights import load_ultralytics, load_weights
 from yolojax.weights.ultralytics import state_dict_to_variables
-from yolojax.models import default_cls_width, yolov8_from_info  # noqa: E402
+from yolojax.models import get_family, model_from_info  # noqa: E402
 from yolojax.train.transfer import (  # noqa: E402
     finetune_cls_width,
     head_in_widths,
@@ -78,7 +78,8 @@ def yolojax_finetune_variables(weights: Path, names: list[str], cls_remap: bool 
     from yolojax.models import YOLOv8
 
     pretrained, winfo = load_weights(weights)
-    width = finetune_cls_width(head_in_widths("n"), pretrained) or default_cls_width("n", len(names))
+    width = (finetune_cls_width(head_in_widths("yolov8", "n"), pretrained)
+             or get_family("yolov8").default_cls_width("n", len(names)))
     if (len(names), width) not in _FRESH:
         _FRESH[len(names), width] = init_variables(YOLOv8(scale="n", num_classes=len(names), cls_width=width), 0)
     variables, copied, kept, remapped = transfer_pretrained(_FRESH[len(names), width], pretrained, winfo["names"],
@@ -163,7 +164,7 @@ def test_a_model_ultralytics_finetuned_to_2_classes_converts_and_matches(finetun
     images = np.random.default_rng(0).random((2, 96, 128, 3), dtype=np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(images).permute(0, 3, 1, 2))[0].permute(0, 2, 1).numpy()
-    ours = np.asarray(jax.jit(lambda v, x: yolov8_from_info(info).apply(v, x, train=False))(variables, images))
+    ours = np.asarray(jax.jit(lambda v, x: model_from_info(info).apply(v, x, train=False))(variables, images))
     assert ours.shape == ref.shape == (2, 12 * 16 + 6 * 8 + 3 * 4, 4 + 2)
     box_err, score_err = np.abs(ours[..., :4] - ref[..., :4]).max(), np.abs(ours[..., 4:] - ref[..., 4:]).max()
     print(f"2-class fine-tuned yolov8n: max box error {box_err:.2e} px, max score error {score_err:.2e}")

@@ -17,7 +17,7 @@ import pytest
 
 from yolojax import cli
 from yolojax import prune as prune_command
-from yolojax.models import YOLOv8, default_widths, yolov8_from_info
+from yolojax.models import YOLOv8, default_widths, model_from_info
 from yolojax.models.prune import channel_graph, min_keep, model_widths, prune, prune_variables, select_channels
 from yolojax.models.summary import model_summary
 from yolojax.models.yolov8 import resolve_widths
@@ -74,7 +74,7 @@ def test_pruning_zeroed_channels_leaves_outputs_unchanged(nano, zeroed):
     variables, info = nano
     zero_vars, widths, keep = zeroed
     pruned, new_widths = prune_variables(zero_vars, widths, keep)
-    original, smaller = yolov8_from_info(info), yolov8_from_info({**info, "widths": new_widths})
+    original, smaller = model_from_info(info), model_from_info({**info, "widths": new_widths})
     assert count_params(pruned) < 0.8 * count_params(variables)
     image = jnp.asarray(_bus_image(160))
     before, after = (jax.jit(m.apply, static_argnames="train")(v, image, train=False)
@@ -87,7 +87,7 @@ def test_pruning_zeroed_channels_leaves_outputs_unchanged(nano, zeroed):
         f64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
         cast = lambda v: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v)  # noqa: E731
         train_fn = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"])[0])  # noqa: E731
-        raw = [train_fn(yolov8_from_info(i, **f64))(cast(v), jnp.asarray(image[:, :64, :64], jnp.float64))
+        raw = [train_fn(model_from_info(i, **f64))(cast(v), jnp.asarray(image[:, :64, :64], jnp.float64))
                for i, v in ((info, zero_vars), ({**info, "widths": new_widths}, pruned))]
         for a, b in zip(*raw, strict=True):
             np.testing.assert_allclose(b, a, atol=1e-9 * float(jnp.abs(a).max()))
@@ -112,8 +112,8 @@ def test_removed_channels_constant_output_moves_into_their_consumers(nano):
         bn["bias"][removed + offset] = rng.uniform(-2, 3, len(removed))
     pruned, new_widths = prune_variables(out, widths, keep)
     image = jnp.asarray(_bus_image(160))
-    before = jax.jit(yolov8_from_info(info).apply)(out, image)
-    after = jax.jit(yolov8_from_info({**info, "widths": new_widths}).apply)(pruned, image)
+    before = jax.jit(model_from_info(info).apply)(out, image)
+    after = jax.jit(model_from_info({**info, "widths": new_widths}).apply)(pruned, image)
     np.testing.assert_allclose(after[..., 4:], before[..., 4:], atol=1e-4)
     np.testing.assert_allclose(after[..., :4], before[..., :4], atol=1e-4 * 160)
     shift = pruned["batch_stats"]["model_15"]["cv2"]["bn"]["mean"] - out["batch_stats"]["model_15"]["cv2"]["bn"]["mean"]
@@ -171,8 +171,8 @@ def test_pruned_dir_loads_validates_and_exports(tmp_path, capsys):
     assert "-> " in capsys.readouterr().out
     variables, info = load_weights(out)
     assert json.loads((out / "info.json").read_text())["widths"] == info["widths"]
-    model = yolov8_from_info(info)
-    full = model_summary(yolov8_from_info(load_weights(WEIGHTS)[1]), fused=True)
+    model = model_from_info(info)
+    full = model_summary(model_from_info(load_weights(WEIGHTS)[1]), fused=True)
     small = model_summary(model, fused=True)
     assert small.parameters == count_params(variables) - sum(
         v for k, v in info["widths"].items() if not k.endswith("/split")) < full.parameters

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 # refusal (what is allowed). A field added to base.py without an entry here fails
 # test_every_field_has_bad_values.
 BAD_VALUES: dict[str, list[tuple[object, str]]] = {
+    "model.family": [("yolo26", "one of 'yolov8', 'yolo11'"), (11, "one of")],
     "model.scale": [("q", "one of 'n', 's', 'm', 'l', 'x'"), (1, "one of")],
     "model.num_classes": [(-2, "integer >= -1"), (2.5, "integer")],
     "model.reg_max": [(0, "in [1, 64]"), (65, "in [1, 64]")],
@@ -257,7 +258,7 @@ def test_roles_are_the_fields_metadata(data_yaml):
     settings = resolve(good_config(data_yaml))
     run, step = settings.run_view(), settings.step_view()
     # A resume must match what shapes the data order, the model and the recipe...
-    for name in ("model.scale", "weights", "imgsz", "batch_size", "epochs", "seed", "lr0", "mosaic",
+    for name in ("model.family", "model.scale", "weights", "imgsz", "batch_size", "epochs", "seed", "lr0", "mosaic",
                  "data.yaml", "data.workers", "data.synthetic.seed", "freeze", "classes"):
         assert name in run, name
     # ...while logging, checkpointing, validation, the loaders and the mesh may change.

@@ -39,10 +39,10 @@ def _ultralytics_checkpoint(scale: str, directory: Path) -> Path:
 def yolojax_forward(checkpoint: str, batch: int, imgsz: int) -> Callable[[], None]:
     """A closure running yolojax's jitted eval forward (decoded boxes included) on a fixed batch."""
     from yolojax.weights import load_ultralytics
-    from yolojax.models import yolov8_from_info
+    from yolojax.models import model_from_info
 
     variables, info = load_ultralytics(checkpoint)
-    model = yolov8_from_info(info)
+    model = model_from_info(info)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
     variables = jax.device_put(variables)
     x = jax.device_put(np.random.default_rng(0).random((batch, imgsz, imgsz, 3), np.float32))

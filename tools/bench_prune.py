@@ -62,11 +62,11 @@ def _map(weights: Path, data: Path, work: Path, name: str) -> float:
 
 
 def _size(weights: Path) -> tuple[int, float]:
-    from yolojax.models import yolov8_from_info
+    from yolojax.models import model_from_info
     from yolojax.models.summary import model_summary
     from yolojax.weights import load_weights
 
-    summary = model_summary(yolov8_from_info(load_weights(weights)[1]), fused=True, trainable=False)
+    summary = model_summary(model_from_info(load_weights(weights)[1]), fused=True, trainable=False)
     return summary.parameters, summary.gflops
 
 
@@ -74,11 +74,11 @@ def _jax_ms(weights: Path, runs: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from yolojax.models import yolov8_from_info
+    from yolojax.models import model_from_info
     from yolojax.weights import load_weights
 
     variables, info = load_weights(weights)
-    fn = jax.jit(lambda v, x: yolov8_from_info(info).apply(v, x, train=False))
+    fn = jax.jit(lambda v, x: model_from_info(info).apply(v, x, train=False))
     x = jnp.asarray(np.random.default_rng(0).random((1, 640, 640, 3), dtype=np.float32))
     variables = jax.device_put(variables)
     fn(variables, x).block_until_ready()

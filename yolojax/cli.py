@@ -30,7 +30,6 @@ import ast
 import difflib
 import json
 import logging
-import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +94,6 @@ PRUNE_KEYS = {"model": "weights", "ratio": "ratio", "method": "method", "out": "
 DEFAULT_PROJECT = "runs/detect"
 
 logger = logging.getLogger(__name__)
-SCALE_IN_NAME = re.compile(r"yolov8([nsmlx])", re.IGNORECASE)
 
 
 class UsageError(ValueError):
@@ -153,32 +151,37 @@ def _typed(field: str, current: Any, raw: str) -> Any:
     return raw
 
 
-def model_scale(model: str) -> tuple[str, str]:
-    """ultralytics ``model=`` -> (scale, weights): ``yolov8s.yaml`` -> ("s", ""); ``yolov8s.pt``
-    -> ("s", "yolov8s.pt"); other weights (a .pt, converted dir, train workdir) -> their scale.
+def model_scale(model: str) -> tuple[str, str, str]:
+    """ultralytics ``model=`` -> (family, scale, weights): ``yolo11s.yaml`` -> ("yolo11", "s", "");
+    ``yolov8s.pt`` -> ("yolov8", "s", "yolov8s.pt"); other weights (a .pt, converted dir, train
+    workdir) -> the family and scale they hold.
 
     Raises:
       ConfigError: one line naming ``model=``: another architecture, weights that do not exist
         (nothing is downloaded) or cannot be read.
     """
+    from yolojax.models.registry import FAMILIES, parse_model_name
+
     name = Path(model).name
-    match = SCALE_IN_NAME.search(name)
+    parsed = parse_model_name(name)
     if name.lower().endswith((".yaml", ".yml")):
-        if match is None:
-            raise ConfigError(f"model={model}: must be yolov8{{n,s,m,l,x}}.yaml (the architectures yolojax builds), "
+        if parsed is None:
+            names = " or ".join(f"{f}{{n,s,m,l,x}}.yaml" for f in FAMILIES)
+            raise ConfigError(f"model={model}: must be {names} (the architectures yolojax builds), "
                               "a .pt, a converted directory or a train workdir")
-        return match.group(1).lower(), ""
+        return parsed[0].name, parsed[1], ""
     if not Path(model).exists():
         raise ConfigError(f"model={model}: does not exist (no weights are downloaded: give a local .pt or "
                           "directory)")
-    if match is not None:
-        return match.group(1).lower(), model
+    if parsed is not None:
+        return parsed[0].name, parsed[1], model
     from yolojax.weights import load_weights
 
     try:
-        return load_weights(model)[1]["scale"], model
+        info = load_weights(model)[1]
     except ValueError as e:
         raise ConfigError(f"model={model}: {error_line(e)}") from None
+    return info.get("family", "yolov8"), info["scale"], model
 
 
 def run_dir(pairs: Mapping[str, Any], default_name: str, reuse: bool = False) -> Path:
@@ -208,15 +211,16 @@ def train_config(args: Sequence[str]) -> tuple[Any, Path]:
     return config, run_dir(pairs, "train", reuse=resume)
 
 
-def config_from_pairs(pairs: Mapping[str, str], scale: str, weights: str, skip: Sequence[str] = ()) -> Any:
-    """The train config of ``pairs`` (``cfg=`` or the ``yolov8{scale}`` config, then each key
-    but ``skip`` set on its field), with ``scale`` and ``weights`` from ``model=``;
-    ``data=tfds:NAME`` sets ``data.tfds.name``."""
+def config_from_pairs(pairs: Mapping[str, str], family: str, scale: str, weights: str,
+                      skip: Sequence[str] = ()) -> Any:
+    """The train config of ``pairs`` (``cfg=`` or the shipped ``{family}{scale}`` config, e.g.
+    yolo11n, then each key but ``skip`` set on its field), with ``family``, ``scale`` and
+    ``weights`` from ``model=``; ``data=tfds:NAME`` sets ``data.tfds.name``."""
     from yolojax.data.sources.tfds import TfdsSpec, is_tfds
 
-    config = load_config(pairs.get("cfg", f"yolov8{scale}"))
+    config = load_config(pairs.get("cfg", f"{family}{scale}"))
     if "model" in pairs or "cfg" not in pairs:
-        config.model.scale, config.weights = scale, weights
+        config.model.family, config.model.scale, config.weights = family, scale, weights
     current = flatten(config)
     if "amp" in pairs and "dtype" in pairs:
         raise UsageError(f"amp={pairs['amp']} and dtype={pairs['dtype']} both set the compute dtype: give one")
@@ -406,10 +410,12 @@ def run_plan(args: Sequence[str]) -> int:
         raise UsageError(str(e)) from None
     request_cpu_devices(topology)  # before anything starts JAX's backends
     model = pairs.get("model", "yolov8n.yaml")
-    match = SCALE_IN_NAME.search(Path(model).name)
-    scale, weights = (match.group(1).lower(), model) if match else model_scale(model)
+    from yolojax.models.registry import parse_model_name
+
+    parsed = parse_model_name(Path(model).name)
+    family, scale, weights = (parsed[0].name, parsed[1], model) if parsed else model_scale(model)
     renamed = {{"rules": "parallel.rules", "sync_bn": "parallel.sync_bn"}.get(k, k): v for k, v in pairs.items()}
-    config = config_from_pairs(renamed, scale, "", skip=("model", "cfg", "topology", "json", "hlo"))
+    config = config_from_pairs(renamed, family, scale, "", skip=("model", "cfg", "topology", "json", "hlo"))
     num_classes = plan_class_count(str(pairs.get("data", "")), weights, config.data.tfds.data_dir)
     config.data.yaml = config.data.tfds.name = config.data.tfds.data_dir = ""
     from yolojax.parallel.targets import target_devices

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from yolojax.models.registry import model_title
 from yolojax.weights import count_params, load_ultralytics, save_converted
 
 __all__ = ["load_ultralytics", "main"]
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m yolojax.convert: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(
-        f"wrote {out}: YOLOv8{info['scale']}, {info['num_classes']} classes, "
+        f"wrote {out}: {model_title(info)}, {info['num_classes']} classes, "
         f"reg_max {info['reg_max']}, {count_params(variables):,} parameters"
     )
     return 0

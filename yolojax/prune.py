@@ -47,7 +47,7 @@ def prune_weights(weights: str, ratio: float, method: str = "bn_scale", out: str
     :func:`default_out`) as a converted directory. Returns (that directory, a one-line summary:
     channels, parameters and GFLOPs at 640 before and after). Raises ``ValueError`` in one line
     for bad input, before loading."""
-    from yolojax.models import yolov8_from_info
+    from yolojax.models import model_from_info, model_title
     from yolojax.models.prune import prune
     from yolojax.models.summary import model_summary
     from yolojax.weights import load_weights, save_converted
@@ -58,8 +58,8 @@ def prune_weights(weights: str, ratio: float, method: str = "bn_scale", out: str
     variables, info = load_weights(weights)
     pruned, pruned_info = prune(variables, info, ratio, method)
     written = save_converted(pruned, pruned_info, out_dir)
-    before, after = (model_summary(yolov8_from_info(i), fused=True) for i in (info, pruned_info))
-    line = (f"YOLOv8{info['scale']} pruned ({method}, ratio {ratio:g}): {before.parameters:,} -> "
+    before, after = (model_summary(model_from_info(i), fused=True) for i in (info, pruned_info))
+    line = (f"{model_title(info)} pruned ({method}, ratio {ratio:g}): {before.parameters:,} -> "
             f"{after.parameters:,} parameters, {before.gflops:.1f} -> {after.gflops:.1f} GFLOPs (fused, 640)")
     return written, line
 

@@ -1,7 +1,8 @@
 """Every default of ``python -m yolojax.train`` (ultralytics' cfg/default.yaml values).
 
 Any field can be overridden on the command line, e.g. ``--config.epochs=3``; unknown fields
-are refused. Per-model configs (configs/yolov8{n,s,m,l,x}.py) start from ``get_config()``.
+are refused. Per-model configs (configs/yolov8{n,s,m,l,x}.py, configs/yolo11{n,s,m,l,x}.py) start
+from ``get_config()``.
 """
 
 import ml_collections
@@ -12,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Model and weights.
     c.model = ml_collections.ConfigDict()
+    c.model.family = "yolov8"      # yolov8, yolo11 (yolojax.models.registry)
     c.model.scale = "s"            # n, s, m, l, x
     c.model.num_classes = -1       # -1: from the dataset's names (must match when set)
     c.model.reg_max = 16

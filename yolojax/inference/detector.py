@@ -30,21 +30,22 @@ def make_predict_fn(info: Mapping[str, Any], conf: float, iou: float, max_det: i
     from yolojax.models.yolov8 import widths_key
 
     cls_width = int(info["cls_width"]) if info.get("cls_width") else None
-    return _predict_fn(str(info["scale"]), int(info["num_classes"]), int(info.get("reg_max", 16)), cls_width,
+    return _predict_fn(str(info.get("family") or "yolov8"), str(info["scale"]), int(info["num_classes"]), int(info.get("reg_max", 16)), cls_width,
                        widths_key(info.get("widths")),
                        float(conf), float(iou), int(max_det), int(max_nms), bool(multi_label), bool(agnostic))
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_fn(scale: str, num_classes: int, reg_max: int, cls_width: int | None,
+def _predict_fn(family: str, scale: str, num_classes: int, reg_max: int, cls_width: int | None,
                 widths: tuple[tuple[str, int], ...] | None, conf: float, iou: float,
                 max_det: int, max_nms: int, multi_label: bool, agnostic: bool):
     import jax
 
-    from yolojax.models import YOLOv8
+    from yolojax.models.registry import model_from_info
     from yolojax.ops import non_max_suppression
 
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width, widths=widths)
+    model = model_from_info({"family": family, "scale": scale, "num_classes": num_classes, "reg_max": reg_max,
+                             "cls_width": cls_width, "widths": widths})
 
     @jax.jit
     def predict(variables, images):

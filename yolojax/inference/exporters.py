@@ -66,14 +66,14 @@ def image_size_hw(imgsz: int | Sequence[int]) -> tuple[int, int]:
 
 def onnx_graph_fn(variables: Mapping[str, Any], info: Mapping[str, Any]) -> Callable:
     """The function the ONNX graph computes: float32 (B, 3, H, W) in [0, 1] -> float32
-    (B, 4 + nc, N), i.e. ``YOLOv8.apply(variables, NHWC images, train=False)`` transposed to
+    (B, 4 + nc, N), i.e. the model's ``apply(variables, NHWC images, train=False)`` transposed to
     ultralytics' export layout, with ``variables`` as constants."""
     import jax
     import jax.numpy as jnp
 
-    from yolojax.models import yolov8_from_info
+    from yolojax.models.registry import model_from_info
 
-    model = yolov8_from_info(info)
+    model = model_from_info(info)
     constants = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(variables))
 
     def graph(images_nchw):
@@ -87,13 +87,14 @@ def onnx_metadata(info: Mapping[str, Any], imgsz_hw: tuple[int, int], batch: int
                   opset: int) -> dict[str, str]:
     """ultralytics' ONNX metadata properties (engine/exporter.py ``self.metadata``) for a
     yolojax detector; values are written as Python literals, as ultralytics does."""
-    __version__ = metadata.version("yolojax")
+    from yolojax.models.registry import model_title
 
+    __version__ = metadata.version("yolojax")
     names = {i: str(n) for i, n in enumerate(info["names"])}
     args = {"batch": batch, "imgsz": list(imgsz_hw), "dynamic": dynamic, "opset": opset, "half": False,
             "nms": False, "format": "onnx"}
     values = {
-        "description": f"yolojax YOLOv8{info['scale']} model exported by yolojax {__version__}",
+        "description": f"yolojax {model_title(info)} model exported by yolojax {__version__}",
         "author": "yolojax", "date": datetime.now().astimezone().isoformat(), "version": __version__,
         "license": "Apache-2.0", "docs": "https://github.com/yolojax/yolojax", "stride": STRIDE,
         "task": "detect", "head": "Detect", "batch": batch, "imgsz": list(imgsz_hw), "names": names,
@@ -123,7 +124,7 @@ def _quiet_converter():
 def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str | os.PathLike, *,
                 imgsz: int | Sequence[int] | None = None, batch: int = 1, dynamic: bool = False,
                 opset: int = DEFAULT_OPSET) -> Path:
-    """Write YOLOv8 ``variables`` (``info``: scale, num_classes, names) as an ONNX model.
+    """Write detector ``variables`` (``info``: family, scale, num_classes, names) as an ONNX model.
 
     The graph is yolojax's eval forward in float32 converted by jax2onnx, in the layout of the
     module docstring; ``dynamic`` makes the batch dimension symbolic (``batch`` is then only
@@ -141,13 +142,14 @@ def export_onnx(variables: Mapping[str, Any], info: Mapping[str, Any], out: str 
         raise ValueError(f"batch must be >= 1, got {batch}")
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be within 11..{onnx.defs.onnx_opset_version()} (installed onnx), got {opset}")
+    from yolojax.models.registry import family_of, model_title
     from yolojax.ops.conv import portable_convolutions
 
     spec = [("batch" if dynamic else batch, 3, h, w)]
-    logger.info("converting YOLOv8%s to ONNX with jax2onnx (about a minute on a CPU) ...", info["scale"])
+    logger.info("converting %s to ONNX with jax2onnx (about a minute on a CPU) ...", model_title(info))
     with _quiet_converter(), portable_convolutions():
-        proto = to_onnx(onnx_graph_fn(variables, info), spec, model_name=f"yolov8{info['scale']}", opset=opset,
-                        input_names=["images"], output_names=["output0"])
+        proto = to_onnx(onnx_graph_fn(variables, info), spec, model_name=family_of(info).model_name(info["scale"]),
+                        opset=opset, input_names=["images"], output_names=["output0"])
     # jax2onnx annotates some broadcast intermediates of a batch > 1 graph with batch 1, which
     # onnxruntime warns about; the annotations are optional, so the runtime infers them instead.
     del proto.graph.value_info[:]

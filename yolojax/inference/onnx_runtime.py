@@ -81,8 +81,11 @@ class OnnxDetector:
         metadata = self.session.get_modelmeta().custom_metadata_map
         names = _names_from_metadata(metadata.get("names"), num_classes, self.path)
         description = metadata.get("description", "")
-        scale = next((s for s in "nsmlx" if f"YOLOv8{s} " in f"{description} "), "")
-        self.info = {"names": names, "num_classes": num_classes, "reg_max": 16, "scale": scale}
+        from yolojax.models.registry import parse_model_name
+
+        family, scale = parse_model_name(description) or (None, "")
+        self.info = {"names": names, "num_classes": num_classes, "reg_max": 16, "scale": scale,
+                     "family": family.name if family else None}
 
     def __call__(self, images_nhwc: np.ndarray) -> np.ndarray:
         """float32 (B, H, W, 3) RGB in [0, 1] -> float32 (B, N, 4 + nc): xywh in input pixels,

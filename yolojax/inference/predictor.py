@@ -193,7 +193,7 @@ class Predictor:
                  max_det: int = 300, agnostic: bool = False, rect: bool = True, model_fn: Any = None):
         import jax
 
-        from yolojax.models import yolov8_from_info
+        from yolojax.models.registry import model_from_info
         from yolojax.ops import non_max_suppression
 
         check_arguments({"imgsz": imgsz, "conf": conf, "iou": iou, "max_det": max_det})
@@ -222,7 +222,7 @@ class Predictor:
             self._run = make_predict_fn(info, conf, iou, max_det, multi_label=False, agnostic=agnostic,
                                         model_fn=model_fn)
             return
-        model = yolov8_from_info(info)
+        model = model_from_info(info)
 
         @jax.jit
         def run(variables, images):

@@ -15,7 +15,7 @@ import numpy as np
 from flax import linen as nn
 
 from yolojax.ops.anchors import dist2bbox, make_anchors
-from yolojax.ops.conv import conv2d
+from yolojax.ops.conv import conv2d, depthwise_conv2d
 from yolojax.ops.precision import compute_dtype
 
 # torch.nn.Conv2d's default init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
@@ -95,12 +95,17 @@ class BatchNorm(nn.Module):
 class Conv2d(nn.Module):
     """torch.nn.Conv2d with padding k // 2 (NHWC): params ``kernel`` (k, k, Cin, Cout) and,
     with ``use_bias``, ``bias`` (Cout,), initialised as torch does. Computed by
-    :func:`yolojax.ops.conv.conv2d` (XLA's convolution, with a faster backward on CPU)."""
+    :func:`yolojax.ops.conv.conv2d` (XLA's convolution, with a faster backward on CPU).
+
+    ``depthwise``: torch's ``groups`` = Cin = Cout (ultralytics' ``DWConv`` and the attention's
+    positional conv): kernel (k, k, 1, Cout), :func:`yolojax.ops.conv.depthwise_conv2d`.
+    """
 
     features: int
     kernel_size: int = 1
     stride: int = 1
     use_bias: bool = False
+    depthwise: bool = False
     bias_init: Any = nn.initializers.zeros
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -108,9 +113,13 @@ class Conv2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param("kernel", torch_conv_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        if self.depthwise and x.shape[-1] != self.features:
+            raise ValueError(f"a depthwise Conv2d maps C channels to C, got {x.shape[-1]} -> {self.features}")
+        c_in = 1 if self.depthwise else x.shape[-1]
+        kernel = self.param("kernel", torch_conv_init, (k, k, c_in, self.features), self.param_dtype)
         # The kernel is cast inside conv2d, whose gradient for it is summed in float32.
-        y = conv2d(x.astype(self.dtype), kernel, self.stride)
+        convolve = depthwise_conv2d if self.depthwise else conv2d
+        y = convolve(x.astype(self.dtype), kernel, self.stride)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             acc = compute_dtype(self.param_dtype)  # as BatchNorm: the bias gradient summed in float32
@@ -119,11 +128,17 @@ class Conv2d(nn.Module):
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias, 'same' padding k // 2) + BatchNorm + SiLU; ultralytics ``Conv``."""
+    """Conv2d (no bias, 'same' padding k // 2) + BatchNorm + SiLU; ultralytics ``Conv``.
+
+    ``act=False``: no SiLU (ultralytics' ``act=False``, an ``Identity``). ``depthwise``: one
+    filter per channel (ultralytics' ``DWConv`` with c1 == c2, or ``g=c``).
+    """
 
     features: int
     kernel_size: int = 1
     stride: int = 1
+    act: bool = True
+    depthwise: bool = False
     bn_axis_name: str | None = None
     bn_groups: int = 1
     dtype: Any = jnp.float32
@@ -131,11 +146,11 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = Conv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype,
+        x = Conv2d(self.features, self.kernel_size, self.stride, depthwise=self.depthwise, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="conv")(x)
         x = BatchNorm(axis_name=self.bn_axis_name, groups=self.bn_groups, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="bn")(x, train)
-        return nn.silu(x)
+        return nn.silu(x) if self.act else x
 
 
 class Bottleneck(nn.Module):
@@ -273,6 +288,9 @@ class Detect(nn.Module):
     (a model fine-tuned by ultralytics to another class count keeps its source's width).
     ``widths``: (name, channels) pairs of a pruned head, e.g. ("cv2_0_1", 40): the hidden convs'
     widths (``cv2_<i>_<0|1>``, ``cv3_<i>_<0|1>``); absent names keep the widths above.
+    ``legacy=False`` (YOLO11 and later; ultralytics' ``Detect.legacy``): the class branch is two
+    depthwise-separable steps, a 3x3 depthwise Conv then a 1x1 Conv (``cv3_<i>_<0|1>_<0|1>``),
+    before the last 1x1 Conv2d.
     """
 
     num_classes: int
@@ -284,6 +302,7 @@ class Detect(nn.Module):
     param_dtype: Any = jnp.float32
     cls_width: int | None = None
     widths: tuple[tuple[str, int], ...] = ()
+    legacy: bool = True
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool):
@@ -300,8 +319,7 @@ class Detect(nn.Module):
                 4 * self.reg_max, use_bias=True, bias_init=nn.initializers.constant(2.0),
                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"cv2_{i}_2",
             )(box)
-            cls = Conv(w.get(f"cv3_{i}_0", c3), 3, name=f"cv3_{i}_0", **kw)(x, train)
-            cls = Conv(w.get(f"cv3_{i}_1", c3), 3, name=f"cv3_{i}_1", **kw)(cls, train)
+            cls = self._class_branch(x, i, w.get(f"cv3_{i}_0", c3), w.get(f"cv3_{i}_1", c3), train, kw)
             # ultralytics' bias_init: box bias 2.0; class prior of 5 objects per 640x640 image.
             cls_prior = jnp.log(5.0 / self.num_classes / (640.0 / s) ** 2)
             cls = Conv2d(
@@ -313,6 +331,17 @@ class Detect(nn.Module):
         if train:
             return outs
         return self.decode(outs, dfl_bins)
+
+    def _class_branch(self, x: jax.Array, level: int, width0: int, width1: int, train: bool, kw: dict) -> jax.Array:
+        """The class branch's two hidden steps at ``level``: 3x3 Convs (legacy) or, for YOLO11,
+        each a 3x3 depthwise Conv then a 1x1 Conv."""
+        if self.legacy:
+            x = Conv(width0, 3, name=f"cv3_{level}_0", **kw)(x, train)
+            return Conv(width1, 3, name=f"cv3_{level}_1", **kw)(x, train)
+        for step, width in enumerate((width0, width1)):
+            x = Conv(x.shape[-1], 3, depthwise=True, name=f"cv3_{level}_{step}_0", **kw)(x, train)
+            x = Conv(width, 1, name=f"cv3_{level}_{step}_1", **kw)(x, train)
+        return x
 
     def decode(self, outs: Sequence[jax.Array], dfl_bins: jax.Array) -> jax.Array:
         """Raw per-level head outputs -> (B, N, 4 + num_classes) fp32 (fp64) predictions.

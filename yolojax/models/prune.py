@@ -283,11 +283,15 @@ def prune(variables: Mapping[str, Any], info: Mapping[str, Any], ratio: float,
           method: str = "bn_scale") -> tuple[dict, dict]:
     """Prune a YOLOv8 (``load_weights``' variables and info, pruned before or not) by ``ratio``
     with ``method`` (:func:`select_channels`). Returns (the pruned variables, their info: the
-    same plus ``widths``, the full table that :func:`yolojax.models.yolov8_from_info` builds the
-    pruned model from). Logs a warning when a removed channel's |gamma| exceeds
+    same plus ``widths``, the full table that :func:`yolojax.models.registry.model_from_info`
+    builds the pruned model from). Logs a warning when a removed channel's |gamma| exceeds
     :data:`SPARSE_GAMMA` (weights not sparsity-trained). Raises ``ValueError`` for a bad ratio
-    or method (one line)."""
+    or method, or weights of a family without per-layer widths (YOLO11), in one line."""
+    from yolojax.models.registry import family_of
+
     check_prune_args(ratio, method)
+    if not family_of(info).prunable:
+        raise ValueError(f"structured pruning supports YOLOv8 weights only, not {family_of(info).title}")
     widths = model_widths(info)
     keep = select_channels(variables["params"], widths, ratio, method)
     largest = largest_removed_gamma(variables["params"], channel_graph(widths), keep)

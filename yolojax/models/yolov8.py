@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from yolojax.models.layers import SPPF, BatchNorm, C2f, Conv, Detect, upsample_nearest_2x
-from yolojax.models.naming import in_frozen_layer, ultralytics_name
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Compound-scaling constants of ultralytics' yolov8.yaml."""
-
-    depth: float
-    width: float
-    max_channels: int
+from yolojax.models.detector import Detector
+from yolojax.models.scaling import Scale
+from yolojax.models.layers import SPPF, C2f, Conv, Detect, upsample_nearest_2x
 
 
 SCALES: dict[str, Scale] = {
@@ -32,7 +22,22 @@ SCALES: dict[str, Scale] = {
 }
 
 STRIDES = (8, 16, 32)
-NUM_LAYERS = 23  # ultralytics' yolov8.yaml: model.0-9 backbone, 10-21 head, 22 Detect
+# ultralytics 8.4.190 cfg/models/v8/yolov8.yaml: (from, repeats, module, args); the first 10
+# rows are the backbone.
+LAYERS: tuple[tuple[Any, int, str, list], ...] = (
+    (-1, 1, "Conv", [64, 3, 2]), (-1, 1, "Conv", [128, 3, 2]), (-1, 3, "C2f", [128, True]),
+    (-1, 1, "Conv", [256, 3, 2]), (-1, 6, "C2f", [256, True]), (-1, 1, "Conv", [512, 3, 2]),
+    (-1, 6, "C2f", [512, True]), (-1, 1, "Conv", [1024, 3, 2]), (-1, 3, "C2f", [1024, True]),
+    (-1, 1, "SPPF", [1024, 5]),
+    (-1, 1, "nn.Upsample", [None, 2, "nearest"]), ([-1, 6], 1, "Concat", [1]), (-1, 3, "C2f", [512]),
+    (-1, 1, "nn.Upsample", [None, 2, "nearest"]), ([-1, 4], 1, "Concat", [1]), (-1, 3, "C2f", [256]),
+    (-1, 1, "Conv", [256, 3, 2]), ([-1, 12], 1, "Concat", [1]), (-1, 3, "C2f", [512]),
+    (-1, 1, "Conv", [512, 3, 2]), ([-1, 9], 1, "Concat", [1]), (-1, 3, "C2f", [1024]),
+    ([15, 18, 21], 1, "Detect", ["nc"]),
+)
+BACKBONE_ROWS = 10
+NUM_LAYERS = len(LAYERS)  # 23: model.0-9 backbone, 10-21 head, 22 Detect
+DETECT_LAYER = NUM_LAYERS - 1
 # ultralytics' yolov8.yaml: layer -> declared channels of its 3x3 stride-2 Convs, and
 # layer -> (channels, repeats, shortcut) of its C2f blocks; SPPF is layer 9 (1024), Detect 22.
 CONV_LAYERS = {0: 64, 1: 128, 3: 256, 5: 512, 7: 1024, 16: 256, 19: 512}
@@ -40,29 +45,9 @@ C2F_LAYERS = {2: (128, 3, True), 4: (256, 6, True), 6: (512, 6, True), 8: (1024,
               12: (512, 3, False), 15: (256, 3, False), 18: (512, 3, False), 21: (1024, 3, False)}
 
 
-def _make_divisible(x: float, divisor: int = 8) -> int:
-    return int(math.ceil(x / divisor) * divisor)
-
-
 def scaled_channels(scale: str, channels: int) -> int:
     """Output channels of a layer declared with ``channels`` in yolov8.yaml at ``scale``."""
-    s = SCALES[scale]
-    return _make_divisible(min(channels, s.max_channels) * s.width, 8)
-
-
-def default_cls_width(scale: str, num_classes: int) -> int:
-    """Hidden width of the Detect class branch (cv3) of a model built for ``num_classes``:
-    ultralytics' ``max(ch[0], min(nc, 100))``, ch[0] the P3 width."""
-    return max(scaled_channels(scale, 256), min(int(num_classes), 100))
-
-
-def yolov8_from_info(info: Any, **kwargs: Any) -> "YOLOv8":
-    """The :class:`YOLOv8` that weights described by ``info`` (``load_weights``' info: scale,
-    num_classes, reg_max, cls_width, and ``widths`` {module path: channels} for a pruned model)
-    fit; ``kwargs`` add e.g. dtype."""
-    width = info.get("cls_width")
-    return YOLOv8(scale=info["scale"], num_classes=int(info["num_classes"]), reg_max=int(info.get("reg_max", 16)),
-                  cls_width=int(width) if width else None, widths=widths_key(info.get("widths")), **kwargs)
+    return SCALES[scale].channels(channels)
 
 
 def widths_key(widths: Any) -> tuple[tuple[str, int], ...] | None:
@@ -133,68 +118,27 @@ def block_widths(widths: dict[str, int], module: str) -> tuple[tuple[str, int], 
 
 def scaled_depth(scale: str, repeats: int) -> int:
     """Number of Bottlenecks in a C2f declared with ``repeats`` in yolov8.yaml at ``scale``."""
-    return max(round(repeats * SCALES[scale].depth), 1) if repeats > 1 else repeats
+    return SCALES[scale].repeats(repeats)
 
 
-class YOLOv8(nn.Module):
-    """YOLOv8 detection model, NHWC.
+class YOLOv8(Detector):
+    """YOLOv8 detection model (NHWC); attributes and call as :class:`Detector`, plus:
 
     Attributes:
-      scale: one of "n", "s", "m", "l", "x".
-      num_classes: number of object classes.
-      reg_max: DFL bins per box side (16 for YOLOv8).
-      dtype: computation dtype (jnp.bfloat16 for mixed precision); params stay ``param_dtype``.
-      bn_axis_name: mapped axis name to average BatchNorm statistics over under pmap/shard_map.
-      bn_groups: BatchNorm statistics per this many equal slices of the batch rows (each
-        device's rows under jit with the batch over 'data': ``parallel.sync_bn=False``).
-      cls_width: hidden width of the head's class branch; None: :func:`default_cls_width`. An
-        ultralytics model fine-tuned to another class count keeps its source's width (e.g. 80
-        for yolov8n tuned to 2 classes), so it comes from the weights (``info["cls_width"]``).
       widths: per-layer output widths of a pruned model (:mod:`yolojax.models.prune`):
         (module path, channels) pairs sorted by path, keyed as :func:`default_widths` (e.g.
         ("model_2/cv1", 24), ("model_2/split", 10)); absent paths keep the scale's widths.
         None (the default): every width from ``scale``. Bad keys or values raise ``ValueError``
         (:func:`resolve_widths`).
-      frozen: ultralytics ``freeze`` name substrings (:mod:`yolojax.train.freeze`): the
-        BatchNorm layers whose ultralytics module name contains one run in eval mode even with
-        ``train=True`` (running statistics, never updated), as ultralytics' ``_model_train``
-        sets them.
-
-    Call ``model.apply(variables, images, train)`` with ``images`` float (B, H, W, 3) in [0, 1],
-    H and W multiples of 32. ``train=False`` returns (B, N, 4 + num_classes) fp32: box centre
-    x, y, width, height in input pixels, then sigmoid class scores; N = sum over strides 8,
-    16, 32 of (H/s)*(W/s), stride 8 first, row-major within a level. ``train=True`` returns
-    the 3 raw head outputs (B, H/s, W/s, 4 * reg_max + num_classes) (pass
-    ``mutable=["batch_stats"]``). With "intermediates" also mutable, the Detect head's inputs
-    (P3, P4, P5: (B, H/s, W/s, C_s)) come back as ``intermediates["detect_inputs"][0]``.
     """
 
-    scale: str = "n"
-    num_classes: int = 80
-    reg_max: int = 16
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    bn_axis_name: str | None = None
-    bn_groups: int = 1
-    cls_width: int | None = None
-    frozen: tuple[str, ...] = ()
     widths: tuple[tuple[str, int], ...] | None = None
-
-    def __call__(self, images: jax.Array, train: bool = False):
-        if not (train and self.frozen):
-            return self._forward(images, train)
-        with nn.intercept_methods(_frozen_batchnorm(self.frozen)):
-            return self._forward(images, train)
 
     @nn.compact
     def _forward(self, images: jax.Array, train: bool):
         if self.scale not in SCALES:
             raise ValueError(f"unknown YOLOv8 scale {self.scale!r}; expected one of {sorted(SCALES)}")
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
-        if images.shape[1] % 32 or images.shape[2] % 32:
-            raise ValueError(f"image height and width must be multiples of 32, got {images.shape[1:3]}")
-        kw = dict(bn_axis_name=self.bn_axis_name, bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.layer_kwargs()
         w = resolve_widths(self.scale, self.num_classes, self.reg_max, self.cls_width, self.widths)
 
         def conv(i, x):
@@ -228,15 +172,3 @@ class YOLOv8(nn.Module):
         return Detect(self.num_classes, self.reg_max, STRIDES, name="model_22", cls_width=self.cls_width,
                       widths=block_widths(w, "model_22"), **kw)([out3, out4, out5], train)
 
-
-def _frozen_batchnorm(frozen: tuple[str, ...]):
-    """A Flax method interceptor calling each BatchNorm of a frozen layer with train=False."""
-
-    def intercept(next_fun, args, kwargs, context):
-        module = context.module
-        if (context.method_name == "__call__" and isinstance(module, BatchNorm)
-                and in_frozen_layer(ultralytics_name(module.path, leaf=False), frozen)):
-            args = (args[0], False, *args[2:])
-        return next_fun(*args, **kwargs)
-
-    return intercept

@@ -128,6 +128,32 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     return _conv2d(x, kernel, stride)
 
 
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """A depthwise convolution (torch's Conv2d with ``groups`` = channels, ``padding=k // 2``):
+    each channel convolved with its own k x k filter, summed in float32 whatever the input
+    dtype (as :func:`conv2d`). XLA's own convolution and gradients on every backend.
+
+    Args:
+      x: (B, H, W, C) input, any float dtype (the compute dtype).
+      kernel: (k, k, 1, C), k odd; cast to ``x``'s dtype.
+      stride: the same stride along H and W.
+
+    Returns:
+      (B, ceil(H / stride), ceil(W / stride), C) in ``x``'s dtype.
+
+    Raises:
+      ValueError: for a non-square or even kernel, or one whose channels differ from ``x``'s.
+    """
+    k, c = kernel.shape[0], x.shape[-1]
+    if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 or kernel.shape[2:] != (1, c):
+        raise ValueError(f"depthwise_conv2d needs an odd square (k, k, 1, {c}) kernel, got {kernel.shape}")
+    p = k // 2
+    out_dtype = jnp.float32 if _narrower_than_f32(x.dtype) else x.dtype
+    y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), ((p, p), (p, p)),
+                                 dimension_numbers=_DIMS, feature_group_count=c, preferred_element_type=out_dtype)
+    return y.astype(x.dtype)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return _forward(x, kernel.astype(x.dtype), stride)

@@ -123,7 +123,7 @@ def abstract_step(settings: Settings, target: Target, num_classes: int, max_boxe
     import jax.numpy as jnp
 
     from yolojax.loss import DetectionLoss, feature_widths
-    from yolojax.models import default_cls_width
+    from yolojax.models.registry import get_family
     from yolojax.models.naming import DISTILL_PROJECTOR
     from yolojax.parallel import batch_sharding, make_mesh, make_parallel_train_step
     from yolojax.train.setup import distillation_for, load_teacher, run_module, run_recipe
@@ -132,7 +132,7 @@ def abstract_step(settings: Settings, target: Target, num_classes: int, max_boxe
 
     s = settings
     recipe = run_recipe(s, dataset_size, num_classes)
-    model = run_module(s, num_classes, default_cls_width(s.model.scale, num_classes))
+    model = run_module(s, num_classes, get_family(s.model.family).default_cls_width(s.model.scale, num_classes))
     distill = distillation_for(s, load_teacher(s)[1]) if s.distill_model else None
     images = jnp.zeros((1, s.imgsz, s.imgsz, 3), jnp.float32)
 

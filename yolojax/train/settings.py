@@ -39,7 +39,8 @@ from yolojax.data.memory.image_cache import cache_mode
 from yolojax.data.sources.tfds import PREFIX, TfdsSpec, is_tfds
 from yolojax.data.sources.subset import parse_classes
 from yolojax.data.train_batches import MOSAIC_POOLS
-from yolojax.models.yolov8 import NUM_LAYERS, SCALES
+from yolojax.models.registry import FAMILIES
+from yolojax.models.yolov8 import SCALES
 from yolojax.parallel.mesh import resolve_axis_sizes
 from yolojax.parallel.rules import RULE_SETS
 from yolojax.parallel.step import MODES as PARALLEL_MODES
@@ -86,6 +87,7 @@ def _coordinator() -> Rule:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
+    family: str = setting(rules.one_of(*FAMILIES), run=True, step=True)
     scale: str = setting(rules.one_of(*SCALE_NAMES), run=True, step=True)
     num_classes: int = setting(rules.integer(-1, note=" (-1 or 0: the dataset's class count)"), run=True, step=True)
     reg_max: int = setting(rules.integer(1, MAX_REG_MAX), run=True, step=True)
@@ -354,9 +356,11 @@ def _parsed(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = parse(values[name])
         except ValueError as e:
             raise ConfigError(f"{name}={values[name]!r}: {e}") from None
-    if any(isinstance(layer, int) and layer >= NUM_LAYERS for layer in out["freeze"]):
-        raise ConfigError(f"freeze={values['freeze']!r}: must be fewer than YOLOv8's {NUM_LAYERS} layers (0-"
-                          f"{NUM_LAYERS - 1}; freeze={NUM_LAYERS - 1} leaves the Detect head training) or a list of them")
+    family = FAMILIES.get(values["model.family"])
+    layers = len(family.layers) if family else 0
+    if family and any(isinstance(layer, int) and layer >= layers for layer in out["freeze"]):
+        raise ConfigError(f"freeze={values['freeze']!r}: must be fewer than {family.title}'s {layers} layers (0-"
+                          f"{layers - 1}; freeze={layers - 1} leaves the Detect head training) or a list of them")
     if out["classes"] is not None:
         out["classes"] = tuple(out["classes"])
     out["fraction"] = float(values["fraction"])

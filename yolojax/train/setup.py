@@ -191,9 +191,12 @@ def load_pretrained(settings: Settings) -> tuple[Any, dict]:
         pretrained, winfo = load_weights(settings.weights)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    if winfo.get("scale") and winfo["scale"] != settings.model.scale:
-        logger.warning("weights are YOLOv8%s; training YOLOv8%s (model.scale) with the layers that fit",
-                       winfo["scale"], settings.model.scale)
+    from yolojax.models.registry import model_title
+
+    run_title = model_title({"family": settings.model.family, "scale": settings.model.scale})
+    if winfo.get("scale") and model_title(winfo) != run_title:
+        logger.warning("weights are %s; training %s (model.family, model.scale) with the layers that fit",
+                       model_title(winfo), run_title)
     return pretrained, winfo
 
 
@@ -239,18 +242,18 @@ def run_recipe(settings: Settings, dataset_size: int, num_classes: int, iters_pe
 
 
 def run_module(settings: Settings, num_classes: int, cls_width: int, widths: dict | None = None) -> Any:
-    """The run's YOLOv8 module: its scale, classes, reg_max, the resolved compute dtype
+    """The run's detector module: its family, scale, classes, reg_max, the resolved compute dtype
     (:meth:`Settings.on_devices`), the frozen layers and a pruned model's ``widths``."""
     import jax.numpy as jnp
 
-    from yolojax.models import YOLOv8
-    from yolojax.models.yolov8 import widths_key
+    from yolojax.models.registry import model_from_info
 
     if settings.compute_dtype is None:
         raise ValueError("dtype='auto' is resolved by Settings.on_devices, which has not run")
-    return YOLOv8(scale=settings.model.scale, num_classes=num_classes, reg_max=settings.model.reg_max,
-                  cls_width=cls_width, dtype=jnp.dtype(settings.compute_dtype), frozen=settings.frozen,
-                  widths=widths_key(widths))
+    m = settings.model
+    info = {"family": m.family, "scale": m.scale, "num_classes": num_classes, "reg_max": m.reg_max,
+            "cls_width": cls_width, "widths": widths}
+    return model_from_info(info, dtype=jnp.dtype(settings.compute_dtype), frozen=settings.frozen)
 
 
 def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict,
@@ -259,26 +262,27 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict,
     the loss (``cls_pw`` class weights) and, with a ``teacher`` (:func:`load_teacher`), the
     distillation (:func:`build_distillation`)."""
     from yolojax.loss import DetectionLoss
-    from yolojax.models import default_cls_width
+    from yolojax.models.registry import get_family
     from yolojax.models.summary import model_summary
     from yolojax.train.freeze import check_frozen
     from yolojax.train.optim import describe_recipe, resolved_settings
     from yolojax.train.state import TrainState
     from yolojax.train.transfer import finetune_cls_width, head_in_widths, init_variables, transfer_pretrained
 
-    s, scale, num_classes = settings, settings.model.scale, len(data.names)
+    s, family, scale, num_classes = settings, get_family(settings.model.family), settings.model.scale, len(data.names)
     recipe = run_recipe(s, len(data.batches.source), num_classes, data.steps_per_epoch)
     for line in describe_recipe(recipe, optimizer=s.optimizer, lr0=s.lr0, momentum=s.momentum,
                                 weight_decay=s.weight_decay):
         logger.info("%s", line)
     resolved = {**resolved_settings(recipe), "num_classes": num_classes, "val_batch_size": s.val_batch_size,
                 "dtype": s.compute_dtype, "mesh": {"data": s.mesh_shape[0], "model": s.mesh_shape[1]}}
-    cls_width = finetune_cls_width(head_in_widths(scale), pretrained) if pretrained is not None else None
-    cls_width = cls_width or default_cls_width(scale, num_classes)
-    # A pruned model's per-layer widths (yolojax.models.prune) when the weights are of this scale.
-    widths = winfo.get("widths") if pretrained is not None and winfo.get("scale") == scale else None
+    cls_width = finetune_cls_width(head_in_widths(family.name, scale), pretrained) if pretrained is not None else None
+    cls_width = cls_width or family.default_cls_width(scale, num_classes)
+    # A pruned model's per-layer widths (yolojax.models.prune) when the weights are of this model.
+    same_model = winfo.get("scale") == scale and winfo.get("family", "yolov8") == family.name
+    widths = winfo.get("widths") if pretrained is not None and same_model else None
     model = run_module(s, num_classes, cls_width, widths)
-    info = {"scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": s.model.reg_max,
+    info = {"family": family.name, "scale": scale, "num_classes": num_classes, "names": data.names, "reg_max": s.model.reg_max,
             "cls_width": cls_width, "imgsz": s.imgsz, **({"widths": widths} if widths else {})}
     logger.info("%s", model_summary(model).line())
     variables = init_variables(model, s.seed)
@@ -289,7 +293,7 @@ def build_model(settings: Settings, data: RunData, pretrained: Any, winfo: dict,
                     f" ({remapped} class arrays remapped by class name)" if remapped else "", len(kept),
                     f" (e.g. {kept[0]})" if kept else "")
         if copied == 0:
-            raise ConfigError(f"weights {s.weights}: no array fits YOLOv8{scale}")
+            raise ConfigError(f"weights {s.weights}: no array fits {family.title}{scale}")
     try:
         count = check_frozen(variables["params"], s.frozen, s.raw["freeze"])
     except ValueError as e:
@@ -318,8 +322,10 @@ def build_distillation(settings: Settings, student: Any, variables: dict, teache
     teacher_info = teacher[1]
     distill = distillation_for(settings, teacher_info)
     projector = distill.init_projector(jax.random.fold_in(jax.random.key(settings.seed), 1), feature_widths(student))
-    logger.info("distilling from %s (YOLOv8%s, %d classes; P3-P5 widths %s), dis=%g", settings.distill_model,
-                teacher_info.get("scale"), int(teacher_info["num_classes"]),
+    from yolojax.models.registry import model_title
+
+    logger.info("distilling from %s (%s, %d classes; P3-P5 widths %s), dis=%g", settings.distill_model,
+                model_title(teacher_info), int(teacher_info["num_classes"]),
                 "/".join(map(str, distill.teacher_widths)), settings.dis)
     params = {**variables["params"], DISTILL_PROJECTOR: jax.device_get(projector)}
     return distill, {**variables, "params": params}
@@ -331,9 +337,9 @@ def distillation_for(settings: Settings, teacher_info: dict) -> Any:
     import jax.numpy as jnp
 
     from yolojax.loss.distill import Distillation, DistillationLoss, feature_widths
-    from yolojax.models import yolov8_from_info
+    from yolojax.models.registry import model_from_info
 
-    module = yolov8_from_info(teacher_info, dtype=jnp.dtype(settings.compute_dtype))
+    module = model_from_info(teacher_info, dtype=jnp.dtype(settings.compute_dtype))
     return Distillation(module, feature_widths(module), DistillationLoss(settings.dis))
 
 

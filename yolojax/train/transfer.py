@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-HEAD = "model_22"
 
 
 def init_variables(model: Any, seed: int) -> dict:
-    """Fresh ``{"params", "batch_stats"}`` of a :class:`yolojax.models.YOLOv8` as numpy arrays.
+    """Fresh ``{"params", "batch_stats"}`` of a detector module as numpy arrays.
 
     Initialised under ``jit`` from an "rbg" key: XLA compiles the initialisers of a YOLOv8's
     ~250 arrays several times faster than from the default threefry key (yolov8n on a 2-core
@@ -49,9 +48,15 @@ def init_variables(model: Any, seed: int) -> dict:
 _CLS_LAST = re.compile(r"^cv3_(\d+)_2$")
 
 
+def detect_head(params: Mapping[str, Any]) -> str | None:
+    """The name of the Detect layer among ``params``' modules ("model_22" in YOLOv8, "model_23"
+    in YOLO11): the one holding the DFL projection. None when there is none."""
+    return next((name for name, node in params.items() if isinstance(node, Mapping) and "dfl" in node), None)
+
+
 def _head_in_widths(params: Mapping[str, Any]) -> list[int]:
     """Input widths of the box branch's first convs (ultralytics' ``[m[0].conv.in_channels for m in head.cv2]``)."""
-    head = params.get(HEAD, {})
+    head = params.get(detect_head(params), {})
     widths, i = [], 0
     while f"cv2_{i}_0" in head:
         widths.append(int(np.shape(head[f"cv2_{i}_0"]["conv"]["kernel"])[2]))
@@ -60,10 +65,10 @@ def _head_in_widths(params: Mapping[str, Any]) -> list[int]:
 
 
 def pretrained_cls_width(params: Mapping[str, Any]) -> int | None:
-    """Hidden width of a Detect head's class branch (the output width of ``cv3_0_0``)."""
+    """Hidden width of a Detect head's class branch (the input width of its last conv ``cv3_0_2``)."""
     try:
-        return int(np.shape(params[HEAD]["cv3_0_0"]["conv"]["kernel"])[-1])
-    except (KeyError, TypeError):
+        return int(np.shape(params[detect_head(params)]["cv3_0_2"]["kernel"])[2])
+    except (KeyError, TypeError, IndexError):
         return None
 
 
@@ -76,11 +81,13 @@ def finetune_cls_width(fresh_in_widths: Sequence[int], pretrained: Mapping[str, 
     return None
 
 
-def head_in_widths(scale: str) -> list[int]:
-    """The Detect head's input widths (P3, P4, P5) of a YOLOv8 scale."""
-    from yolojax.models import scaled_channels
+def head_in_widths(family: str, scale: str) -> list[int]:
+    """The Detect head's input widths (P3, P4, P5) of ``family`` ("yolov8", "yolo11") at ``scale``:
+    the scaled widths of the layers its yaml row reads."""
+    from yolojax.models.registry import get_family
 
-    return [scaled_channels(scale, c) for c in (256, 512, 1024)]
+    f = get_family(family)
+    return [f.scaled_channels(scale, f.layers[i][3][0]) for i in f.layers[f.detect_layer][0]]
 
 
 def _norm(name: Any) -> str:
@@ -128,12 +135,13 @@ def transfer_pretrained(
     idx = class_index(src_names, dst_names) if cls_remap else None
     nc = len(dst_names) if dst_names else None
     out, copied, kept, remapped = {}, 0, [], 0
+    head = detect_head(fresh["params"])
     for col in ("params", "batch_stats"):
         flat = {p: np.asarray(v, np.float32) for p, v in traverse_util.flatten_dict(fresh[col]).items()}
         src = traverse_util.flatten_dict(pretrained.get(col, {}))
         for path, value in flat.items():
             other = src.get(path)
-            is_cls = (col == "params" and len(path) == 3 and path[0] == HEAD and _CLS_LAST.match(path[1])
+            is_cls = (col == "params" and len(path) == 3 and path[0] == head and _CLS_LAST.match(path[1])
                       and value.shape[-1] == nc)
             if idx is not None and is_cls and other is not None and np.shape(other)[:-1] == value.shape[:-1]:
                 valid = idx >= 0

@@ -93,7 +93,9 @@ def load_converted(path: str | os.PathLike) -> tuple[Variables, Info]:
         raise ValueError(f"{root / INFO_FILE}: cannot read ({e})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
         raise ValueError(f"{root / INFO_FILE} was not written by {FORMAT_NAME}")
-    info = {k: record.get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    # "family" is absent from conversions written before YOLO11: those are YOLOv8.
+    info = {"family": record.get("family", "yolov8"), **{k: record.get(k) for k in ("scale", "num_classes", "names",
+                                                                                   "reg_max")}}
     if isinstance(record.get("cls_width"), int):  # absent from conversions before it was recorded
         info["cls_width"] = record["cls_width"]
     if training_imgsz(record.get("imgsz")) is not None:
@@ -107,8 +109,9 @@ def load_converted(path: str | os.PathLike) -> tuple[Variables, Info]:
         and isinstance(info["reg_max"], int)
         and isinstance(info["names"], list)
         and isinstance(info["scale"], str)
+        and isinstance(info["family"], str)
     ):
-        raise ValueError(f"{root / INFO_FILE}: bad or missing scale/num_classes/names/reg_max")
+        raise ValueError(f"{root / INFO_FILE}: bad or missing family/scale/num_classes/names/reg_max")
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(root / VARIABLES_DIR).item_metadata
         as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)

@@ -152,7 +152,7 @@ class _Writer:
             self.out += opcode
 
     def _tensor(self, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # ascontiguousarray would make a 0-d array (1,)
         if array.dtype not in _STORAGE_NAMES:
             raise TypeError(f"no torch storage for dtype {array.dtype}")
         key = str(len(self.storages))

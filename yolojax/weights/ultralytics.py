@@ -1,10 +1,13 @@
-"""Ultralytics YOLOv8 ``.pt`` checkpoints -> yolojax variables, without torch or ultralytics.
+"""Ultralytics YOLOv8 and YOLO11 ``.pt`` checkpoints -> yolojax variables, without torch or
+ultralytics.
 
 The ``.pt`` zip is read by :func:`yolojax.weights.torch_file.read_torch_file`, which never runs
 code from the file and bounds the memory and time any file can cost (see its module
 docstring). The checkpoint's model is then walked as data: each submodule once, at most
-``MAX_MODULE_DEPTH`` deep, refusing a module that contains itself. Its weights are mapped
-onto the Flax variables of :class:`yolojax.models.YOLOv8` (torch key
+``MAX_MODULE_DEPTH`` deep, refusing a module that contains itself. Its family
+(:mod:`yolojax.models.registry`) is told by its module classes (C2f: YOLOv8, C3k2: YOLO11),
+or for a bare state dict by the index of its Detect layer. Its weights are mapped onto the
+Flax variables of the family's module (torch key
 ``model.22.cv2.0.2.weight`` -> Flax path ``model_22/cv2_0_2/kernel``; OIHW conv weights ->
 HWIO kernels; BatchNorm weight/bias -> params scale/bias, running mean/var -> batch_stats
 mean/var) and checked against the model's own variable shapes before any is converted.
@@ -20,12 +23,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from yolojax.weights.safe_pickle import describe
 from yolojax.weights.torch_file import PickledObject, quoted, read_torch_file
+
+if TYPE_CHECKING:
+    from yolojax.models.registry import Family
 
 Variables = dict[str, dict[str, Any]]
 Info = dict[str, Any]
@@ -35,30 +41,9 @@ Info = dict[str, Any]
 # ----------------------------------------------------------------------------------------
 
 MAX_CHECKPOINT_NESTING = 4  # checkpoint -> 'ema'/'model' -> 'state_dict' -> tensors
-MAX_MODULE_DEPTH = 32  # a YOLOv8 DetectionModel nests 7 deep
+MAX_MODULE_DEPTH = 32  # a YOLOv8 DetectionModel nests 7 deep, a YOLO11 one 8
 MAX_NUM_CLASSES = 1 << 16
 MAX_REG_MAX = 64  # ultralytics uses 16
-
-# Classes a YOLOv8 DetectionModel is built from; anything else is another architecture.
-_YOLOV8_CLASSES = {
-    "DetectionModel",
-    "Conv",
-    "C2f",
-    "Bottleneck",
-    "SPPF",
-    "Concat",
-    "Detect",
-    "DFL",
-    "Conv2d",
-    "BatchNorm2d",
-    "SiLU",
-    "ModuleList",
-    "Sequential",
-    "MaxPool2d",
-    "Upsample",
-    "Identity",
-}
-
 
 def _is_state_dict(obj: Any) -> bool:
     return (
@@ -175,55 +160,98 @@ def _module_state_dict(
     return sd
 
 
-def _check_yolov8_detect(
-    model: PickledObject, modules: list[tuple[str, PickledObject]], path: str
-) -> None:
-    """Refuse models that are not YOLOv8 detectors (segment/pose/obb, YOLO11, v10 ...)."""
+def _family_of_model(model: PickledObject, modules: list[tuple[str, PickledObject]], path: str) -> Family:
+    """The family of a pickled model, from its module classes: the family whose marker class
+    (C2f, C3k2) it uses and whose classes cover all of its own. Raises ``ValueError`` for any
+    other model (segment/pose/obb, YOLOv10, YOLO26 ...), naming the classes that don't fit."""
+    from yolojax.models.registry import FAMILIES
+
+    known = " and ".join(f.title for f in FAMILIES.values())
     if model.name != "DetectionModel":
-        raise ValueError(
-            f"{path} holds a {model.name}; only YOLOv8 detection models (DetectionModel) "
-            "can be converted"
-        )
-    foreign = sorted({module.name for _, module in modules} - _YOLOV8_CLASSES)
-    if foreign:
-        raise ValueError(
-            f"{path} is not a YOLOv8 detection model: it uses {', '.join(foreign)} "
-            "(a different YOLO version or task?)"
-        )
+        raise ValueError(f"{path} holds a {model.name}; only {known} detection models (DetectionModel) can be converted")
+    classes = {module.name for _, module in modules}
+    # The family whose marker the model uses, else (a model without blocks: its weights are
+    # checked next) the first whose classes cover it.
+    marked = [f for f in FAMILIES.values() if f.marker in classes]
+    for family in marked or list(FAMILIES.values()):
+        if classes <= family.torch_classes:
+            _check_yaml_graph(model.attrs.get("yaml"), family, path)
+            return family
+    foreign = sorted(classes - set().union(*(f.torch_classes for f in marked or FAMILIES.values())))
+    raise ValueError(f"{path} is not a {known} detection model: it uses {', '.join(foreign)} "
+                     "(a different YOLO version or task?)")
 
 
-def _infer_scale_from_shapes(sd: Mapping[str, np.ndarray], path: str) -> str:
-    """The scale whose stem width and first C2f depth match the weights."""
-    from yolojax.models import SCALES, scaled_channels, scaled_depth
+def _check_yaml_graph(yaml: Any, family: Family, path: str) -> None:
+    """Refuse a model whose yaml describes another graph than the family's (YOLO26 uses
+    YOLO11's module classes with other rows and an end-to-end head): rows are compared by
+    source, repeats, module and arguments (the Detect row's, which ultralytics fills in, aside)."""
+    if not isinstance(yaml, Mapping) or not isinstance(yaml.get("backbone"), list):
+        return
+    if yaml.get("end2end"):
+        raise ValueError(f"{path}: its yaml has an end-to-end (NMS-free) head, which {family.title} has not "
+                         "(YOLO26 or YOLOv10?)")
+    rows = [*yaml["backbone"], *(yaml.get("head") or [])]
+    expected = [[src, n, kind, [None if a == "None" else a for a in args]] for src, n, kind, args in family.layers]
+    for i, (row, want) in enumerate(zip(rows, expected)):
+        got = list(row) if isinstance(row, (list, tuple)) and len(row) == 4 else row
+        if want[2] == "Detect" and isinstance(got, list):
+            got, want = got[:3], want[:3]
+        elif isinstance(got, list):
+            got = [*got[:3], [None if a == "None" else a for a in got[3]] if isinstance(got[3], list) else got[3]]
+        if got != want:
+            raise ValueError(f"{path}: its yaml's layer {i} is {_short(row)}, not {family.name}.yaml's {want}")
+    if len(rows) != len(expected):
+        raise ValueError(f"{path}: its yaml has {len(rows)} layers, not {family.name}.yaml's {len(expected)}")
 
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _family_of_state_dict(sd: Mapping[str, np.ndarray], path: str) -> Family:
+    """The family of a bare state dict: the one whose Detect layer index holds the head's box
+    branch (``model.22.cv2.0.2.weight`` in YOLOv8, ``model.23.cv2.0.2.weight`` in YOLO11)."""
+    from yolojax.models.registry import FAMILIES
+
+    keys = [(f, f"model.{f.detect_layer}.cv2.0.2.weight") for f in FAMILIES.values()]
+    found = [f for f, key in keys if key in sd]
+    if len(found) != 1:
+        listed = ", ".join(f"{key} ({f.title})" for f, key in keys)
+        raise ValueError(f"{path} is not a YOLOv8 or YOLO11 detection model: expected exactly one of {listed}")
+    return found[0]
+
+
+def _infer_scale_from_shapes(sd: Mapping[str, np.ndarray], family: Family, path: str) -> str:
+    """The scale whose stem width and first C2f/C3k2 depth match the weights."""
     stem = sd.get("model.0.conv.weight")
     if stem is None or stem.ndim != 4:
         raise ValueError(
-            f"{path}: no YOLOv8 stem conv 'model.0.conv.weight' to infer the scale from"
+            f"{path}: no {family.title} stem conv 'model.0.conv.weight' to infer the scale from"
         )
     depth = len({k.split(".")[3] for k in sd if k.startswith("model.2.m.")})
-    for scale in SCALES:
-        if scaled_channels(scale, 64) == stem.shape[0] and scaled_depth(scale, 3) == depth:
+    for scale in family.scales:
+        if (family.scaled_channels(scale, family.layers[0][3][0]) == stem.shape[0]
+                and family.scaled_depth(scale, family.layers[2][1]) == depth):
             return scale
     raise ValueError(
-        f"{path}: stem width {stem.shape[0]} with {depth} bottleneck(s) in model.2 matches "
-        "no YOLOv8 scale (n, s, m, l, x)"
+        f"{path}: stem width {stem.shape[0]} with {depth} block(s) in model.2 matches "
+        f"no {family.title} scale ({', '.join(family.scales)})"
     )
 
 
-def _scale_from_yaml(yaml: Mapping[str, Any], yaml_file: Any) -> str | None:
+def _scale_from_yaml(yaml: Mapping[str, Any], yaml_file: Any, family: Family) -> str | None:
     """The scale a model yaml names: its 'scale' key, a 'yolov8s.yaml'-style file name, or
-    the depth/width multiples of one of the standard scales."""
-    from yolojax.models import SCALES
-
-    if isinstance(yaml.get("scale"), str) and yaml["scale"] in SCALES:
+    the depth/width multiples of one of the family's scales."""
+    if isinstance(yaml.get("scale"), str) and yaml["scale"] in family.scales:
         return yaml["scale"]
     yaml_name = Path(yaml_file).name if isinstance(yaml_file, str) else ""
-    match = re.search(r"yolov8([nsmlx])(?![a-z0-9])", yaml_name)
+    match = re.search(rf"{family.name}([nsmlx])(?![a-z0-9])", yaml_name)
     if match:
         return match.group(1)
     dw = (yaml.get("depth_multiple"), yaml.get("width_multiple"))
-    for scale, s in SCALES.items():
+    for scale, s in family.scales.items():
         if dw == (s.depth, s.width):
             return scale
     return None
@@ -242,36 +270,38 @@ def _class_names(names: Any, num_classes: int, path: str) -> list[str]:
     return [str(name) for name in listed]
 
 
-def _head_outputs(sd: Mapping[str, np.ndarray], path: str) -> tuple[int, int]:
-    """(num_classes, reg_max) from the Detect head's first output convs, checked to lie in
-    [1, MAX_NUM_CLASSES] and [1, MAX_REG_MAX] before anything is sized by them."""
-    for key in ("model.22.cv3.0.2.weight", "model.22.cv2.0.2.weight"):
+def _head_outputs(sd: Mapping[str, np.ndarray], family: Family, path: str) -> tuple[int, int, int]:
+    """(num_classes, reg_max, class-branch width) from the Detect head's first output convs,
+    checked to lie in [1, MAX_NUM_CLASSES] and [1, MAX_REG_MAX] before anything is sized by
+    them."""
+    cls_key, box_key = (f"model.{family.detect_layer}.{branch}.0.2.weight" for branch in ("cv3", "cv2"))
+    for key in (cls_key, box_key):
         if key not in sd or sd[key].ndim != 4:
-            raise ValueError(f"{path} is not a YOLOv8 detection model: no Detect head weight {key}")
-    num_classes = int(sd["model.22.cv3.0.2.weight"].shape[0])
-    box_channels = int(sd["model.22.cv2.0.2.weight"].shape[0])
+            raise ValueError(f"{path} is not a {family.title} detection model: no Detect head weight {key}")
+    num_classes, cls_width = (int(n) for n in sd[cls_key].shape[:2])
+    box_channels = int(sd[box_key].shape[0])
     if not 1 <= num_classes <= MAX_NUM_CLASSES:
         raise ValueError(
-            f"{path}: tensor 'model.22.cv3.0.2.weight' gives {num_classes} classes, not 1 to "
-            f"{MAX_NUM_CLASSES}"
+            f"{path}: tensor '{cls_key}' gives {num_classes} classes, not 1 to {MAX_NUM_CLASSES}"
         )
     if box_channels % 4 or not 1 <= box_channels // 4 <= MAX_REG_MAX:
         raise ValueError(
-            f"{path}: tensor 'model.22.cv2.0.2.weight' gives {box_channels} box outputs, not "
+            f"{path}: tensor '{box_key}' gives {box_channels} box outputs, not "
             f"4 * reg_max with reg_max 1 to {MAX_REG_MAX}"
         )
-    return num_classes, box_channels // 4
+    return num_classes, box_channels // 4, cls_width
 
 
-def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path: str) -> Info:
-    """scale, num_classes, names, reg_max, cls_width of a YOLOv8 state dict (and its model, if any)."""
-    from yolojax.models import default_cls_width
-
-    num_classes, reg_max = _head_outputs(sd, path)
-    shape_scale = _infer_scale_from_shapes(sd, path)
+def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, family: Family, path: str) -> Info:
+    """family, scale, num_classes, names, reg_max, cls_width of a state dict of ``family``
+    (and its model, if any)."""
+    # The class branch's hidden width: ultralytics builds max(P3 width, min(nc, 100)), but a model
+    # it fine-tuned to another class count keeps its source's width (e.g. 80 for yolov8n -> 2 classes).
+    num_classes, reg_max, cls_width = _head_outputs(sd, family, path)
+    shape_scale = _infer_scale_from_shapes(sd, family, path)
     attrs = model.attrs if model is not None else {}
     yaml = attrs.get("yaml") if isinstance(attrs.get("yaml"), Mapping) else {}
-    yaml_scale = _scale_from_yaml(yaml, yaml.get("yaml_file") or attrs.get("yaml_file"))
+    yaml_scale = _scale_from_yaml(yaml, yaml.get("yaml_file") or attrs.get("yaml_file"), family)
     if yaml_scale is not None and yaml_scale != shape_scale:
         raise ValueError(
             f"{path}: its yaml says scale {yaml_scale!r} but its weights have the shapes of "
@@ -282,16 +312,13 @@ def _infer_info(sd: Mapping[str, np.ndarray], model: PickledObject | None, path:
             f"{path}: its yaml says nc={yaml['nc']} but its head has {num_classes} classes"
         )
     names = attrs.get("names") if attrs.get("names") is not None else yaml.get("names")
-    # The class branch's hidden width: ultralytics builds max(P3 width, min(nc, 100)), but a model
-    # it fine-tuned to another class count keeps its source's width (e.g. 80 for yolov8n -> 2 classes).
-    hidden = sd.get("model.22.cv3.0.0.conv.weight")
-    cls_width = int(hidden.shape[0]) if hidden is not None and hidden.ndim == 4 else None
     return {
+        "family": family.name,
         "scale": shape_scale,
         "num_classes": num_classes,
         "names": _class_names(names, num_classes, path),
         "reg_max": reg_max,
-        "cls_width": cls_width or default_cls_width(shape_scale, num_classes),
+        "cls_width": cls_width,
     }
 
 
@@ -323,23 +350,24 @@ def torch_key_to_flax(key: str, ndim: int) -> tuple[str, ...] | None:
         return ("params", *path, "bias")
     if leaf in ("running_mean", "running_var"):
         return ("batch_stats", *path, leaf[len("running_") :])
-    return ("params", *path, leaf)  # not a YOLOv8 leaf: reported as unexpected
+    return ("params", *path, leaf)  # not a model's leaf: reported as unexpected
 
 
 @functools.lru_cache(maxsize=16)
 def expected_shapes(
-    scale: str, num_classes: int, reg_max: int, cls_width: int | None = None,
+    family: str, scale: str, num_classes: int, reg_max: int, cls_width: int | None = None,
     widths: tuple[tuple[str, int], ...] | None = None,
 ) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """(collection, *path) -> shape of every variable of ``YOLOv8(scale, num_classes,
-    reg_max, cls_width=cls_width, widths=widths)``, from ``jax.eval_shape`` of its init (no
+    """(collection, *path) -> shape of every variable of the ``family`` model so described
+    (:func:`yolojax.models.registry.model_from_info`), from ``jax.eval_shape`` of its init (no
     computation)."""
     import jax
     import jax.numpy as jnp
 
-    from yolojax.models import YOLOv8
+    from yolojax.models.registry import model_from_info
 
-    model = YOLOv8(scale=scale, num_classes=num_classes, reg_max=reg_max, cls_width=cls_width, widths=widths)
+    model = model_from_info({"family": family, "scale": scale, "num_classes": num_classes, "reg_max": reg_max,
+                             "cls_width": cls_width, "widths": widths})
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
     )
@@ -376,13 +404,16 @@ def check_variables(
     origin: Mapping[tuple[str, ...], str] | None = None,
 ) -> None:
     """Raise ``ValueError`` naming every missing, unexpected or mis-shaped variable of a
-    flat {(collection, *path): array} tree against ``YOLOv8`` built from ``info``.
+    flat {(collection, *path): array} tree against the model built from ``info``
+    (:func:`yolojax.models.registry.model_from_info`).
 
     ``origin`` maps paths to the names the user knows (torch keys) for the message.
     """
+    from yolojax.models.registry import family_of
     from yolojax.models.yolov8 import widths_key
 
-    expected = expected_shapes(info["scale"], info["num_classes"], info["reg_max"], info.get("cls_width"),
+    family = family_of(info)
+    expected = expected_shapes(family.name, info["scale"], info["num_classes"], info["reg_max"], info.get("cls_width"),
                                widths_key(info.get("widths")))
     origin = origin or {}
     name = lambda p: origin.get(p, "/".join(p))  # noqa: E731
@@ -404,7 +435,7 @@ def check_variables(
         problems.append("mis-shaped " + _listing(misshaped))
     if problems:
         model = (
-            f"YOLOv8{info['scale']} with {info['num_classes']} classes, reg_max {info['reg_max']}"
+            f"{family.title}{info['scale']} with {info['num_classes']} classes, reg_max {info['reg_max']}"
             + (f", class branch width {info['cls_width']}" if info.get("cls_width") else "")
             + (" pruned to its info's widths" if info.get("widths") else "")
         )
@@ -414,10 +445,10 @@ def check_variables(
 def state_dict_to_variables(
     sd: Mapping[str, np.ndarray], info: Info, source: str = "state dict"
 ) -> Variables:
-    """A YOLOv8 torch state dict -> ``{"params": ..., "batch_stats": ...}`` float32 numpy.
+    """A YOLOv8 or YOLO11 torch state dict -> ``{"params": ..., "batch_stats": ...}`` float32 numpy.
 
     Conv weights (O, I, kH, kW) become kernels (kH, kW, I, O). The shapes are checked
-    against the variables of ``yolov8_from_info(info)`` before any array is converted, so
+    against the variables of ``model_from_info(info)`` before any array is converted, so
     memory stays within the model's size. The arrays are new and writable (the state dict's
     may be read-only views of a file's storages).
     """
@@ -471,19 +502,19 @@ def count_params(variables: Variables) -> int:
 
 
 def load_ultralytics(path: str | os.PathLike) -> tuple[Variables, Info]:
-    """Read an ultralytics YOLOv8 detection ``.pt`` without torch or ultralytics.
+    """Read an ultralytics YOLOv8 or YOLO11 detection ``.pt`` without torch or ultralytics.
 
     Accepts an ultralytics checkpoint dict (its 'ema' weights if present, else 'model'), a
     pickled DetectionModel, or a plain state dict (optionally under 'state_dict'/'model').
 
     Returns ``(variables, info)``: variables ``{"params": ..., "batch_stats": ...}`` of
-    float32 numpy arrays for ``yolov8_from_info(info)`` (:mod:`yolojax.models`); info
-    ``{"scale": str, "num_classes": int, "names": list[str] (index = class id), "reg_max":
+    float32 numpy arrays for ``model_from_info(info)`` (:mod:`yolojax.models.registry`); info
+    ``{"family": "yolov8" | "yolo11", "scale": str, "num_classes": int, "names": list[str] (index = class id), "reg_max":
     int, "cls_width": int}`` (cls_width: the head's class-branch width, from the weights), and
     ``"imgsz": int`` when the checkpoint records the size it was trained at
     (:func:`training_imgsz`).
-    Raises ``ValueError`` for files that are unsafe, not torch checkpoints, or not YOLOv8
-    detectors.
+    Raises ``ValueError`` for files that are unsafe, not torch checkpoints, or not YOLOv8 or
+    YOLO11 detectors.
     """
     source = str(path)
     try:
@@ -500,11 +531,12 @@ def _convert_checkpoint(checkpoint: Any, source: str) -> tuple[Variables, Info]:
     model = selected if isinstance(selected, PickledObject) else None
     if model is not None:
         modules = _walk_modules(model, source)
-        _check_yolov8_detect(model, modules, source)
+        family = _family_of_model(model, modules, source)
         sd = _module_state_dict(modules, source)
     else:
         sd = dict(selected)
-    info = _infer_info(sd, model, source)
+        family = _family_of_state_dict(sd, source)
+    info = _infer_info(sd, model, family, source)
     train_args = checkpoint.get("train_args") if isinstance(checkpoint, Mapping) else None
     imgsz = training_imgsz(train_args.get("imgsz")) if isinstance(train_args, Mapping) else None
     if imgsz is not None:

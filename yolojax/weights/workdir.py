@@ -271,7 +271,8 @@ def _read_ema_weights(step_dir: Path) -> tuple[dict, dict]:
     meta = _read_json_item(step_dir / "meta")
     if not isinstance(meta, dict) or not isinstance(meta.get("info"), dict):
         raise ValueError(f"{step_dir}/meta: missing model info")
-    info = {k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}
+    info = {"family": meta["info"].get("family", "yolov8"),  # absent from runs before YOLO11: YOLOv8
+            **{k: meta["info"].get(k) for k in ("scale", "num_classes", "names", "reg_max")}}
     if isinstance(meta["info"].get("cls_width"), int):
         info["cls_width"] = meta["info"]["cls_width"]
     if isinstance(meta["info"].get("widths"), dict):  # a pruned model's (yolojax.models.prune)

@@ -1,0 +1,10 @@
+"""YOLO11l: ultralytics' default recipe (cfg/default.yaml) at scale 'l' of yolo11.yaml."""
+
+from yolojax.configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.family = "yolo11"
+    config.model.scale = "l"
+    return config
