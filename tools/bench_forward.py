@@ -1,6 +1,6 @@
 """Eval-forward speed of yolojax beside ultralytics' fused PyTorch model, same inputs.
 
-    YOLO_OFFLINE=1 python tools/bench_forward.py --scales n s --batches 1 8 --imgsz 640
+    YOLO_OFFLINE=1 python tools/bench_forward.py --scales n s --batches 1 8 --imgsz 640 [--family yolo11]
 
 Both models get the same random weights (yolojax converts ultralytics' checkpoint), the
 same float32 NHWC/NCHW batch; each runs in its own process (tools/side_by_side.py) and the two
@@ -24,14 +24,15 @@ from side_by_side import Worker, alternate, ultralytics_environ
 from yolojax.runtime import reexec_with_malloc_tunables
 
 
-def _ultralytics_checkpoint(scale: str, directory: Path) -> Path:
-    """A randomly initialised ultralytics yolov8{scale}, saved as ultralytics saves it (fp16)."""
+def _ultralytics_checkpoint(name: str, directory: Path) -> Path:
+    """A randomly initialised ultralytics model ``name`` (yolov8n, yolo11s ...), saved as
+    ultralytics saves it (fp16)."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
     torch.manual_seed(0)
-    model = DetectionModel(f"yolov8{scale}.yaml", verbose=False)
-    path = directory / f"yolov8{scale}-random.pt"
+    model = DetectionModel(f"{name}.yaml", verbose=False)
+    path = directory / f"{name}-random.pt"
     torch.save({"model": model.half(), "ema": None}, path)
     return path
 
@@ -68,6 +69,7 @@ def ultralytics_forward(checkpoint: str, batch: int, imgsz: int, threads: int) -
 def main() -> None:
     reexec_with_malloc_tunables()  # as yolojax's commands do (the ultralytics worker: see --same-malloc)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", default="yolov8", choices=["yolov8", "yolo11"])
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--imgsz", type=int, default=640)
@@ -85,7 +87,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for scale in args.scales:
-            checkpoint = str(_ultralytics_checkpoint(scale, Path(tmp)))
+            name = f"{args.family}{scale}"
+            checkpoint = str(_ultralytics_checkpoint(name, Path(tmp)))
             for batch in args.batches:
                 ours = Worker(yolojax_forward, checkpoint, batch, args.imgsz)
                 theirs = Worker(ultralytics_forward, checkpoint, batch, args.imgsz, args.threads,
@@ -95,7 +98,7 @@ def main() -> None:
                 jax_s, torch_s = alternate(ours, theirs, args.rounds)
                 ours.close()
                 theirs.close()
-                print(f"yolov8{scale:2} {batch:>5} {compile_s:>9.1f} {1e3 * jax_s:>10.1f} {1e3 * torch_s:>14.1f} "
+                print(f"{name:8} {batch:>5} {compile_s:>9.1f} {1e3 * jax_s:>10.1f} {1e3 * torch_s:>14.1f} "
                       f"{torch_s / jax_s:>6.2f}", flush=True)
                 rows.append(torch_s / jax_s)
     print(f"geometric-mean ratio (ultralytics / yolojax): {float(np.exp(np.mean(np.log(rows)))):.2f}; "

@@ -1,16 +1,16 @@
 """Train-step speed of yolojax beside ultralytics, same model, batch and targets.
 
-    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640 [--boxes 8 --max-boxes 100
-        --dtype bfloat16 --teacher s]
+    YOLO_OFFLINE=1 python tools/bench_train_step.py --scales n s --batch 8 --imgsz 640 [--family yolo11
+        --boxes 8 --max-boxes 100 --dtype bfloat16 --teacher s]
 
 yolojax: one jit-compiled ``train_step`` (forward, v8 loss, backward, SGD-Nesterov update,
-EMA) with an update on every batch. ultralytics: ``model(batch)`` (forward + v8DetectionLoss),
+EMA) with an update on every batch, of ``--family`` (yolov8 or yolo11) at each of ``--scales``. ultralytics: ``model(batch)`` (forward + v8DetectionLoss),
 ``loss.sum().backward()``, gradient clipping, ``SGD.step()``, ``zero_grad()`` and its ModelEMA
 update, in fp32 on the same CPU (yolojax in --dtype: float32, or bfloat16 compute with float32
 parameters, to see what bfloat16 costs on a CPU). Each runs in its own process (tools/side_by_side.py) and the
 two alternate step by step; the table shows median seconds per step and the ratio
 ultralytics / yolojax (> 1: yolojax is faster). ``--teacher SCALE``: knowledge distillation
-from a YOLOv8 of that scale in both (ultralytics' DistillationModel around the student, its
+from a model of that family and scale in both (ultralytics' DistillationModel around the student, its
 projector in the optimiser and EMA; yolojax's ``train_step(distill=...)``). Needs the [dev] extra.
 """
 
@@ -46,19 +46,20 @@ def random_batch(batch: int, imgsz: int, num_classes: int, boxes_per_image: int 
     }
 
 
-def ultralytics_step_fn(scale: str, batch: dict, imgsz: int, teacher: str = ""):
-    """A closure running one ultralytics training iteration on ``batch`` (with a ``teacher``
-    scale: its DistillationModel's, as its trainer wraps the student)."""
+def ultralytics_step_fn(scale: str, batch: dict, imgsz: int, teacher: str = "", family: str = "yolov8"):
+    """A closure running one ultralytics training iteration of ``family`` at ``scale`` on
+    ``batch`` (with a ``teacher`` scale: its DistillationModel's, as its trainer wraps the
+    student)."""
     import torch
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.distill_model import DistillationModel
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.torch_utils import ModelEMA
 
-    model = DetectionModel(f"yolov8{scale}.yaml", verbose=False)
+    model = DetectionModel(f"{family}{scale}.yaml", verbose=False)
     model.args = get_cfg(overrides={"imgsz": imgsz})
     if teacher:
-        model = DistillationModel(DetectionModel(f"yolov8{teacher}.yaml", verbose=False), model)
+        model = DistillationModel(DetectionModel(f"{family}{teacher}.yaml", verbose=False), model)
     model.train()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -91,11 +92,11 @@ def ultralytics_step_fn(scale: str, batch: dict, imgsz: int, teacher: str = ""):
 
 
 def yolojax_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int,
-                 dtype: str = "float32", teacher: str = "") -> Callable[[], None]:
-    """A closure running one yolojax ``train_step`` (state kept between calls), computing in
-    ``dtype``; with a ``teacher`` scale, distilling from it."""
+                 dtype: str = "float32", teacher: str = "", family: str = "yolov8") -> Callable[[], None]:
+    """A closure running one yolojax ``train_step`` (state kept between calls) of ``family`` at
+    ``scale``, computing in ``dtype``; with a ``teacher`` scale, distilling from it."""
     from yolojax.loss import DetectionLoss, Distillation, feature_widths
-    from yolojax.models import YOLOv8
+    from yolojax.models import model_from_info
     from yolojax.models.naming import DISTILL_PROJECTOR
     from yolojax.train import TrainState, make_recipe, make_train_step
     from yolojax.train.step import train_step
@@ -104,13 +105,16 @@ def yolojax_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int,
         return jax.jit(module.init, static_argnames="train")(jax.random.key(0), jnp.zeros((1, imgsz, imgsz, 3)),
                                                              train=False)
 
-    model = YOLOv8(scale=scale, num_classes=80, dtype=jnp.dtype(dtype))
+    def build(s: str):
+        return model_from_info({"family": family, "scale": s, "num_classes": 80}, dtype=jnp.dtype(dtype))
+
+    model = build(scale)
     variables = init(model)
     recipe = make_recipe(epochs=100, batch_size=batch, dataset_size=10_000, num_classes=80, optimizer="SGD",
                          warmup_epochs=0)
     teacher_vars, step = None, make_train_step(DetectionLoss(80))
     if teacher:
-        teacher_model = YOLOv8(scale=teacher, num_classes=80, dtype=jnp.dtype(dtype))
+        teacher_model = build(teacher)
         teacher_vars, distill = init(teacher_model), Distillation(teacher_model, feature_widths(teacher_model))
         projector = distill.init_projector(jax.random.key(1), feature_widths(model))
         variables = {**variables, "params": {**variables["params"], DISTILL_PROJECTOR: projector}}
@@ -126,17 +130,19 @@ def yolojax_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int,
 
 
 def ultralytics_step(scale: str, batch: int, imgsz: int, boxes: int, max_boxes: int,
-                     threads: int, teacher: str = "") -> Callable[[], None]:
+                     threads: int, teacher: str = "", family: str = "yolov8") -> Callable[[], None]:
     """:func:`ultralytics_step_fn` on the same batch, with ``threads`` torch threads."""
     import torch
 
     torch.set_num_threads(threads)
-    return ultralytics_step_fn(scale, random_batch(batch, imgsz, 80, boxes, max_boxes or None), imgsz, teacher)
+    return ultralytics_step_fn(scale, random_batch(batch, imgsz, 80, boxes, max_boxes or None), imgsz, teacher,
+                               family)
 
 
 def main() -> None:
     reexec_with_malloc_tunables()  # as yolojax's commands do (the ultralytics worker: see --same-malloc)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", default="yolov8", choices=["yolov8", "yolo11"])
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--imgsz", type=int, default=640)
@@ -148,7 +154,7 @@ def main() -> None:
     parser.add_argument("--max-boxes", type=int, default=0, help="box rows per image (padding; 0: --boxes)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="yolojax's compute dtype")
     parser.add_argument("--teacher", default="", choices=["", "n", "s", "m", "l", "x"],
-                        help="distil from a YOLOv8 of this scale (ultralytics' distill_model)")
+                        help="distil from a model of --family at this scale (ultralytics' distill_model)")
     args = parser.parse_args()
 
     import torch
@@ -158,14 +164,14 @@ def main() -> None:
           f"{args.boxes} boxes per image in "
           f"{args.max_boxes or args.boxes} rows; each in its own process; ultralytics with "
           f"{'the same' if args.same_malloc else 'glibc default'} malloc settings; "
-          f"{'teacher yolov8' + args.teacher if args.teacher else 'no teacher'}; "
+          f"{'teacher ' + args.family + args.teacher if args.teacher else 'no teacher'}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':8} {'compile s':>9} {'yolojax s':>9} {'ultralytics s':>13} {'ratio':>6}")
     ratios = []
     shape = (args.batch, args.imgsz, args.boxes, args.max_boxes)
     for scale in args.scales:
-        ours = Worker(yolojax_step, scale, *shape, args.dtype, args.teacher)
-        theirs = Worker(ultralytics_step, scale, *shape, args.threads, args.teacher,
+        ours = Worker(yolojax_step, scale, *shape, args.dtype, args.teacher, args.family)
+        theirs = Worker(ultralytics_step, scale, *shape, args.threads, args.teacher, args.family,
                         environ=ultralytics_environ(args.same_malloc))
         compile_s = ours.first_run_seconds()
         theirs.first_run_seconds()
@@ -173,7 +179,7 @@ def main() -> None:
         ours.close()
         theirs.close()
         ratios.append(torch_s / jax_s)
-        print(f"yolov8{scale:2} {compile_s:>9.1f} {jax_s:>9.2f} {torch_s:>13.2f} {torch_s / jax_s:>6.2f}",
+        print(f"{args.family + scale:8} {compile_s:>9.1f} {jax_s:>9.2f} {torch_s:>13.2f} {torch_s / jax_s:>6.2f}",
               flush=True)
     print(f"geometric-mean ratio (ultralytics / yolojax): {float(np.exp(np.mean(np.log(ratios)))):.2f}; "
           f"load average {os.getloadavg()[0]:.2f}")

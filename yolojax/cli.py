@@ -1,6 +1,7 @@
 """The ``yolojax`` command in ultralytics' syntax, and shared command-line helpers.
 
     yolojax train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=640 batch=16
+    yolojax train model=yolo11n.yaml data=coco8.yaml epochs=3
     yolojax val model=runs/detect/train data=coco8.yaml
     yolojax train model=yolov8n.pt data=tfds:coco/2017 data.tfds.data_dir=/data/tfds
     yolojax predict model=yolov8n.pt source=bus.jpg conf=0.25
@@ -12,9 +13,10 @@
 ``KEY=VALUE`` arguments use ultralytics 8.4.190's names (cfg/default.yaml). For train they
 map onto the fields of ``configs/base.py`` through :data:`TRAIN_KEYS`; any config field may
 also be named directly (``max_steps=100``, ``mesh.data=4``, ``checkpoint.keep=5``). An
-unknown key is refused, naming the nearest valid one. ``model=yolov8s.yaml`` picks the
-scale and trains from scratch; ``model=yolov8s.pt`` also starts from those weights (a
-.pt, converted directory or train workdir whose name gives no scale: the scale it holds).
+unknown key is refused, naming the nearest valid one. ``model=yolov8s.yaml`` (or
+``yolo11s.yaml``) picks the family and scale and trains from scratch; ``model=yolov8s.pt``
+also starts from those weights (a .pt, converted directory or train workdir whose name gives
+no model: the family and scale it holds).
 As in ultralytics, runs go to ``project/name`` (runs/detect/train, train2, ... unless
 ``exist_ok=True``; ``resume=True`` reuses the directory, which yolojax resumes from).
 
@@ -67,7 +69,8 @@ The train step of these train keys compiled for a target without running it; per
 memory (and whether it fits the chip), FLOPs, bytes, collectives, a roofline step time.
   topology=   '' this machine's devices (default); cpu:N simulated CPU devices; a TPU topology
               such as v5e:2x2 ... v5e:16x16, v5p:2x2x1, v6e:4x4 (pip install 'yolojax[tpu]')
-  model=      yolov8{n,s,m,l,x}.pt or .yaml (the weights need not exist); data= for the class count
+  model=      yolov8{n,s,m,l,x} or yolo11{n,s,m,l,x} .pt or .yaml (the weights need not exist);
+              data= for the class count
   batch=      the global batch; imgsz=, dtype= or amp=, mesh.data=, mesh.model=, parallel.mode=
   rules=      parallel.rules: data, fsdp or tp; sync_bn= parallel.sync_bn (True: global BN statistics)
   json=PATH   write the figures as JSON; hlo=PATH write the compiled HLO text
