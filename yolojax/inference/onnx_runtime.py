@@ -1,4 +1,4 @@
-"""Run an exported YOLOv8 ONNX detector with onnxruntime, in yolojax's model contract.
+"""Run an exported YOLOv8 or YOLO11 ONNX detector with onnxruntime, in yolojax's model contract.
 
     from yolojax.inference.onnx_runtime import OnnxDetector
     from yolojax.inference.predictor import Predictor
@@ -39,7 +39,7 @@ def _fixed(dim: Any) -> int | None:
 
 
 class OnnxDetector:
-    """An exported YOLOv8 detector run by an onnxruntime ``InferenceSession``.
+    """An exported detector (YOLOv8 or YOLO11) run by an onnxruntime ``InferenceSession``.
 
     Args:
       path: the .onnx file (yolojax's or ultralytics' export of a detection model).
@@ -86,6 +86,8 @@ class OnnxDetector:
         family, scale = parse_model_name(description) or (None, "")
         self.info = {"names": names, "num_classes": num_classes, "reg_max": 16, "scale": scale,
                      "family": family.name if family else None}
+        if self.input_hw is not None and self.input_hw[0] == self.input_hw[1]:
+            self.info["imgsz"] = self.input_hw[0]  # the exported size: predict defaults to it, as ultralytics
 
     def __call__(self, images_nhwc: np.ndarray) -> np.ndarray:
         """float32 (B, H, W, 3) RGB in [0, 1] -> float32 (B, N, 4 + nc): xywh in input pixels,

@@ -2,7 +2,7 @@
 workdirs, and writing ultralytics ``.pt`` checkpoints.
 
 * :func:`load_weights`: variables and model info from any of them (:mod:`.load`);
-* :func:`load_ultralytics`: an ultralytics YOLOv8 ``.pt``, read without torch and without
+* :func:`load_ultralytics`: an ultralytics YOLOv8 or YOLO11 ``.pt``, read without torch and without
   running code from the file (:mod:`.ultralytics`, :mod:`.torch_file`, :mod:`.safe_pickle`);
 * :func:`save_converted` / :func:`load_converted`: ``python -m yolojax.convert``'s
   directories (:mod:`.converted`);

@@ -10,7 +10,8 @@ from yolojax.weights.ultralytics import Info, Variables, load_ultralytics
 
 
 def load_weights(path: str | os.PathLike) -> tuple[Variables, Info]:
-    """Load YOLOv8 variables and info from any supported source of weights.
+    """Load detector variables and info (YOLOv8 or YOLO11: ``info["family"]``) from any
+    supported source of weights.
 
     ``path`` is an ultralytics ``.pt``/``.pth`` file (:func:`load_ultralytics`), a
     directory written by :func:`save_converted` (:func:`load_converted`) or a train workdir
