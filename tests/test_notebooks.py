@@ -42,6 +42,9 @@ def execute(name: str, workdir: Path) -> nbformat.NotebookNode:
     env.pop("XLA_FLAGS", None)  # the multi-device notebook sets its own simulated device count
     env.update({
         "YOLOJAX_NOTEBOOK_TINY": "1",
+        # The official weights offline here are yolov8n.pt (../shared/data); the quickstart's
+        # default family, yolo11, would train from scratch instead.
+        "YOLOJAX_NOTEBOOK_FAMILY": "yolov8",
         "YOLO_OFFLINE": "1",
         "JAX_PLATFORMS": "cpu",
         # The kernel starts outside the repository: make sure it imports this checkout.
