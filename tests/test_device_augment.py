@@ -1,7 +1,10 @@
 """Device-mode augmentation (data.augment_on='device'): the same draws give the same boxes as
 host mode, and pixels within +-1 of host mode's (OpenCV's) on >= 99% of pixels, for every
 augmentation alone and combined; OpenCV's colour conversions; the packed layout; the
-pipeline's determinism and exact resume in device mode."""
+pipeline's determinism and exact resume in device mode.
+
+The rendering happens inside the train step before the model (``batch_images``), the same for
+every model family; a YOLO11 run in device mode: tests/test_step_cache.py."""
 
 from __future__ import annotations
 

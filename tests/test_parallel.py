@@ -19,12 +19,20 @@ leaves ~1e-11, so float64 runs of every mesh must match the one-device run withi
 (a missing psum, per-device BatchNorm statistics or a wrong loss normaliser would show as
 1e-1..1). The float32 run is then checked against its own noise floor: the data=8 run must
 be no further from the one-device run than the 1e-7 control is.
+
+YOLO11 (attention over H*W positions, depthwise convolutions) gets one float64 scenario of its
+own, "mixed": a data=2 x model=4 mesh whose rules give every tactic some layers (replicated
+backbone layers, the C2PSA attention and one depthwise step of the Detect class branch under tp,
+the rest fsdp), at 64 px. Its subprocess (two compiles, ~3 minutes of CPU) starts once the float32
+and bfloat16 ones have ended, on the core that the float64 subprocess's sequential compiles
+leave idle from then on, so it adds little to the module's time.
 """
 
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -46,6 +54,7 @@ NOSYNC = ["ref_groups8", "data8_nosync", "pmap8_nosync"]
 # bfloat16's control: the one-device run from params x (1 + 2e-3 N(0, 1)), about one bfloat16
 # rounding (half an ulp is 2^-9 = 1.95e-3 relative).
 BF16_PERTURB = 2e-3
+YOLO11_IMGSZ = 64  # P5 is 2x2: the attention still mixes 4 positions; compile time does not depend on it
 
 
 
@@ -82,20 +91,68 @@ def test_tactics_specs():
     assert par.rules.tactic_for("model_22/dfl/conv/kernel", rules) == "tp"  # (.., 1): replicated
     with pytest.raises(ValueError):
         par.get_rules([(".*", "zero3")])
+    # YOLO11's new leaves: the attention's qkv and every depthwise (k, k, 1, C) kernel split by channel
+    for path in ("model_10/m_0/attn/qkv/conv/kernel", "model_10/m_0/attn/pe/conv/kernel",
+                 "model_23/cv3_0_0_0/conv/kernel", "model_23/cv3_0_0_0/bn/mean", "model_23/cv3_0_2/kernel"):
+        assert par.rules.tactic_for(path, rules) == "tp", path
+    assert par.spec_for((3, 3, 1, 128), "tp", mesh) == P(None, None, None, "model")
+    assert par.spec_for((3, 3, 1, 64), "fsdp", mesh) == P(None, None, None, "data")
 
 
-# -- 8 simulated devices: a float64 and a float32 subprocess, run side by side -----------------
+# -- 8 simulated devices: float64, float32, bfloat16 and YOLO11 subprocesses, side by side ------
 
 def _launch(out_dir, dtype, scenarios, *extra):
+    """The scenario subprocess, its output to out_dir/log.txt (a pipe read only at _collect could
+    fill and stall it)."""
     cmd = [sys.executable, TOOL, "--devices", "8", "--dtype", dtype, "--out", str(out_dir / "r.json"),
            "--save-params", str(out_dir), "--scenarios", ",".join(scenarios), *extra]
-    return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(out_dir / "log.txt", "w") as log:
+        return subprocess.Popen(cmd, env=child_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+class _After:
+    """A subprocess that ``launch()`` starts once every process of ``first`` has exited (a thread
+    polls them); ``wait``, ``poll``, ``returncode`` and ``kill`` as a Popen's. Killed before it
+    starts, it never starts."""
+
+    def __init__(self, first, launch):
+        self.proc, self._killed, self._lock = None, False, threading.Lock()
+        self._thread = threading.Thread(target=self._start, args=(first, launch), daemon=True)
+        self._thread.start()
+
+    def _start(self, first, launch):
+        while any(p.poll() is None for p in first):
+            time.sleep(0.5)
+        with self._lock:
+            if not self._killed:
+                self.proc = launch()
+
+    def wait(self, timeout):
+        end = time.time() + timeout
+        self._thread.join(timeout)
+        if self.proc is None:
+            raise subprocess.TimeoutExpired("deferred scenario subprocess", timeout)
+        return self.proc.wait(timeout=max(end - time.time(), 1))
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def poll(self):
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self):
+        with self._lock:
+            self._killed = True
+            if self.proc is not None:
+                self.proc.kill()
 
 
 def _collect(proc, out_dir, t0):
-    stdout, stderr = proc.communicate(timeout=1500)
-    print(stdout[-20000:])
-    assert proc.returncode == 0, stderr[-5000:]
+    proc.wait(timeout=1500)
+    log = (out_dir / "log.txt").read_text()
+    print(log[-20000:])
+    assert proc.returncode == 0, log[-5000:]
     res = json.loads((out_dir / "r.json").read_text())
     res["_dir"], res["_seconds"] = str(out_dir), time.time() - t0
     return res
@@ -103,17 +160,21 @@ def _collect(proc, out_dir, t0):
 
 @pytest.fixture(scope="module")
 def scenario_runs(tmp_path_factory):
-    """Both subprocesses start at once (XLA compiles are mostly single-threaded)."""
+    """float64, float32 and bfloat16 start at once (XLA compiles are mostly single-threaded), YOLO11
+    once float32 and bfloat16 have ended (module docstring)."""
     d64, d32 = tmp_path_factory.mktemp("parallel64"), tmp_path_factory.mktemp("parallel32")
     dbf = tmp_path_factory.mktemp("parallelbf16")
+    d11 = tmp_path_factory.mktemp("parallel_yolo11")
     t0 = time.time()
     runs = {
         "float64": (_launch(d64, "float64", ["ref", *SCENARIOS, "data4", *NOSYNC]), d64),
         "float32": (_launch(d32, "float32", ["ref", "data8"], "--perturb", "1e-7"), d32),
         "bfloat16": (_launch(dbf, "bfloat16", ["ref", "data8"], "--perturb", str(BF16_PERTURB)), dbf),
     }
+    runs["yolo11"] = (_After([runs["float32"][0], runs["bfloat16"][0]], lambda: _launch(
+        d11, "float64", ["ref", "mixed"], "--family", "yolo11", "--imgsz", str(YOLO11_IMGSZ))), d11)
     yield runs, t0
-    for proc, _ in runs.values():
+    for proc, _ in reversed(runs.values()):  # the deferred one first: killing the others would start it
         if proc.poll() is None:
             proc.kill()
 
@@ -236,6 +297,38 @@ def test_compiled_shardings_follow_rules(results):
         assert specs[fsdp_kernel] == "(None, None, None, 'data')", specs  # (3, 3, 128, 256)
     assert s["fsdp8"]["opt_state_specs"] == ["(None, None, None, 'data')"]  # momentum follows
     assert s["data8"]["compiled_specs"][kernel] == "()"
+
+
+@pytest.fixture(scope="module")
+def results_yolo11(scenario_runs):
+    """float64 yolo11n: one device and the "mixed" mesh, 3 steps."""
+    runs, t0 = scenario_runs
+    return _collect(*runs["yolo11"], t0)
+
+
+def test_yolo11_every_tactic_on_one_mesh_matches_one_device(results_yolo11):
+    """yolo11n on data=2 x model=4 with replicated, tp and fsdp layers (tools/parallel_scenarios.py
+    MIXED_RULES) == one device within 1e-5 (float64). Under tp the qkv's 256 output channels (2 heads
+    of q, k, v) split in 4, mid-head, and the depthwise kernels (3, 3, 1, C) split by channel over
+    'model' (attention pe, Detect cv3_<i>_0_0) or over 'data' (fsdp: Detect cv3_<i>_1_0)."""
+    s = results_yolo11["scenarios"]
+    ref, r = s["ref"], s["mixed"]
+    print("yolo11n mixed", r["mesh"], "loss", r["losses"], "ref", ref["losses"],
+          {k: r[k] for k in ("loss_rel", "param_rel", "stats_rel")})
+    assert r["mesh"] == {"data": 2, "model": 4}
+    assert r["param_changed"] > 1e-4
+    np.testing.assert_allclose(r["losses"], ref["losses"], rtol=TOL)
+    assert r["param_rel"] <= TOL, r["param_rel"]
+    assert r["stats_rel"] <= TOL, r["stats_rel"]
+    model, data = "(None, None, None, 'model')", "(None, None, None, 'data')"
+    expected = {"model_10/m_0/attn/qkv/conv/kernel": model, "model_10/m_0/attn/pe/conv/kernel": model,
+                "model_23/cv3_0_0_0/conv/kernel": model, "model_23/cv3_0_1_0/conv/kernel": data,
+                "model_23/cv3_0_1_0/bn/scale": "('data',)", "model_7/conv/kernel": data,
+                "model_2/cv1/conv/kernel": "()"}
+    for specs in (r["compiled_specs"], r["result_specs"]):
+        assert {k: specs[k] for k in expected} == expected, specs
+    ops = {c["op"] for c in r["collectives"]}
+    assert {"all-gather", "all-reduce"} <= ops, ops  # fsdp's gathers, the gradients' and BatchNorm's sums
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""The plots' data and file names against ultralytics 8.4.190 (oracle), and the images written."""
+"""The plots' data and file names against ultralytics 8.4.190 (oracle), and the images written.
+
+The plotting code takes arrays, whatever the model; a YOLO11 run's plots are checked in
+tests/test_step_cache.py, YOLO11 validation's in tests/test_val_predict.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The train step kept across runs (yolojax.train.step_cache): a second process loads it
-without tracing and computes the same; the key follows what the trace reads; JAX-cache hits,
-bad entries and other batch shapes fall back to compiling."""
+without tracing and computes the same; the key follows what the trace reads (the model family
+among it); JAX-cache hits, bad entries and other batch shapes fall back to compiling. A YOLO11 run
+(device augmentation, plots) keeps its step and the next run loads it."""
 
 from __future__ import annotations
 
@@ -191,6 +192,69 @@ def test_step_view_leaves_out_only_what_cannot_reach_the_step():
                 "data.cache", "data.tfds.data_dir", "data.tfds.val")
     groups = ("checkpoint.", "val.", "distributed.")
     assert set(kept) == {k for k in every if k not in steering and not k.startswith(groups)}
-    for shaping in ("model.scale", "batch_size", "imgsz", "dtype", "lr0", "optimizer", "epochs", "mesh.data",
-                    "parallel.rules", "freeze", "cls_pw", "box", "data.max_boxes", "data.augment_on"):
+    for shaping in ("model.family", "model.scale", "batch_size", "imgsz", "dtype", "lr0", "optimizer", "epochs",
+                    "mesh.data", "parallel.rules", "freeze", "cls_pw", "box", "data.max_boxes", "data.augment_on"):
         assert kept[shaping] == every[shaping]
+
+
+def test_the_key_follows_the_model_family():
+    """model.family is part of the key on its own: two configs that differ only in it (same
+    scale, image size and batch) key apart even for the same arguments, so a YOLOv8 run's entry
+    cannot serve a YOLO11 run (whose parameter tree differs as well)."""
+    import jax.numpy as jnp
+
+    from yolojax.config import default_config
+    from yolojax.train.settings import resolve
+    from yolojax.train.step_cache import step_key
+
+    views = {}
+    for family in ("yolov8", "yolo11"):
+        config = default_config()
+        config.data.synthetic.root = "unused"
+        config.model.family = family
+        views[family] = resolve(config).step_view()
+    assert {k for k in views["yolov8"] if views["yolov8"][k] != views["yolo11"][k]} == {"model.family"}
+    args = ({"w": jnp.zeros(2)}, {"x": jnp.ones(2)})
+    assert step_key({"config": views["yolov8"]}, args) != step_key({"config": views["yolo11"]}, args)
+
+
+def test_a_yolo11_run_with_device_augmentation_and_plots_then_its_step_loaded(tmp_path, caplog):
+    """yolo11n end to end, also the other downstream paths of a YOLO11 run, in its first run:
+    device-mode augmentation (data.augment_on='device': the augmentation is rendered inside
+    the step, before the model), the run's plots (labels, train batches, validation's labels and
+    predictions, results.png) and the workdir as weights. The second run (one step more, no
+    validation or plots: neither reaches the step) loads the step without tracing and repeats
+    the first run's steps."""
+    from test_train_options import small_config
+
+    from yolojax.data.sources.synthetic import write_synthetic_dataset
+    from yolojax.train.run import train
+    from yolojax.weights import load_weights
+
+    data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=8, num_val=2, size_range=(64, 96), seed=1)
+    rows = []
+    for run, max_steps in (("first", 2), ("second", 3)):
+        config = small_config(data_yaml, tmp_path / "jax-cache", max_steps=max_steps, fraction=1.0, freeze="",
+                              log_every_steps=1, plots=run == "first")
+        config.model.family = "yolo11"
+        config.data.augment_on = "device"
+        config.val.enabled = run == "first"
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            train(config, tmp_path / run)
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("loaded without tracing" in m for m in messages) == (run == "second")
+        assert any(m.startswith(f"train step {'loaded' if run == 'second' else 'compiled'} in") for m in messages)
+        rows.append([{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                     for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()])
+    steps = [[r for r in run_rows if "loss" in r] for run_rows in rows]
+    assert [r["step"] for r in steps[1]] == [1, 2, 3]
+    assert steps[0] == steps[1][:2]
+    assert len(entries(tmp_path / "jax-cache")) == 1
+    first = tmp_path / "first"
+    assert [r["step"] for r in rows[0] if "mAP50-95" in r] == [2]
+    plots = ["results.png", "labels.jpg", "train_batch0.jpg", "train_batch1.jpg", "val_batch0_labels.jpg",
+             "val_batch0_pred.jpg"]
+    assert all((first / name).stat().st_size > 1000 for name in plots)
+    _, info = load_weights(first)
+    assert (info["family"], info["scale"]) == ("yolo11", "n")

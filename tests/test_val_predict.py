@@ -158,6 +158,89 @@ def test_predict_api_folder_and_glob(tmp_path):
     assert yj_predictor.Predictor(variables=variables, info={**info, "imgsz": 320}, imgsz=416).imgsz == 416
 
 
+# YOLO11: a .pt that ultralytics itself writes (yolo11n.yaml, 80 classes: no official weights
+# offline), through both commands at imgsz 64 with square letterboxes (one compile each).
+YOLO11N_SUMMARY = "YOLO11n summary (fused): 100 layers, 2,616,248 parameters, 0 gradients, 6.5 GFLOPs"
+
+
+@pytest.fixture(scope="module")
+def yolo11n_pt(tmp_path_factory):
+    """yolo11n.pt written by ``YOLO("yolo11n.yaml").save(...)`` after test_convert's random-weights
+    recipe (tests/test_yolo11.py: gain 1.3 at scale n): ultralytics' own initialisation gives every
+    image the same full-image boxes and scores, which would hide a wrong input."""
+    torch = pytest.importorskip("torch")
+    ultralytics = pytest.importorskip("ultralytics")
+    torch.manual_seed(0)
+    model = ultralytics.YOLO("yolo11n.yaml")
+    with torch.no_grad():
+        for m in model.model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
+                m.weight.normal_(0.0, 1.3 * m.weight[0].numel() ** -0.5)
+                if m.bias is not None:
+                    m.bias.normal_(0.0, 0.5)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("yolo11") / "yolo11n.pt"
+    model.save(str(path))
+    return path
+
+
+def _summary_lines(err: str) -> list[str]:
+    return [line.strip() for line in err.splitlines() if " summary (fused): " in line]
+
+
+@needs(COCO8 / "coco8.yaml")
+def test_val_yolo11_pt(yolo11n_pt, coco8_copies, tmp_path, capsys):
+    """``yolojax val`` of a YOLO11 .pt: ultralytics' summary line for it, the metrics and the plots."""
+    ours_dir, _ = coco8_copies
+    out_json = tmp_path / "val.json"
+    argv = ["--weights", str(yolo11n_pt), "--data", str(ours_dir / "coco8.yaml"), "--imgsz", "64", "--batch", "4",
+            "--no-rect", "--json", str(out_json), "--plots", str(tmp_path / "plots")]
+    assert yj_val.main(argv) == 0
+    assert [line.endswith(YOLO11N_SUMMARY) for line in _summary_lines(capsys.readouterr().err)] == [True]
+    ours = json.loads(out_json.read_text())
+    assert ours["images"] == 4 and ours["instances"] == 17
+    assert all(0 <= ours[k] <= 1 for k in ("mAP50", "mAP50-95", "precision", "recall"))
+    plots = ["val_batch0_labels.jpg", "val_batch0_pred.jpg", "confusion_matrix.png", "BoxPR_curve.png"]
+    assert all((tmp_path / "plots" / name).stat().st_size > 5000 for name in plots)
+
+
+def test_predict_yolo11_pt_images_and_video(yolo11n_pt, tmp_path, capsys):
+    """``yolojax predict`` of a YOLO11 .pt on an image and a video: the summary line, a result per
+    image and per frame (conf 0: boxes drawn on each), annotated copies of both."""
+    from test_cli_inputs import write_video
+
+    from yolojax.data.sources.synthetic import draw_shapes
+
+    source = tmp_path / "source"
+    source.mkdir()
+    frames = write_video(source / "clip.avi", 3)
+    image, _, _ = draw_shapes(np.random.default_rng(1), 80, 70, 3)
+    cv2.imwrite(str(source / "still.jpg"), image[..., ::-1])
+    out = tmp_path / "out"
+    argv = ["--weights", str(yolo11n_pt), "--source", str(source), "--out", str(out), "--imgsz", "64", "--no-rect",
+            "--conf", "0", "--max-det", "20"]
+    assert yj_predict.main(argv) == 0
+    captured = capsys.readouterr()
+    assert [line.endswith(YOLO11N_SUMMARY) for line in _summary_lines(captured.err)] == [True]
+    results = json.loads((out / "predictions.json").read_text())
+    assert [(Path(r["image"]).name, r.get("frame")) for r in results] == [("still.jpg", None)] + [
+        ("clip.avi", k) for k in (1, 2, 3)]
+    assert all(0 < len(r["classes"]) == len(r["names"]) <= 20 for r in results)  # conf 0: up to max_det each
+    count = sum(len(r["classes"]) for r in results)
+    assert captured.out.strip() == f"1 images, 3 frames of 1 videos, {count} detections -> {out / 'predictions.json'}"
+    predictor = yj_predictor.Predictor(yolo11n_pt, imgsz=64, rect=False, conf=0.0, max_det=20)
+    for frame, r in zip(frames, results[1:]):  # each frame's own boxes
+        np.testing.assert_allclose(r["boxes_xyxy"], predictor.predict_array(frame)["boxes_xyxy"], atol=1e-4)
+    assert results[1]["boxes_xyxy"] != results[2]["boxes_xyxy"]  # the frames differ: so do their boxes
+    assert cv2.imread(str(out / "still.jpg")).shape == image.shape
+    written = [frame for _, frame in yj_predictor.read_video_frames(out / "clip.avi")]
+    assert len(written) == 3 and written[0].shape == frames[0].shape
+
+
 def test_letterbox_and_scale_boxes_roundtrip():
     lb = yj_predictor.letterbox_for_predict((1080, 810), 640, rect=True)
     assert lb.out_hw == (640, 480) and lb.resized_wh == (480, 640)

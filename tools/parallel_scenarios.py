@@ -4,14 +4,18 @@
   python tools/parallel_scenarios.py --devices 2 --coordinator 127.0.0.1:PORT \
       --num-processes 2 --process-id I --scenarios multihost --out R.json   (per process)
 
-Each scenario trains yolov8n (3 classes) at 128 px, global batch 8, SGD (nesterov, weight
-decay; --optimizer AdamW to compare) with one update per batch, for 3 steps from the same
-host-side initial state and batches, and is compared with the one-device run ("ref"): per
-leaf, max|a - ref| / max(max|ref|, 1e-12) (relative to the leaf's largest magnitude:
-elementwise relative error is ill-posed for entries near 0).
+Each scenario trains yolov8n (--family yolo11: yolo11n) with 3 classes at 128 px (--imgsz),
+global batch 8, SGD (nesterov, weight decay; --optimizer AdamW to compare) with one update per
+batch, for 3 steps from the same host-side initial state and batches, and is compared with the
+one-device run ("ref"): per leaf, max|a - ref| / max(max|ref|, 1e-12) (relative to the leaf's
+largest magnitude: elementwise relative error is ill-posed for entries near 0).
 
 --dtype float32 (default), float64 (jax_enable_x64, model and loss in float64) or bfloat16
 (bfloat16 compute, float32 parameters, statistics and loss: dtype=bfloat16).
+"mixed" (meant for --family yolo11) is one data=2 x model=4 mesh whose rules give each tactic
+some layers (MIXED_RULES): the backbone's first layers replicated (data parallel), the C2PSA
+attention (qkv, the depthwise positional conv) and the Detect class branch's first depthwise
+step tensor-parallel, everything else fsdp (the other depthwise kernels among them).
 Scenarios named *_nosync run with sync_bn=False (each device's BatchNorm statistics); their
 reference is "ref_groups8", one device normalising each eighth of the batch by itself.
 --perturb EPS adds a "control": the one-device run from params * (1 + EPS * N(0, 1)).
@@ -39,6 +43,8 @@ def parse():
     ap.add_argument("--out", default=None, help="write JSON results here")
     ap.add_argument("--save-params", default=None, help="dir: write <scenario>.npz of final params")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--family", default="yolov8", help="model family (yolojax.models.registry): yolov8, yolo11")
+    ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"],
                     help="SGD (default): the update is linear in the gradient, so runs that "
                          "differ only in float summation order stay within ~1e-6; AdamW's first "
@@ -75,9 +81,11 @@ from yolojax import parallel as par  # noqa: E402
 from yolojax.data.sources.synthetic import rectangles_batch  # noqa: E402
 from yolojax.loss import DetectionLoss  # noqa: E402
 from yolojax.models import YOLOv8  # noqa: E402
+from yolojax.models.registry import get_family  # noqa: E402
 from yolojax.train import TrainState, loss_step, make_recipe, make_train_step  # noqa: E402
 
-IMGSZ, NC, BATCH = 128, 3, 8
+IMGSZ, NC, BATCH = ARGS.imgsz, 3, 8
+FAMILY = get_family(ARGS.family)
 
 
 def recipe():
@@ -92,7 +100,7 @@ def recipe():
 
 DTYPE = jnp.dtype(ARGS.dtype)
 PARAM_DTYPE = jnp.float32 if DTYPE == jnp.bfloat16 else DTYPE  # mixed precision keeps float32 params
-MODEL = YOLOv8(scale="n", num_classes=NC, dtype=DTYPE, param_dtype=PARAM_DTYPE)
+MODEL = FAMILY.module(scale="n", num_classes=NC, dtype=DTYPE, param_dtype=PARAM_DTYPE)
 LOSS = DetectionLoss(NC)
 
 
@@ -100,7 +108,7 @@ def host_state():
     """The initial TrainState on the host: float32 init (the same values for every
     --dtype), cast to the parameter dtype. Parameter shapes do not depend on the image size,
     so the init traces a 64 px input."""
-    model32 = YOLOv8(scale="n", num_classes=NC)
+    model32 = FAMILY.module(scale="n", num_classes=NC)
     variables = jax.jit(lambda: model32.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))()
     variables = jax.tree.map(lambda x: x.astype(PARAM_DTYPE), variables)
     return jax.device_get(TrainState.create(MODEL.apply, variables, recipe()))
@@ -148,12 +156,26 @@ SCENARIOS = {
     "multihost": ("jit", 4, 1, "data", 4, True),
     "data8_nosync": ("jit", 8, 1, "data", 8, False),
     "pmap8_nosync": ("pmap", 8, 1, "data", 8, False),
+    "mixed": ("jit", 2, 4, "mixed", 8, True),
 }
+
+# "mixed": every tactic on one mesh, written for yolo11n's parameter paths.
+MIXED_RULES = [
+    (r"^model_[0-4]/", "replicate"),  # the first backbone layers: data parallel only
+    (r"^model_10/", "tp"),  # C2PSA: the attention's qkv (2 heads of 128 channels, split in 4), pe, proj, ffn
+    (r"^model_\d+/cv3_\d_0_", "tp"),  # the Detect class branch's first depthwise + 1x1 step
+    (".*", "fsdp"),  # the rest, the second depthwise steps cv3_<i>_1_0 among them (GSPMD warns of a full
+]                    # rematerialisation there: their channels over 'data' as the batch is; correct, not fast)
 
 # Leaves whose compiled shardings the tests check.
 TP_KERNEL = "model_2/cv1/conv/kernel"  # (1, 1, 32, 32) on yolov8n
 TP_BN = "model_2/cv1/bn/scale"
 FSDP_KERNEL = "model_7/conv/kernel"  # (3, 3, 128, 256)
+# yolo11n's new kinds of leaves, for "mixed": the attention's qkv (1, 1, 128, 256) and
+# depthwise pe (3, 3, 1, 128) under tp; the Detect class branch's depthwise kernels under tp
+# (3, 3, 1, 64) and fsdp (3, 3, 1, 64).
+WATCHED = (TP_KERNEL, TP_BN, FSDP_KERNEL, "model_10/m_0/attn/qkv/conv/kernel", "model_10/m_0/attn/pe/conv/kernel",
+           "model_23/cv3_0_0_0/conv/kernel", "model_23/cv3_0_1_0/conv/kernel", "model_23/cv3_0_1_0/bn/scale")
 
 
 def compiled_facts(step_fn, state, mesh):
@@ -167,7 +189,7 @@ def compiled_facts(step_fn, state, mesh):
     in_state = compiled.input_shardings[0][0]
     params_sh = flat(jax.tree.map(lambda s: np.array(str(tuple(s.spec)) if hasattr(s, "spec") else "?"),
                                   in_state.params, is_leaf=lambda x: hasattr(x, "spec")))
-    specs = {k: str(v) for k, v in params_sh.items() if k in (TP_KERNEL, TP_BN, FSDP_KERNEL)}
+    specs = {k: str(v) for k, v in params_sh.items() if k in WATCHED}
     return specs, [c.as_dict() for c in collectives(compiled.as_text(), mesh.size)]
 
 
@@ -205,6 +227,7 @@ def main():
             continue
         t0 = time.time()
         mode, data, model, rules, ndev, sync_bn = SCENARIOS[name]
+        rules = MIXED_RULES if rules == "mixed" else rules
         mesh = par.make_mesh(data, model, jax.devices()[:ndev])
         step, shardings = par.make_parallel_train_step(mode, loss_step(LOSS), mesh, init, rules, sync_bn=sync_bn)
         state = par.shard_state(init, shardings)
@@ -217,7 +240,7 @@ def main():
         res["result_specs"] = {k: str(tuple(v.sharding.spec)) for k, v in
                                ((par.path_str(p), v) for p, v in
                                 jax.tree_util.tree_leaves_with_path(state.params))
-                               if k in (TP_KERNEL, TP_BN, FSDP_KERNEL)}
+                               if k in WATCHED}
         res["opt_state_specs"] = sorted({  # momentum buffers of FSDP_KERNEL
             str(tuple(v.sharding.spec)) for p, v in jax.tree_util.tree_leaves_with_path(state.opt_state)
             if par.path_str(p).endswith(FSDP_KERNEL) and v.ndim == 4})
