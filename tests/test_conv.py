@@ -141,3 +141,31 @@ def test_bfloat16_input_with_float32_kernel():
     wb = kernel.astype(jnp.bfloat16).astype(jnp.float32)
     exact = jax.vjp(lambda b: xla_conv(xb.astype(jnp.float32), b, 2), wb)[1](dyb.astype(jnp.float32))[0]
     assert relative_error(dw, exact) < 1e-5
+
+
+@pytest.mark.parametrize("shape_x, stride", [((2, 12, 10, 8), 1), ((2, 11, 9, 8), 2), ((1, 6, 6, 3), 1)])
+def test_depthwise_taps_equal_grouped_convolution(shape_x, stride):
+    """The CPU form (the sum of shifted views times each tap's weights) gives XLA's grouped
+    convolution's values and gradients (float64: exactly up to rounding)."""
+    from yolojax.ops.conv import _depthwise_taps, _depthwise_xla, depthwise_conv2d
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal(shape_x))
+        kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape_x[-1])))
+        dy = jnp.asarray(rng.standard_normal(_depthwise_xla(x, kernel, stride).shape))
+        grads = [jax.grad(lambda a, b, f=f: jnp.sum(f(a, b, stride) * dy), argnums=(0, 1))(x, kernel)
+                 for f in (_depthwise_taps, _depthwise_xla)]
+        np.testing.assert_allclose(_depthwise_taps(x, kernel, stride), _depthwise_xla(x, kernel, stride), atol=1e-12)
+        for ours, theirs in zip(*grads):
+            np.testing.assert_allclose(ours, theirs, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(depthwise_conv2d, static_argnums=2)(x, kernel, stride),
+                                   _depthwise_xla(x, kernel, stride), atol=1e-12)
+    x16 = jnp.asarray(np.random.default_rng(1).standard_normal((1, 8, 8, 4)), jnp.bfloat16)
+    k32 = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 1, 4)), jnp.float32)
+    out = depthwise_conv2d(x16, k32)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), _depthwise_xla(x16, k32.astype(jnp.bfloat16), 1)
+                               .astype(np.float32), atol=0.1)
+    with pytest.raises(ValueError, match="odd square"):
+        depthwise_conv2d(x16, jnp.zeros((3, 3, 2, 4)))

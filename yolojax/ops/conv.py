@@ -131,7 +131,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """A depthwise convolution (torch's Conv2d with ``groups`` = channels, ``padding=k // 2``):
     each channel convolved with its own k x k filter, summed in float32 whatever the input
-    dtype (as :func:`conv2d`). XLA's own convolution and gradients on every backend.
+    dtype (as :func:`conv2d`).
+
+    On CPU it is the sum of the k * k shifted (strided) views of the zero-padded input, each
+    times its tap's per-channel weights (:func:`_depthwise_taps`), which XLA fuses into one
+    loop, forward and backward: XLA:CPU's grouped convolution ran YOLO11's (8, 80, 80, 64)
+    3x3 depthwise conv in 173 ms forward and 379 ms forward + backward, the taps in 3 and 75
+    ms (2-core EPYC). Other backends, and :func:`portable_convolutions`, keep XLA's
+    convolution (``feature_group_count`` = channels).
 
     Args:
       x: (B, H, W, C) input, any float dtype (the compute dtype).
@@ -147,10 +154,37 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Ar
     k, c = kernel.shape[0], x.shape[-1]
     if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 or kernel.shape[2:] != (1, c):
         raise ValueError(f"depthwise_conv2d needs an odd square (k, k, 1, {c}) kernel, got {kernel.shape}")
-    p = k // 2
+    kernel = kernel.astype(x.dtype)
+    native = partial(_depthwise_xla, stride=stride)
+    if _PORTABLE.get():
+        return native(x, kernel)
+    return lax.platform_dependent(x, kernel, cpu=partial(_depthwise_taps, stride=stride), default=native)
+
+
+def _depthwise_xla(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    p = kernel.shape[0] // 2
     out_dtype = jnp.float32 if _narrower_than_f32(x.dtype) else x.dtype
-    y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), ((p, p), (p, p)),
-                                 dimension_numbers=_DIMS, feature_group_count=c, preferred_element_type=out_dtype)
+    y = lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_DIMS,
+                                 feature_group_count=x.shape[-1], preferred_element_type=out_dtype)
+    return y.astype(x.dtype)
+
+
+def _depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """:func:`depthwise_conv2d` as the sum over taps (i, j) of ``x_pad[:, s*h + i, s*w + j] *
+    kernel[i, j, 0]``, in float32 (float64 for a float64 input)."""
+    k = kernel.shape[0]
+    p = k // 2
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    padded = jnp.pad(x.astype(acc), ((0, 0), (p, p), (p, p), (0, 0)))
+    weights = kernel.astype(acc)
+    b, h, w, c = x.shape
+    ho, wo = -(-h // stride), -(-w // stride)
+    y = jnp.zeros((b, ho, wo, c), acc)
+    for i in range(k):
+        for j in range(k):
+            view = lax.slice(padded, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                             (1, stride, stride, 1))
+            y = y + view * weights[i, j, 0]
     return y.astype(x.dtype)
 
 
