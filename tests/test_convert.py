@@ -66,10 +66,20 @@ def random_detection_model(scale: str, nc: int = 80, seed: int = 0) -> Detection
     """
     torch.manual_seed(seed)
     model = DetectionModel(f"yolov8{scale}.yaml", nc=nc, verbose=False)
+    return randomize(model, 1.3, seed=None).eval()
+
+
+def randomize(model: torch.nn.Module, gain: float, seed: int | None = 0) -> torch.nn.Module:
+    """``model``'s conv weights N(0, (gain / sqrt(fan_in))^2) and biases N(0, 0.5^2), BatchNorm
+    scale in [0.5, 1.5], shift and running mean ~N(0, 0.2), running var in [0.5, 2], in place
+    (:func:`random_detection_model`), from torch's generator seeded with ``seed`` (None: as it
+    stands); the frozen DFL projection is left alone."""
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
-                m.weight.normal_(0.0, 1.3 * m.weight[0].numel() ** -0.5)
+                m.weight.normal_(0.0, gain * m.weight[0].numel() ** -0.5)
                 if m.bias is not None:
                     m.bias.normal_(0.0, 0.5)
             elif isinstance(m, torch.nn.BatchNorm2d):
@@ -77,7 +87,7 @@ def random_detection_model(scale: str, nc: int = 80, seed: int = 0) -> Detection
                 m.bias.normal_(0.0, 0.2)
                 m.running_mean.normal_(0.0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return model
 
 
 def save_like_trainer(model: torch.nn.Module, path: Path, use_ema: bool = True) -> Path:

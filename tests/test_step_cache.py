@@ -154,8 +154,11 @@ def test_only_the_newest_entries_are_kept(tmp_path):
     assert sorted(p.name for p in cache.directory.iterdir()) == [f"{i:064x}.step" for i in range(3, KEEP_ENTRIES + 3)]
 
 
-def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog):
-    """Also with another max_steps, seed of no consequence to the step: a resume may change it."""
+def train_twice(tmp_path, caplog, configure, **fields) -> list[list[dict]]:
+    """Two runs of test_train_options' small config on 8 synthetic images sharing one step cache,
+    2 then 3 steps (``configure(config, run)`` adjusts each; ``fields`` go to small_config):
+    the first compiles the step, the second loads it without tracing. Returns each run's
+    metrics.jsonl rows (images_per_s left out)."""
     from test_train_options import small_config
 
     from yolojax.data.sources.synthetic import write_synthetic_dataset
@@ -165,8 +168,8 @@ def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog)
     rows = []
     for run, max_steps in (("first", 2), ("second", 3)):
         config = small_config(data_yaml, tmp_path / "jax-cache", max_steps=max_steps, fraction=1.0, freeze="",
-                              log_every_steps=1)
-        config.val.enabled = False
+                              log_every_steps=1, **{k: v(run) if callable(v) else v for k, v in fields.items()})
+        configure(config, run)
         with caplog.at_level(logging.INFO):
             caplog.clear()
             train(config, tmp_path / run)
@@ -175,6 +178,12 @@ def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog)
         assert any(m.startswith(f"train step {'loaded' if run == 'second' else 'compiled'} in") for m in messages)
         rows.append([{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
                      for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()])
+    return rows
+
+
+def test_a_second_train_run_loads_the_step_and_trains_the_same(tmp_path, caplog):
+    """Also with another max_steps, seed of no consequence to the step: a resume may change it."""
+    rows = train_twice(tmp_path, caplog, lambda config, run: setattr(config.val, "enabled", False))
     assert [r["step"] for r in rows[1]] == [1, 2, 3]
     assert rows[0] == rows[1][:2]
 
@@ -225,28 +234,14 @@ def test_a_yolo11_run_with_device_augmentation_and_plots_then_its_step_loaded(tm
     predictions, results.png) and the workdir as weights. The second run (one step more, no
     validation or plots: neither reaches the step) loads the step without tracing and repeats
     the first run's steps."""
-    from test_train_options import small_config
-
-    from yolojax.data.sources.synthetic import write_synthetic_dataset
-    from yolojax.train.run import train
     from yolojax.weights import load_weights
 
-    data_yaml = write_synthetic_dataset(tmp_path / "shapes", num_train=8, num_val=2, size_range=(64, 96), seed=1)
-    rows = []
-    for run, max_steps in (("first", 2), ("second", 3)):
-        config = small_config(data_yaml, tmp_path / "jax-cache", max_steps=max_steps, fraction=1.0, freeze="",
-                              log_every_steps=1, plots=run == "first")
+    def configure(config, run):
         config.model.family = "yolo11"
         config.data.augment_on = "device"
         config.val.enabled = run == "first"
-        with caplog.at_level(logging.INFO):
-            caplog.clear()
-            train(config, tmp_path / run)
-        messages = [r.getMessage() for r in caplog.records]
-        assert sum("loaded without tracing" in m for m in messages) == (run == "second")
-        assert any(m.startswith(f"train step {'loaded' if run == 'second' else 'compiled'} in") for m in messages)
-        rows.append([{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
-                     for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()])
+
+    rows = train_twice(tmp_path, caplog, configure, plots=lambda run: run == "first")
     steps = [[r for r in run_rows if "loss" in r] for run_rows in rows]
     assert [r["step"] for r in steps[1]] == [1, 2, 3]
     assert steps[0] == steps[1][:2]

@@ -170,19 +170,11 @@ def yolo11n_pt(tmp_path_factory):
     image the same full-image boxes and scores, which would hide a wrong input."""
     torch = pytest.importorskip("torch")
     ultralytics = pytest.importorskip("ultralytics")
+    from test_convert import randomize
+
     torch.manual_seed(0)
     model = ultralytics.YOLO("yolo11n.yaml")
-    with torch.no_grad():
-        for m in model.model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
-                m.weight.normal_(0.0, 1.3 * m.weight[0].numel() ** -0.5)
-                if m.bias is not None:
-                    m.bias.normal_(0.0, 0.5)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    randomize(model.model, 1.3, seed=None)  # the generator as YOLO(...) left it
     path = tmp_path_factory.mktemp("yolo11") / "yolo11n.pt"
     model.save(str(path))
     return path

@@ -47,7 +47,7 @@ ultralytics = pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 
-from test_convert import BOX_TOL_PX, SCORE_TOL, assert_parity, assert_same_variables  # noqa: E402
+from test_convert import BOX_TOL_PX, SCORE_TOL, assert_parity, assert_same_variables, randomize  # noqa: E402
 from yolojax import cli  # noqa: E402
 from yolojax.inference.predictor import Predictor  # noqa: E402
 from yolojax.models.layers import Detect  # noqa: E402
@@ -72,24 +72,6 @@ PREDICT_CONF = 0.75
 # --------------------------------------------------------------------------------------
 # Checkpoints written by ultralytics, converted by yolojax.
 # --------------------------------------------------------------------------------------
-
-
-def randomize(model: torch.nn.Module, gain: float, seed: int = 0) -> torch.nn.Module:
-    """Random conv weights and BatchNorm parameters and statistics (module docstring) in place;
-    the frozen DFL projection is left alone."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad:
-                m.weight.normal_(0.0, gain * m.weight[0].numel() ** -0.5)
-                if m.bias is not None:
-                    m.bias.normal_(0.0, 0.5)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def finetuned_model(source: DetectionModel, cfg: str, nc: int, gain: float) -> DetectionModel:
